@@ -1,0 +1,167 @@
+"""llama.cpp in process (llama-cpp-python), on any GGUF file or an embedded model alias.
+
+The vocabulary loads first (vocab_only, under a second) so that samples can be fitted
+before the weights are read; the full model is created on the first request with a
+context just large enough for the longest request so far (and re-created, rarely, when a
+longer one comes). Consecutive prompts that share a prefix reuse llama.cpp's KV cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from evalkit.backends import check_options, register_backend
+from evalkit.models import resolve_gguf
+from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter, Unsupported
+
+OPTIONS: dict[str, type] = {"n_threads": int, "n_ctx": int, "n_batch": int,
+                            "n_gpu_layers": int, "flash_attn": bool}
+
+
+def _import_llama() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise EvalkitError("the llamacpp backend needs llama-cpp-python: "
+                           "pip install 'evalkit[llamacpp]'") from None
+    return llama_cpp
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the C library's own stderr writes (Python's stderr is untouched)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class LlamaCppCounter:
+    """llama.cpp's own tokenizer; a BOS is added only when the text does not start with it."""
+
+    def __init__(self, vocab: Any, bos_text: str, add_bos: bool) -> None:
+        self.name = "llamacpp"
+        self._vocab = vocab
+        self._bos_text = bos_text
+        self._add_bos = add_bos
+
+    def encode(self, text: str) -> list[int]:
+        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        return list(self._vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+    max_batch_size = 1  # llama-cpp-python runs one sequence at a time
+
+    def __init__(self, model: str, options: Mapping[str, Any]) -> None:
+        check_options(self.name, options, OPTIONS)
+        self._llama_cpp = _import_llama()
+        self.model = model
+        self.path: Path = resolve_gguf(model)
+        self.options = dict(options)
+        with _quiet_stderr():  # llama.cpp warns about the context of a vocab-only load
+            self._vocab = self._llama_cpp.Llama(model_path=str(self.path), vocab_only=True,
+                                                verbose=False)
+        md: dict[str, str] = dict(self._vocab.metadata)
+        self._metadata = md
+        arch = md.get("general.architecture", "")
+        self._ctx_train = int(md.get(f"{arch}.context_length", "0")) or None
+        bos, eos = self._vocab.token_bos(), self._vocab.token_eos()
+        self._bos_text = self._token_text(bos) if bos >= 0 else ""
+        self._eos_text = self._token_text(eos) if eos >= 0 else ""
+        add_bos = md.get("tokenizer.ggml.add_bos_token", "true") != "false" and bos >= 0
+        self._counter = LlamaCppCounter(self._vocab, self._bos_text, add_bos)
+        self._llm: Any = None
+        self._n_ctx = 0
+
+    def _token_text(self, token: int) -> str:
+        return bytes(self._vocab.detokenize([token], special=True)).decode("utf-8", "replace")
+
+    def tokenizer(self) -> TokenCounter:
+        return self._counter
+
+    def context_window(self) -> int | None:
+        cap = self.options.get("n_ctx")
+        if cap and self._ctx_train:
+            return min(int(cap), self._ctx_train)
+        return int(cap) if cap else self._ctx_train
+
+    def chat_template(self) -> str | None:
+        return self._metadata.get("tokenizer.chat_template")
+
+    def special_tokens(self) -> dict[str, str]:
+        return {"bos_token": self._bos_text, "eos_token": self._eos_text}
+
+    def _ensure_context(self, n_tokens: int) -> Any:
+        if self._llm is not None and n_tokens <= self._n_ctx:
+            return self._llm
+        window = self.context_window() or n_tokens
+        n_ctx = min(window, max(2048, -(-n_tokens // 1024) * 1024))
+        self._llm = None  # free the old context before allocating the new one
+        with _quiet_stderr():  # llama.cpp's notes on cache layout; failures still raise
+            self._llm = self._llama_cpp.Llama(
+                model_path=str(self.path), n_ctx=n_ctx, verbose=False,
+                n_threads=self.options.get("n_threads", os.cpu_count() or 1),
+                n_batch=self.options.get("n_batch", 512),
+                n_gpu_layers=self.options.get("n_gpu_layers", 0),
+                flash_attn=self.options.get("flash_attn", False),
+            )
+        self._n_ctx = n_ctx
+        return self._llm
+
+    def generate(self, requests: Sequence[Request]) -> list[Response]:
+        out: list[Response] = []
+        for req in requests:
+            tokens = self._counter.encode(req.prompt)
+            start = time.perf_counter()
+            try:
+                llm = self._ensure_context(len(tokens) + req.max_new_tokens)
+                result = llm.create_completion(
+                    prompt=tokens, max_tokens=req.max_new_tokens, temperature=req.temperature,
+                    seed=req.seed, stop=list(req.stop) or None,
+                )
+            except (RuntimeError, ValueError, OSError) as exc:
+                out.append(Response(error=f"{type(exc).__name__}: {exc}",
+                                    latency_s=time.perf_counter() - start,
+                                    input_tokens=len(tokens)))
+                continue
+            usage = result.get("usage", {})
+            out.append(Response(
+                text=result["choices"][0]["text"], input_tokens=len(tokens),
+                output_tokens=int(usage.get("completion_tokens", 0)),
+                latency_s=time.perf_counter() - start,
+            ))
+        return out
+
+    def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
+        raise Unsupported("the llamacpp backend does not score loglikelihood yet")
+
+    def fingerprint(self) -> str:
+        st = self.path.stat()
+        ident = f"{self.path.name}:{st.st_size}:{int(st.st_mtime)}"
+        return "llamacpp:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"backend": self.name, "model": self.model, "model_file": self.path.name,
+                "model_name": self._metadata.get("general.name"),
+                "context_window": self._ctx_train,
+                "engine_version": getattr(self._llama_cpp, "__version__", "?"),
+                "options": self.options}
+
+
+@register_backend("llamacpp")
+def _make(model: str, options: Mapping[str, Any]) -> Backend:
+    return LlamaCppBackend(model, options)

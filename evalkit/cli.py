@@ -1,0 +1,150 @@
+"""The `evalkit` command: a thin shell over the Python API (same names).
+
+Bad input is one line on stderr and exit code 2; Ctrl-C keeps every finished sample and
+says how to resume (exit 130).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from evalkit import store
+from evalkit.config import Overrides, build_spec, load_config_file
+from evalkit.generators import get_task, task_names
+from evalkit.generators.importers import detect_longeval_kind
+from evalkit.models import ALIASES
+from evalkit.report.tables import format_table
+from evalkit.types import EvalkitError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Long-context evaluation: accuracy by input length.")
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command()
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="run config YAML (configs/)")] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t",
+                    help="task to run (repeat); default: the config's")] = None,
+    lengths: Annotated[Optional[str], typer.Option(help="target lengths, e.g. 1k,4k,16k")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="samples per task and length")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed of every random choice")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help=f"model alias ({', '.join(ALIASES)}) or a .gguf path")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="backend name")] = None,
+    template: Annotated[Optional[str], typer.Option(
+        help="auto, raw, mistral-instruct, mistrallite or chat")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(
+        help="count tokens with: auto (the backend's own) or mistral-v1")] = None,
+    corpus: Annotated[Optional[Path], typer.Option(
+        help="topics: a LongEval-style corpus (conversations.jsonl)")] = None,
+    cases: Annotated[Optional[list[Path]], typer.Option(
+        help="LongEval published lines/topics test-case file (repeat)")] = None,
+    quality: Annotated[Optional[Path], typer.Option(help="longqa: QuALITY JSONL file")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default: results/<run-id>)")]
+    = None,
+    results: Annotated[Path, typer.Option(help="where new runs go")] = Path("results"),
+    dry_run: Annotated[bool, typer.Option("--dry-run",
+                       help="plan and measure the samples, print their token counts, run nothing")]
+    = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Run (or resume) an evaluation and print accuracy by input length."""
+    from evalkit import runner
+
+    data: dict[str, Any] = load_config_file(config) if config else {}
+    ov = Overrides(tasks=list(task or []), lengths=lengths, samples=samples, seed=seed,
+                   model=model, backend=backend, template=template, tokenizer=tokenizer)
+    if corpus:
+        ov.task_params.setdefault("topics", {})["corpus"] = str(corpus)
+    if quality:
+        ov.task_params.setdefault("longqa", {})["quality"] = str(quality)
+    for path in cases or []:
+        kind = detect_longeval_kind(path)
+        ov.task_params.setdefault(kind, {})["cases"] = str(path)
+        if not task:
+            ov.tasks.append(kind)
+    if not config and not ov.tasks:
+        ov.name = "run"
+    spec = build_spec(data, ov, source=str(config) if config else "command line")
+    if dry_run:
+        _dry_run(spec)
+        return
+    try:
+        result = runner.run(spec, out=out, results_root=results, progress=progress)
+    except KeyboardInterrupt:
+        _err("\ninterrupted: every finished sample is saved; run the same command again to "
+             "resume")
+        raise typer.Exit(130) from None
+    typer.echo(format_table(result.summary.rows))
+    s = result.summary
+    typer.echo(f"\n{s.n_done}/{s.n_samples} samples scored"
+               + (f", {s.n_errors} with errors (rerun to retry them)" if s.n_errors else "")
+               + f"; results in {result.run_dir}")
+
+
+def _dry_run(spec: Any) -> None:
+    from evalkit import runner
+    from evalkit.backends import make_backend
+    from evalkit.tokenizers import get_counter
+
+    be = make_backend(spec.backend, spec.model, spec.backend_options)
+    counter = be.tokenizer() if spec.tokenizer == "auto" else get_counter(spec.tokenizer)
+    runner.check_lengths(spec, be.context_window(), spec.model)
+    planned = runner.plan_samples(spec, be, counter)
+    groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for smp in planned:
+        key = smp.target_tokens if smp.target_tokens is not None else smp.meta.get("bin", "all")
+        groups[(smp.task, str(key), smp.template)].append(smp.input_tokens)
+    typer.echo(f"{len(planned)} samples, tokens counted with {counter.name}:")
+    typer.echo(f"{'task':<8} {'length':>12} {'template':<17} {'n':>4} {'min':>7} {'mean':>9}"
+               f" {'max':>7}")
+    for (t, length, tmpl), toks in groups.items():
+        typer.echo(f"{t:<8} {length:>12} {tmpl:<17} {len(toks):>4} {min(toks):>7} "
+                   f"{statistics.fmean(toks):>9.1f} {max(toks):>7}")
+
+
+@app.command()
+def tasks() -> None:
+    """List the tasks and their parameters."""
+    for name in task_names():
+        t = get_task(name)
+        typer.echo(f"{name}: {t.description}")
+        typer.echo(f"  template: {t.default_template} (protocol default), "
+                   f"max_new_tokens: {t.max_new_tokens}")
+        for f in dataclasses.fields(t.params_type):
+            typer.echo(f"  {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="a run folder under results/")]) -> None:
+    """Print a run's accuracy table again (rebuilt from samples.jsonl if needed)."""
+    from evalkit import runner
+
+    info = store.read_run(run_dir)
+    summary = store.read_summary(run_dir) or runner.summarize(run_dir)
+    typer.echo(f"{info.get('run_id')}  model={info.get('model_label')}  "
+               f"status={summary.status} ({summary.n_done}/{summary.n_samples})")
+    typer.echo(format_table(summary.rows))
+
+
+def main() -> None:
+    try:
+        app()
+    except EvalkitError as exc:
+        _err(f"error: {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

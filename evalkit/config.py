@@ -1,0 +1,234 @@
+"""Run configs: YAML in, a validated, frozen RunSpec out.
+
+Configs are untrusted input, so pydantic checks them, and every problem becomes one line
+naming the file, the key and the fix. Example (configs/quickstart.yaml):
+
+    name: quickstart
+    model: gemma3-270m
+    backend: llamacpp
+    lengths: [1k, 2k, 4k]
+    samples: 3
+    tasks:
+      - passkey: {depths: [0.0, 0.5, 1.0]}
+      - lines
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from evalkit.generators import get_task, make_params, task_names
+from evalkit.models import DEFAULT_MODEL
+from evalkit.templates import TEMPLATE_NAMES
+from evalkit.types import EvalkitError
+
+DEFAULT_LENGTHS = (1024, 2048, 4096)
+TASK_OVERRIDES = ("lengths", "samples", "template", "max_new_tokens")
+_LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kK])?\s*$")
+_SECRET = re.compile(r"key|token|secret|password|credential", re.I)
+
+
+def parse_length(text: str | int) -> int:
+    """'4k' -> 4096, '1.5k' -> 1536, '3000' -> 3000."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = _LENGTH.match(str(text))
+        if not m:
+            raise EvalkitError(f"'{text}' is not a length: write e.g. 1k,4k,16k or 3000")
+        value = round(float(m.group(1)) * (1024 if m.group(2) else 1))
+    if value <= 0:
+        raise EvalkitError(f"length {text} must be positive")
+    return value
+
+
+def parse_lengths(text: str | Sequence[str | int]) -> tuple[int, ...]:
+    items = [x for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text)
+    if not items:
+        raise EvalkitError("no lengths given: write e.g. --lengths 1k,4k,16k")
+    return tuple(parse_length(x) for x in items)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    params: Mapping[str, Any]
+    lengths: tuple[int, ...]
+    samples: int
+    template: str
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides a run's samples and answers. Its hash names the run."""
+
+    name: str
+    model: str
+    backend: str
+    backend_options: Mapping[str, Any]
+    tokenizer: str
+    seed: int
+    temperature: float
+    tasks: tuple[TaskSpec, ...]
+    retries: int = 2
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    def redacted(self) -> dict[str, Any]:
+        d = self.to_json()
+        d["backend_options"] = {k: ("***" if _SECRET.search(k) else v)
+                                for k, v in d["backend_options"].items()}
+        return d
+
+    def spec_hash(self) -> str:
+        d = self.to_json()
+        d.pop("name")
+        d.pop("retries")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+class _ConfigFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    name: str = "run"
+    model: str = DEFAULT_MODEL
+    backend: str = "llamacpp"
+    backend_options: dict[str, Any] = {}
+    tokenizer: str = "auto"
+    template: str = "auto"
+    seed: int = 0
+    samples: int = 5
+    temperature: float = 0.0
+    retries: int = 2
+    lengths: list[str | int] = list(DEFAULT_LENGTHS)
+    tasks: list[str | dict[str, Any]] = ["passkey", "lines", "topics", "longqa"]
+
+
+@dataclass
+class Overrides:
+    """What the command line says on top of a config file."""
+
+    tasks: list[str] = field(default_factory=list)
+    lengths: str | None = None
+    samples: int | None = None
+    seed: int | None = None
+    model: str | None = None
+    backend: str | None = None
+    template: str | None = None
+    tokenizer: str | None = None
+    name: str | None = None
+    task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _where(source: str, loc: Sequence[Any]) -> str:
+    return f"{source}: " + (".".join(str(x) for x in loc) + ": " if loc else "")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise EvalkitError(f"config file not found: {p} (see configs/ for examples)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise EvalkitError(f"{p}: malformed YAML{at}: fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise EvalkitError(f"{p}: a config is a mapping of keys (name, model, tasks, ...), "
+                           f"not a {type(data).__name__}")
+    return data
+
+
+def build_spec(data: Mapping[str, Any], overrides: Overrides | None = None,
+               source: str = "config") -> RunSpec:
+    """A RunSpec from config data and command-line overrides; refuses what is wrong."""
+    ov = overrides or Overrides()
+    try:
+        cfg = _ConfigFile.model_validate(dict(data))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(_ConfigFile.model_fields)
+            raise EvalkitError(f"{source}: unknown key '{err['loc'][0]}' (known keys: {known})"
+                               ) from None
+        raise EvalkitError(f"{_where(source, err['loc'])}{err['msg'].lower()}") from None
+    template = ov.template or cfg.template
+    _check_template(template, source)
+    lengths = parse_lengths(ov.lengths) if ov.lengths else parse_lengths(cfg.lengths)
+    samples = ov.samples if ov.samples is not None else cfg.samples
+    if samples < 1:
+        raise EvalkitError(f"{source}: samples must be at least 1, got {samples}")
+
+    entries = _task_entries(cfg.tasks, source)
+    if ov.tasks:
+        by_name = dict(entries)
+        entries = [(t, by_name.get(t, {})) for t in dict.fromkeys(ov.tasks)]
+    tasks = []
+    for name, raw in entries:
+        task = get_task(name)
+        raw = dict(raw)
+        raw.update(ov.task_params.get(name, {}))
+        over = {k: raw.pop(k) for k in TASK_OVERRIDES if k in raw}
+        params = make_params(task, raw)
+        t_template = ov.template or over.get("template", template)
+        _check_template(t_template, source)
+        t_lengths = lengths if ov.lengths or "lengths" not in over else parse_lengths(
+            over["lengths"])
+        t_samples = samples if ov.samples is not None or "samples" not in over else int(
+            over["samples"])
+        tasks.append(TaskSpec(
+            name=name, params=json.loads(json.dumps(params.__dict__)),
+            lengths=t_lengths if task.fitted(params) else (),
+            samples=t_samples, template=t_template,
+            max_new_tokens=int(over.get("max_new_tokens", task.max_new_tokens)),
+        ))
+    if not tasks:
+        raise EvalkitError(f"{source}: no tasks: list some under tasks: or pass --task")
+    return RunSpec(
+        name=ov.name or cfg.name, model=ov.model or cfg.model,
+        backend=ov.backend or cfg.backend, backend_options=dict(cfg.backend_options),
+        tokenizer=ov.tokenizer or cfg.tokenizer,
+        seed=ov.seed if ov.seed is not None else cfg.seed, temperature=cfg.temperature,
+        tasks=tuple(tasks), retries=cfg.retries,
+    )
+
+
+def _check_template(name: str, source: str) -> None:
+    if name not in TEMPLATE_NAMES:
+        raise EvalkitError(f"{source}: unknown template '{name}': use one of "
+                           f"{', '.join(TEMPLATE_NAMES)}")
+
+
+def _task_entries(items: list[str | dict[str, Any]], source: str) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((item, {}))
+        elif isinstance(item, dict) and len(item) == 1:
+            name, params = next(iter(item.items()))
+            if params is not None and not isinstance(params, dict):
+                raise EvalkitError(f"{source}: tasks.{name}: parameters are a mapping, e.g. "
+                                   f"{{depths: [0.5]}}, got {params!r}")
+            out.append((str(name), dict(params or {})))
+        else:
+            raise EvalkitError(f"{source}: each entry of tasks is a task name or "
+                               f"{{name: {{params}}}} (tasks: {', '.join(task_names())})")
+    return out
+
+
+def with_name(spec: RunSpec, name: str) -> RunSpec:
+    return replace(spec, name=name)

@@ -1,0 +1,55 @@
+"""Fit a haystack to a token budget.
+
+`fit_max` finds the largest size k whose prompt still fits the budget, by a binary search
+that ends by construction: at most ceil(log2(hi - lo + 1)) + 1 measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from evalkit.types import EvalkitError
+
+Measure = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class Fit:
+    size: int
+    prompt: str
+    tokens: int
+
+
+def fit_max(build: Callable[[int], str], measure: Measure, budget: int, lo: int, hi: int,
+            what: str = "haystack") -> Fit:
+    """Largest k in [lo, hi] with measure(build(k)) <= budget.
+
+    `measure` must not decrease as k grows (more haystack, more tokens). Raises EvalkitError
+    when even the smallest prompt is over budget. Returns k = hi when everything fits: the
+    caller decides whether that means the source ran out.
+    """
+    if lo > hi:
+        raise ValueError(f"empty search range [{lo}, {hi}]")
+    smallest = build(lo)
+    smallest_tokens = measure(smallest)
+    if smallest_tokens > budget:
+        raise EvalkitError(
+            f"{budget} tokens is too short for this task: its prompt without {what} already "
+            f"takes {smallest_tokens} tokens; ask for a longer length"
+        )
+    best = Fit(lo, smallest, smallest_tokens)
+    low, high = lo + 1, hi
+    for _ in range(math.ceil(math.log2(hi - lo + 1)) + 1):
+        if low > high:
+            break
+        mid = (low + high) // 2
+        prompt = build(mid)
+        tokens = measure(prompt)
+        if tokens <= budget:
+            best = Fit(mid, prompt, tokens)
+            low = mid + 1
+        else:
+            high = mid - 1
+    return best

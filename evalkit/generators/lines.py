@@ -1,0 +1,135 @@
+"""Line retrieval (LongChat LongEval "lines"), fitted to token lengths or by line count.
+
+The prompt is LongEval's, to the character. Index names default to LRT-NL adjective-noun
+pairs (`torpid-kid`) from word lists we wrote; 1..n, UUID and ABC styles are options.
+`cases` runs LongEval's published test-case rows instead (see importers.py).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from evalkit.fitting import fit_max
+from evalkit.generators.base import Plan, Score, TaskDef, read_words, register_task, sample_rng
+from evalkit.generators.importers import read_longeval_lines
+from evalkit.scoring import last_int_match
+from evalkit.types import EvalkitError, Sample
+
+HEADER = (
+    "Below is a record of lines I want you to remember. Each line begins with 'line <line index>' "
+    "and contains a '<REGISTER_CONTENT>' at the end of the line as a numerical value. For each "
+    "line index, memorize its corresponding <REGISTER_CONTENT>. At the end of the record, I will "
+    "ask you to retrieve the corresponding <REGISTER_CONTENT> of a certain line index. Now the "
+    "record start:\n\n"
+)
+LINE = "line {idx}: REGISTER_CONTENT is <{value}>\n"
+QUESTION = ("\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {idx}? "
+            "I need the number. ")
+INDEX_STYLES = ("nl", "int", "uuid", "abc")
+MAX_LINES = 8000  # about 130K tokens: more than any context this harness fits
+
+
+@dataclass(frozen=True)
+class LinesParams:
+    index_style: str = field(
+        default="nl", metadata={"help": "line index names: nl (torpid-kid), int, uuid, abc"})
+    num_lines: list[int] | None = field(
+        default=None, metadata={"help": "make cases by line count (LongEval: 200..680) instead of"
+                                        " by token length"})
+    cases: str | None = field(
+        default=None, metadata={"help": "a LongEval published lines test-case file (JSONL)"})
+
+    def __post_init__(self) -> None:
+        if self.index_style not in INDEX_STYLES:
+            raise ValueError(f"index_style must be one of {', '.join(INDEX_STYLES)}, "
+                             f"got '{self.index_style}'")
+
+
+@lru_cache(maxsize=1)
+def _nl_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(read_words("adjectives")), tuple(read_words("nouns"))
+
+
+def line_indexes(style: str, n: int, rng: random.Random) -> list[str]:
+    """n distinct line index names in the given style."""
+    if style == "int":
+        return [str(i + 1) for i in range(n)]
+    if style == "uuid":
+        return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)]
+    if style == "abc":
+        return ["".join(rng.choices(string.ascii_uppercase, k=6)) for _ in range(n)]
+    adjectives, nouns = _nl_words()
+    if n > len(adjectives) * len(nouns):
+        raise EvalkitError(f"{n} lines need more adjective-noun pairs than the word lists hold")
+    picks = rng.sample(range(len(adjectives) * len(nouns)), n)
+    return [f"{adjectives[p // len(nouns)]}-{nouns[p % len(nouns)]}" for p in picks]
+
+
+def build_prompt(indexes: list[str], values: list[int], n: int, asked: int) -> str:
+    body = "".join(LINE.format(idx=indexes[j], value=values[j]) for j in range(n))
+    return HEADER + body + QUESTION.format(idx=indexes[asked])
+
+
+def _case(sid: str, n_max: int, plan: Plan, params: LinesParams,
+          target: int | None) -> Sample:
+    rng = sample_rng(sid)
+    indexes = line_indexes(params.index_style, n_max, rng)
+    values = [rng.randint(1, 50000) for _ in range(n_max)]
+    position_draw = rng.random()  # the asked line, as a fraction of the record
+
+    def build(n: int) -> str:
+        return build_prompt(indexes, values, n, min(n - 1, int(position_draw * n)))
+
+    if target is None:
+        n, prompt = n_max, build(n_max)
+        tokens = plan.measure(prompt)
+    else:
+        fit = fit_max(build, plan.measure, target, lo=1, hi=n_max, what="lines")
+        if fit.size == n_max:
+            raise EvalkitError(f"lines: {target} tokens needs more than {n_max} lines")
+        n, prompt, tokens = fit.size, fit.prompt, fit.tokens
+    asked = min(n - 1, int(position_draw * n))
+    return Sample(
+        id=sid, task="lines", prompt=prompt, targets=(str(values[asked]),), target_tokens=target,
+        input_tokens=tokens, template=plan.template, max_new_tokens=plan.max_new_tokens,
+        meta={"num_lines": n, "line_index": indexes[asked], "position": asked,
+              "depth": round(asked / max(1, n - 1), 4), "index_style": params.index_style,
+              **({} if target is not None else {"bin": f"{n} lines"})},
+    )
+
+
+def generate(params: LinesParams, plan: Plan) -> Iterator[Sample]:
+    if params.cases:
+        yield from read_longeval_lines(params.cases, plan)
+        return
+    if params.num_lines:
+        for n in params.num_lines:
+            for i in range(plan.samples):
+                yield _case(f"lines/n{n}/{plan.seed}/{i}", n, plan, params, None)
+        return
+    if not plan.lengths:
+        raise EvalkitError("lines needs lengths or num_lines: pass --lengths, e.g. 1k,4k")
+    for target in plan.lengths:
+        # ~14 tokens a line at least: enough lines to overfill the target, bounded
+        n_max = min(MAX_LINES, target // 6 + 16)
+        for i in range(plan.samples):
+            yield _case(f"lines/{target}/{plan.seed}/{i}", n_max, plan, params, target)
+
+
+def score(sample: Sample, output: str) -> Score:
+    ok, parsed = last_int_match(output, sample.targets[0])
+    return Score({"accuracy": float(ok)}, parsed)
+
+
+TASK = register_task(TaskDef(
+    name="lines",
+    description="retrieve the number on a named line of a long record (LongEval lines)",
+    params_type=LinesParams, default_template="chat", max_new_tokens=100,
+    generate=generate, score=score,
+    fitted=lambda p: not (p.cases or p.num_lines),
+))

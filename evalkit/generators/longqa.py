@@ -1,0 +1,162 @@
+"""Long-input multiple-choice QA: QuALITY's official JSONL, or a synthetic long document.
+
+QuALITY published no prompt; evalkit fixes one (PROMPT below, recorded with every sample)
+and reports accuracy on all questions and on the hard subset (difficult == 1).
+The synthetic variant, ours, runs offline at exact lengths: a document of short profiles
+of fictional people, and one question about one attribute of one of them, with three
+distractors drawn from the same attribute of other people in the document.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from evalkit.fitting import fit_max
+from evalkit.generators.base import Plan, Score, TaskDef, read_words, register_task, sample_rng
+from evalkit.generators.importers import read_quality
+from evalkit.scoring import choice_match
+from evalkit.types import EvalkitError, Sample
+
+LETTERS = "ABCD"
+PROMPT = (
+    "Read the following text and answer the multiple-choice question that follows.\n\n"
+    "{document}\n\n"
+    "Question: {question}\n{options}\n\n"
+    "Answer with the letter of the correct option (A, B, C or D).\nAnswer:"
+)
+
+# attribute -> (word list, sentence of the profile, question)
+ATTRIBUTES: dict[str, tuple[str, str, str]] = {
+    "town": ("towns", "{name} lives in {value}.", "In which town does {name} live?"),
+    "profession": ("professions", "By trade, {name} is a {value}.",
+                   "What is the profession of {name}?"),
+    "animal": ("animals", "At home {name} looks after a {value}.",
+               "Which animal does {name} look after?"),
+    "instrument": ("instruments", "In the evenings {name} plays the {value}.",
+                   "Which instrument does {name} play?"),
+    "food": ("foods", "The dish {name} cooks most often is {value}.",
+             "Which dish does {name} cook most often?"),
+    "color": ("colors", "The front door of {name}'s house is painted {value}.",
+              "What color is the front door of {name}'s house?"),
+}
+MAX_PEOPLE = 20000
+
+
+@dataclass(frozen=True)
+class LongQAParams:
+    quality: str | None = field(
+        default=None, metadata={"help": "QuALITY JSONL (train/dev, with gold labels); none: the "
+                                        "synthetic long-document QA"})
+    hard_only: bool = field(default=False, metadata={"help": "QuALITY: only difficult == 1"})
+
+
+@lru_cache(maxsize=1)
+def _vocab() -> dict[str, tuple[str, ...]]:
+    names = ["first_names", "surnames"] + [a[0] for a in ATTRIBUTES.values()]
+    return {n: tuple(read_words(n)) for n in names}
+
+
+def format_prompt(document: str, question: str, options: Sequence[str]) -> str:
+    opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    return PROMPT.format(document=document, question=question, options=opts)
+
+
+def _profile(rng: random.Random, name: str) -> tuple[str, dict[str, str]]:
+    vocab = _vocab()
+    values = {attr: rng.choice(vocab[spec[0]]) for attr, spec in ATTRIBUTES.items()}
+    attrs = list(ATTRIBUTES)
+    rng.shuffle(attrs)
+    text = " ".join(ATTRIBUTES[a][1].format(name=name, value=values[a]) for a in attrs)
+    return text, values
+
+
+def _synthetic(sid: str, target: int, plan: Plan) -> Sample:
+    rng = sample_rng(sid)
+    vocab = _vocab()
+    n_max = min(MAX_PEOPLE, target // 20 + 8)  # a profile is 60+ tokens
+    n_names = len(vocab["first_names"]) * len(vocab["surnames"])
+    picks = rng.sample(range(n_names), min(n_max, n_names))
+    names = [f"{vocab['first_names'][p // len(vocab['surnames'])]} "
+             f"{vocab['surnames'][p % len(vocab['surnames'])]}" for p in picks]
+    profiles = [_profile(rng, name) for name in names]
+    attr = rng.choice(list(ATTRIBUTES))
+    depth_draw = rng.random()
+    letter_draw = rng.randrange(4)
+    distractor_seed = rng.random()
+
+    def case(n: int) -> tuple[str, list[str], str]:
+        asked = min(n - 1, int(depth_draw * n))
+        right = profiles[asked][1][attr]
+        others = sorted({p[1][attr] for p in profiles[:n]} - {right})
+        pool = others if len(others) >= 3 else sorted(set(vocab[ATTRIBUTES[attr][0]]) - {right})
+        wrong = random.Random(distractor_seed).sample(pool, 3)
+        options = wrong[:letter_draw] + [right] + wrong[letter_draw:]
+        document = "\n\n".join(p[0] for p in profiles[:n])
+        question = ATTRIBUTES[attr][2].format(name=names[asked])
+        return format_prompt(document, question, options), options, names[asked]
+
+    fit = fit_max(lambda n: case(n)[0], plan.measure, target, lo=1, hi=len(profiles),
+                  what="document")
+    if fit.size == len(profiles):
+        raise EvalkitError(f"longqa: {target} tokens needs more profiles than the generator makes")
+    _, options, person = case(fit.size)
+    asked = min(fit.size - 1, int(depth_draw * fit.size))
+    return Sample(
+        id=sid, task="longqa", prompt=fit.prompt, targets=(LETTERS[letter_draw],),
+        target_tokens=target, input_tokens=fit.tokens, template=plan.template,
+        max_new_tokens=plan.max_new_tokens,
+        meta={"options": options, "attribute": attr, "person": person,
+              "num_profiles": fit.size, "depth": round(asked / max(1, fit.size - 1), 4),
+              "source": "synthetic"},
+    )
+
+
+def _quality(params: LongQAParams, plan: Plan) -> Iterator[Sample]:
+    assert params.quality is not None
+    for row in read_quality(params.quality):
+        for qi, q in enumerate(row["questions"]):
+            hard = int(q.get("difficult", 0)) == 1
+            if params.hard_only and not hard:
+                continue
+            options = [str(o) for o in q["options"]]
+            if len(options) != 4:
+                raise EvalkitError(f"{params.quality}: question {q.get('question_unique_id', qi)}"
+                                   f" has {len(options)} options, QuALITY has 4")
+            prompt = format_prompt(row["article"], str(q["question"]), options)
+            qid = q.get("question_unique_id") or f"{row.get('set_unique_id', row.get('article_id'))}-{qi}"
+            yield Sample(
+                id=f"longqa/quality/{qid}", task="longqa", prompt=prompt,
+                targets=(LETTERS[int(q["gold_label"]) - 1],), target_tokens=None,
+                input_tokens=plan.measure(prompt), template=plan.template,
+                max_new_tokens=plan.max_new_tokens,
+                meta={"options": options, "bin": "quality", "subsets": ["hard"] if hard else [],
+                      "difficult": int(hard), "article_id": row.get("article_id"),
+                      "set_unique_id": row.get("set_unique_id"), "source": "quality"},
+            )
+
+
+def generate(params: LongQAParams, plan: Plan) -> Iterator[Sample]:
+    if params.quality:
+        yield from _quality(params, plan)
+        return
+    if not plan.lengths:
+        raise EvalkitError("longqa needs lengths (or quality: FILE): pass --lengths, e.g. 2k,4k")
+    for target in plan.lengths:
+        for i in range(plan.samples):
+            yield _synthetic(f"longqa/{target}/{plan.seed}/{i}", target, plan)
+
+
+def score(sample: Sample, output: str) -> Score:
+    ok, parsed = choice_match(output, sample.targets[0], sample.meta["options"])
+    return Score({"accuracy": float(ok)}, parsed)
+
+
+TASK = register_task(TaskDef(
+    name="longqa",
+    description="answer a multiple-choice question about a long document (QuALITY or synthetic)",
+    params_type=LongQAParams, default_template="chat", max_new_tokens=16,
+    generate=generate, score=score, fitted=lambda p: not p.quality,
+))

@@ -1,0 +1,94 @@
+"""Passkey retrieval (landmark attention, llama/run_test.py), fitted to exact token lengths.
+
+Faithful: the filler is cut to n characters, the needle goes after a prefix of uniform
+random length, k = randint(1, 50000), plain completion, 10 new tokens, scored by the first
+integer of the output. Added (named options): `depths` places the needle at fixed fractions
+of the haystack; `key_digits` draws keys of that many digits (InfiniteBench uses 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from evalkit.fitting import fit_max
+from evalkit.generators.base import Plan, Score, TaskDef, register_task, sample_rng
+from evalkit.scoring import first_int_match
+from evalkit.types import EvalkitError, Sample
+
+TASK_DESCRIPTION = (
+    "There is an important info hidden inside a lot of irrelevant text. "
+    "Find it and memorize them. I will quiz you about the important information there."
+)
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = "The pass key is {k}. Remember it. {k} is the pass key."
+QUESTION = "What is the pass key? The pass key is"
+
+
+@dataclass(frozen=True)
+class PasskeyParams:
+    depths: list[float] | None = field(
+        default=None,
+        metadata={"help": "needle depths in [0, 1] (0 = start); none: uniform random, as landmark"})
+    key_digits: int | None = field(
+        default=None, metadata={"help": "draw keys of this many digits; none: randint(1, 50000)"})
+
+    def __post_init__(self) -> None:
+        if self.depths is not None and not all(0.0 <= d <= 1.0 for d in self.depths):
+            raise ValueError(f"depths must lie in [0, 1], got {self.depths}")
+        if self.key_digits is not None and not 1 <= self.key_digits <= 18:
+            raise ValueError(f"key_digits must be 1..18, got {self.key_digits}")
+
+
+def filler(n_chars: int) -> str:
+    """The first n characters of the repeated filler (landmark's garbage_inf[:n])."""
+    reps = n_chars // (len(FILLER) + 1) + 1
+    return " ".join([FILLER] * reps)[:n_chars]
+
+
+def build_prompt(n_garbage: int, depth: float, key: int) -> str:
+    prefix = round(n_garbage * depth)
+    return "\n".join([TASK_DESCRIPTION, filler(prefix), NEEDLE.format(k=key),
+                      filler(n_garbage - prefix), QUESTION])
+
+
+def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
+    if not plan.lengths:
+        raise EvalkitError("passkey needs lengths: pass --lengths, e.g. 1k,4k,16k")
+    depths: list[float | None] = list(params.depths) if params.depths is not None else [None]
+    probe = filler(4000)
+    chars_per_token = len(probe) / max(1, plan.measure(probe))
+    for target in plan.lengths:
+        max_chars = int(target * chars_per_token * 1.5) + 256  # bounds the search, with room
+        for depth in depths:
+            for i in range(plan.samples):
+                index = f"{i}" if depth is None else f"d{round(depth * 100):03d}-{i}"
+                sid = f"passkey/{target}/{plan.seed}/{index}"
+                rng = sample_rng(sid)
+                if params.key_digits is None:
+                    key = rng.randint(1, 50000)
+                else:
+                    key = rng.randint(10 ** (params.key_digits - 1), 10 ** params.key_digits - 1)
+                where = rng.random() if depth is None else depth
+                fit = fit_max(lambda n: build_prompt(n, where, key), plan.measure, target,
+                              lo=0, hi=max_chars, what="filler")
+                yield Sample(
+                    id=sid, task="passkey", prompt=fit.prompt, targets=(str(key),),
+                    target_tokens=target, input_tokens=fit.tokens, template=plan.template,
+                    max_new_tokens=plan.max_new_tokens,
+                    meta={"depth": round(where, 4), "depth_swept": depth is not None,
+                          "n_garbage_chars": fit.size, "key": key},
+                )
+
+
+def score(sample: Sample, output: str) -> Score:
+    ok, parsed = first_int_match(output, sample.targets[0])
+    return Score({"accuracy": float(ok)}, parsed)
+
+
+TASK = register_task(TaskDef(
+    name="passkey",
+    description="find a pass key hidden in repeated filler text (landmark attention)",
+    params_type=PasskeyParams, default_template="raw", max_new_tokens=10,
+    generate=generate, score=score, fitted=lambda p: True,
+))

@@ -1,0 +1,113 @@
+"""Topic retrieval (LongChat LongEval "topics"), fitted to token lengths or by topic count.
+
+The prompt is LongEval's, to the character; conversations are joined as LongEval joins
+them. The default corpus (tasks/data/topics/) is ours; `corpus` takes LongEval's
+conversations.jsonl to reproduce it. Scored by a normalised match of the first topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from evalkit.fitting import fit_max
+from evalkit.generators.base import Plan, Score, TaskDef, register_task, sample_rng, tasks_dir
+from evalkit.generators.importers import read_longeval_topics, read_topic_corpus
+from evalkit.scoring import topic_match
+from evalkit.types import EvalkitError, Sample
+
+HEADER = (
+    "Below is a record of our previous conversation on {n} different topics. You are the "
+    "ASSISTANT, and I am the USER. At the beginning of each topic, the USER will say 'I would "
+    "like to discuss the topic of <TOPIC>'. Memorize each <TOPIC>. At the end of the record, I "
+    "will ask you to retrieve the first topic. Now the record start. "
+)
+QUESTION = (" Now the record ends. What is the first topic we discussed? Only give me the topic "
+            "name. Do not summarize yourself.")
+
+
+@dataclass(frozen=True)
+class TopicsParams:
+    corpus: str | None = field(
+        default=None, metadata={"help": "topic corpus JSONL {topic, conversation} (LongEval's "
+                                        "conversations.jsonl); none: ours, in tasks/data/topics"})
+    num_topics: list[int] | None = field(
+        default=None, metadata={"help": "make cases by topic count (LongEval: 5..25) instead of"
+                                        " by token length"})
+    cases: str | None = field(
+        default=None, metadata={"help": "a LongEval published topics test-case file (JSONL)"})
+
+
+@lru_cache(maxsize=4)
+def load_corpus(path: str | None) -> tuple[tuple[str, str], ...]:
+    if path is not None:
+        return tuple(read_topic_corpus(path))
+    files = sorted((tasks_dir() / "data" / "topics").glob("*.jsonl"))
+    if not files:
+        raise EvalkitError(f"the built-in topic corpus is missing under {tasks_dir()}: "
+                           "reinstall from a full checkout")
+    return tuple(pair for f in files for pair in read_topic_corpus(f))
+
+
+def build_prompt(conversations: Sequence[str], n: int) -> str:
+    return HEADER.format(n=n) + "".join(conversations[:n]) + QUESTION
+
+
+def _case(sid: str, corpus: Sequence[tuple[str, str]], plan: Plan, n: int | None,
+          target: int | None) -> Sample:
+    rng = sample_rng(sid)
+    order = rng.sample(range(len(corpus)), len(corpus) if n is None else n)
+    convs = [corpus[j][1] for j in order]
+    if target is None:
+        assert n is not None
+        prompt = build_prompt(convs, n)
+        tokens = plan.measure(prompt)
+    else:
+        fit = fit_max(lambda k: build_prompt(convs, k), plan.measure, target, lo=1,
+                      hi=len(convs), what="conversations")
+        if fit.size == len(convs):
+            raise EvalkitError(
+                f"topics: the corpus ({len(corpus)} conversations, {fit.tokens} tokens) is too "
+                f"short for {target} tokens: pass a larger --corpus or a shorter length")
+        n, prompt, tokens = fit.size, fit.prompt, fit.tokens
+    topics = [corpus[j][0] for j in order[:n]]
+    return Sample(
+        id=sid, task="topics", prompt=prompt, targets=(topics[0],), target_tokens=target,
+        input_tokens=tokens, template=plan.template, max_new_tokens=plan.max_new_tokens,
+        meta={"num_topics": n, "topics": topics,
+              **({} if target is not None else {"bin": f"{n} topics"})},
+    )
+
+
+def generate(params: TopicsParams, plan: Plan) -> Iterator[Sample]:
+    if params.cases:
+        yield from read_longeval_topics(params.cases, plan)
+        return
+    corpus = load_corpus(params.corpus)
+    if params.num_topics:
+        for n in params.num_topics:
+            if n > len(corpus):
+                raise EvalkitError(f"topics: {n} topics asked, the corpus has {len(corpus)}")
+            for i in range(plan.samples):
+                yield _case(f"topics/n{n}/{plan.seed}/{i}", corpus, plan, n, None)
+        return
+    if not plan.lengths:
+        raise EvalkitError("topics needs lengths or num_topics: pass --lengths, e.g. 2k,4k")
+    for target in plan.lengths:
+        for i in range(plan.samples):
+            yield _case(f"topics/{target}/{plan.seed}/{i}", corpus, plan, None, target)
+
+
+def score(sample: Sample, output: str) -> Score:
+    ok, parsed = topic_match(output, sample.targets[0])
+    return Score({"accuracy": float(ok)}, parsed)
+
+
+TASK = register_task(TaskDef(
+    name="topics",
+    description="name the first of several conversation topics (LongEval topics)",
+    params_type=TopicsParams, default_template="chat", max_new_tokens=50,
+    generate=generate, score=score,
+    fitted=lambda p: not (p.cases or p.num_topics),
+))

@@ -1,0 +1,1 @@
+"""Tables (pandas), plots and HTML, all derived from a run's records and summary."""

@@ -1,0 +1,262 @@
+"""Plans requests, runs them, appends records, resumes.
+
+A run is a RunSpec. Its samples are regenerated deterministically on every start, so that
+resuming needs nothing but samples.jsonl: the ids already recorded (without error) are
+skipped, the rest run, and each batch's records are fsynced before the next batch starts.
+A crash or Ctrl-C loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evalkit import store
+from evalkit.backends import make_backend
+from evalkit.config import RunSpec, TaskSpec
+from evalkit.generators import Plan, get_task, make_params
+from evalkit.models import model_label
+from evalkit.scoring import aggregate
+from evalkit.templates import Template, make_template
+from evalkit.tokenizers import get_counter
+from evalkit.types import (
+    Backend,
+    EvalkitError,
+    Record,
+    Request,
+    Response,
+    RunSummary,
+    Sample,
+    TokenCounter,
+)
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    summary: RunSummary
+    resumed_from: int  # samples already recorded when this invocation started
+
+
+def resolve_template(task: TaskSpec, backend: Backend) -> Template:
+    """"auto" is the protocol's choice: plain completion for passkey, the model's chat
+    template for the others, or plain completion when the model has none."""
+    name = task.template
+    if name == "auto":
+        name = get_task(task.name).default_template
+        if name == "chat" and not backend.chat_template():
+            name = "raw"
+    return make_template(name, backend.chat_template(), dict(backend.special_tokens()))
+
+
+def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
+    """Refuse targets that cannot fit the model, before anything runs."""
+    if window is None:
+        return
+    for task in spec.tasks:
+        for target in task.lengths:
+            if target + task.max_new_tokens > window:
+                raise EvalkitError(
+                    f"{task.name}: length {target} + {task.max_new_tokens} new tokens is over "
+                    f"the context window of {label} ({window} tokens): use lengths up to "
+                    f"{window - task.max_new_tokens}"
+                )
+
+
+def plan_samples(spec: RunSpec, backend: Backend, counter: TokenCounter,
+                 progress: bool = False) -> list[Sample]:
+    """Every sample of the run, in a stable order, measured with `counter`."""
+    samples: list[Sample] = []
+    for task in spec.tasks:
+        tdef = get_task(task.name)
+        template = resolve_template(task, backend)
+
+        def measure(text: str, render: Callable[[str], str] = template.render) -> int:
+            return len(counter.encode(render(text)))
+
+        plan = Plan(task=task.name, lengths=task.lengths, samples=task.samples, seed=spec.seed,
+                    template=template.name, max_new_tokens=task.max_new_tokens, measure=measure)
+        params = make_params(tdef, task.params)
+        samples.extend(_progress(tdef.generate(params, plan), progress,
+                                 f"planning {task.name}",
+                                 _expected_count(task, params)))
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise EvalkitError("two tasks made samples with the same id: list each task once")
+    return samples
+
+
+def _expected_count(task: TaskSpec, params: Any) -> int | None:
+    if task.lengths:
+        depths = getattr(params, "depths", None)
+        return len(task.lengths) * task.samples * (len(depths) if depths else 1)
+    return None
+
+
+def _progress(it: Iterator[Sample], on: bool, desc: str, total: int | None) -> Iterator[Sample]:
+    if not on:
+        return it
+    from tqdm import tqdm
+
+    return iter(tqdm(it, desc=desc, total=total, unit="sample", leave=False))
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("evalkit", "llama-cpp-python", "transformers", "torch", "vllm", "lm-eval"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _run_dir(spec: RunSpec, out: Path | None, results_root: Path, log: Log) -> Path:
+    spec_hash = spec.spec_hash()
+    if out is not None:
+        if (out / store.RUN_JSON).is_file():
+            existing = store.read_run(out)
+            if existing.get("spec_hash") != spec_hash:
+                raise EvalkitError(
+                    f"{out} holds another run (its spec differs from this one): pass a new "
+                    "--out, or the same options as that run to resume it")
+        return out
+    found = store.find_run(results_root, spec_hash)
+    if found is not None:
+        return found
+    return results_root / store.make_run_id(spec.name, model_label(spec.model), spec_hash)
+
+
+def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("results"),
+        progress: bool = True, log: Log = print) -> RunResult:
+    """Run (or resume) a spec; returns where it went and its summary."""
+    label = model_label(spec.model)
+    backend = make_backend(spec.backend, spec.model, spec.backend_options)
+    counter = backend.tokenizer() if spec.tokenizer == "auto" else get_counter(spec.tokenizer)
+    window = backend.context_window()
+    check_lengths(spec, window, label)
+    samples = plan_samples(spec, backend, counter, progress)
+    too_long = [s for s in samples if window and s.input_tokens + s.max_new_tokens > window]
+    if too_long:
+        s = too_long[0]
+        raise EvalkitError(
+            f"{len(too_long)} sample(s) are over the context window of {label} ({window} "
+            f"tokens), e.g. {s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens: "
+            "drop those cases or use a model with a longer context")
+
+    run_dir = _run_dir(spec, out, results_root, log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / store.RUN_JSON).is_file():
+        store.write_run(run_dir, {
+            "run_id": run_dir.name, "spec": spec.redacted(), "spec_hash": spec.spec_hash(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_label": label,
+            "backend": dict(backend.describe()), "tokenizer": counter.name,
+            "templates": {t.name: resolve_template(t, backend).name for t in spec.tasks},
+            "n_samples": len(samples), "sample_ids_sha256": _ids_hash(samples),
+            "git_sha": _git_sha(), "versions": _versions(), "argv": sys.argv[1:],
+        })
+    store.repair_tail(run_dir)
+    done = {r.sample.id for r in store.read_records(run_dir) if r.ok}
+    todo = [s for s in samples if s.id not in done]
+    if done:
+        log(f"resuming {run_dir}: {len(done)} of {len(samples)} samples already done")
+    _execute(spec, backend, label, run_dir, todo, progress)
+    summary = summarize(run_dir)
+    return RunResult(run_dir=run_dir, summary=summary, resumed_from=len(done))
+
+
+def _ids_hash(samples: Sequence[Sample]) -> str:
+    return hashlib.sha256("\n".join(s.id for s in samples).encode()).hexdigest()
+
+
+def _execute(spec: RunSpec, backend: Backend, label: str, run_dir: Path,
+             todo: Sequence[Sample], progress: bool) -> None:
+    if not todo:
+        return
+    templates = {t.name: resolve_template(t, backend) for t in spec.tasks}
+    fingerprint = backend.fingerprint()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"{label}", unit="sample", smoothing=0.1)
+    try:
+        size = max(1, backend.max_batch_size)
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            rendered = [templates[s.task].render(s.prompt) for s in batch]
+            requests = [Request(sample_id=s.id, kind="generate", prompt=p,
+                                max_new_tokens=s.max_new_tokens, temperature=spec.temperature,
+                                seed=spec.seed) for s, p in zip(batch, rendered)]
+            responses = _generate_with_retries(backend, requests, spec.retries)
+            store.append_records(run_dir, [
+                _record(s, p, r, label, req.cache_key(fingerprint))
+                for s, p, r, req in zip(batch, rendered, responses, requests)])
+            if bar is not None:
+                bar.update(len(batch))
+                bar.set_postfix_str(batch[-1].task)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _generate_with_retries(backend: Backend, requests: list[Request],
+                           retries: int) -> list[Response]:
+    """Bounded retries with exponential backoff, only for the requests that failed."""
+    responses = backend.generate(requests)
+    for attempt in range(retries):
+        failed = [i for i, r in enumerate(responses) if r.error is not None]
+        if not failed:
+            break
+        time.sleep(min(8.0, 0.5 * 2 ** attempt))
+        again = backend.generate([requests[i] for i in failed])
+        for i, r in zip(failed, again):
+            responses[i] = r
+    return responses
+
+
+def _record(sample: Sample, rendered: str, response: Response, label: str,
+            cache_key: str) -> Record:
+    prompt_sha = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
+    if response.error is not None:
+        return Record(sample=sample, response=response, scores={}, model=label,
+                      prompt_sha256=prompt_sha, cache_key=cache_key, parsed=None)
+    result = get_task(sample.task).score(sample, response.text)
+    return Record(sample=sample, response=response, scores=dict(result.scores), model=label,
+                  prompt_sha256=prompt_sha, cache_key=cache_key, parsed=result.parsed)
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    """(Re)build summary.json and table.csv from samples.jsonl."""
+    run = store.read_run(run_dir)
+    records = store.read_records(run_dir)
+    n_ok = sum(1 for r in records if r.ok)
+    n_planned = int(run.get("n_samples", len(records)))
+    summary = RunSummary(
+        run_id=run.get("run_id", Path(run_dir).name),
+        status="complete" if n_ok >= n_planned else "partial",
+        rows=tuple(aggregate(records)), n_samples=n_planned, n_done=n_ok,
+        n_errors=len(records) - n_ok,
+    )
+    store.write_summary(run_dir, summary)
+    return summary

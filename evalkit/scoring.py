@@ -1,0 +1,144 @@
+"""Pure metric functions and aggregation by (model, task, length, subset).
+
+Every scorer returns (correct, parsed): `parsed` is what was read out of the output (None
+when nothing could be), so a wrong answer and an unparseable one stay distinguishable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import string
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from evalkit.types import Record, SummaryRow
+
+_INT = re.compile(r"\d+")
+
+
+def first_int_match(output: str, target: str) -> tuple[bool, str | None]:
+    """Passkey: the first integer in the output equals the key."""
+    m = _INT.search(output)
+    if m is None:
+        return False, None
+    return int(m.group()) == int(target), m.group()
+
+
+def last_int_match(output: str, target: str) -> tuple[bool, str | None]:
+    """LongEval lines: the last integer in the output equals the register content."""
+    found = _INT.findall(output)
+    if not found:
+        return False, None
+    return int(found[-1]) == int(target), found[-1]
+
+
+_PUNCT = str.maketrans({c: " " for c in string.punctuation})
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation to spaces, a leading article dropped, spaces folded."""
+    words = text.lower().translate(_PUNCT).split()
+    if words and words[0] in ("the", "a", "an"):
+        words = words[1:]
+    return " ".join(words)
+
+
+def topic_match(output: str, topic: str) -> tuple[bool, str | None]:
+    """LongEval topics, scored deterministically: the normalised topic name appears in the
+    normalised output (word boundaries respected)."""
+    want, got = normalize(topic), normalize(output)
+    if not got:
+        return False, None
+    return f" {want} " in f" {got} ", got[:200]
+
+
+_LETTER_PATTERNS = [
+    re.compile(r"^\s*\(?([A-D])\)?\s*(?:[.):\]]|$|\s)"),                # "B", "(B)", "B.", "B) text"
+    re.compile(r"answer\s*(?:is|:)?\s*(?:option\s*)?\(?([A-D])\)?(?![A-Za-z])", re.I),
+    re.compile(r"(?:option|choice)\s*\(?([A-D])\)?(?![A-Za-z])", re.I),
+    re.compile(r"\(([A-D])\)"),
+]
+
+
+_LISTED = re.compile(r"^\s*([A-D])[.)]\s+\S", re.M)
+
+
+def parse_choice(output: str, options: Sequence[str]) -> str | None:
+    """The letter a multiple-choice answer picks, or None if it cannot be told.
+
+    An output that lists two or more options ("A. ...", "B. ...") chose none. Otherwise,
+    tried in order: a leading letter, "answer is X", "option X", "(X)", then the text of
+    exactly one option appearing in the output.
+    """
+    letters = "ABCD"[: len(options)]
+    listed = {m.group(1) for m in _LISTED.finditer(output)}
+    if len(listed & set(letters)) >= 2:
+        return None  # the output lists the options instead of choosing one
+    for pattern in _LETTER_PATTERNS:
+        m = pattern.search(output)
+        if m and m.group(1) in letters:
+            return m.group(1)
+    got = f" {normalize(output)} "
+    hits = [letters[i] for i, opt in enumerate(options)
+            if normalize(opt) and f" {normalize(opt)} " in got]
+    return hits[0] if len(hits) == 1 else None
+
+
+def choice_match(output: str, target_letter: str, options: Sequence[str]) -> tuple[bool, str | None]:
+    parsed = parse_choice(output, options)
+    return parsed == target_letter, parsed
+
+
+def wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval (95% by default) for a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def length_key(record: Record) -> int | str:
+    """The length cell a record belongs to: the target asked for, else the case's bin."""
+    s = record.sample
+    if s.target_tokens is not None:
+        return s.target_tokens
+    return str(s.meta.get("bin", "all"))
+
+
+def aggregate(records: Iterable[Record]) -> list[SummaryRow]:
+    """Mean of each score by (model, task, length, subset), with Wilson intervals for
+    0/1 scores. Errored samples are counted apart and left out of the mean."""
+    groups: dict[tuple[str, str, int | str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        subsets = ["all", *r.sample.meta.get("subsets", [])]
+        for subset in subsets:
+            groups[(r.model, r.sample.task, length_key(r), subset)].append(r)
+    rows: list[SummaryRow] = []
+    for (model, task, length, subset), recs in groups.items():
+        ok = [r for r in recs if r.ok]
+        n_errors = len(recs) - len(ok)
+        tokens = statistics.fmean(r.sample.input_tokens for r in recs)
+        metrics = sorted({m for r in ok for m in r.scores}) or ["accuracy"]
+        for metric in metrics:
+            values = [r.scores[metric] for r in ok if metric in r.scores]
+            n = len(values)
+            value = statistics.fmean(values) if values else float("nan")
+            if all(v in (0.0, 1.0) for v in values):
+                lo, hi = wilson(sum(values), n)
+            else:
+                lo, hi = float("nan"), float("nan")
+            rows.append(SummaryRow(model=model, task=task, length=length, subset=subset,
+                                   metric=metric, value=value, ci_low=lo, ci_high=hi, n=n,
+                                   n_errors=n_errors, input_tokens_mean=round(tokens, 1)))
+    rows.sort(key=lambda r: (r.model, r.task, r.subset != "all", r.subset, _length_order(r.length),
+                             r.metric))
+    return rows
+
+
+def _length_order(length: int | str) -> tuple[int, int | str]:
+    return (0, length) if isinstance(length, int) else (1, length)

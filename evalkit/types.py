@@ -1,0 +1,193 @@
+"""Core data types of evalkit. Standard library only; read this file first.
+
+Data flows one way: generators make `Sample`s, the runner turns each into a `Request`,
+a backend answers with a `Response`, scorers add scores, and the store appends one
+`Record` per sample to samples.jsonl. `RunSummary` is derived from the records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+SCHEMA_VERSION = 1
+
+RequestKind = Literal["generate", "loglikelihood"]
+
+
+class EvalkitError(Exception):
+    """A problem the user can fix. The CLI prints its message as one line and exits 2."""
+
+
+class Unsupported(EvalkitError):
+    """A backend cannot do what was asked (for example loglikelihood over a chat-only API)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One test case, before any model saw it.
+
+    `id` is stable across runs (task/length/seed/index), never a list position, so that
+    resume and comparison match samples by id. `prompt` is the user text before the prompt
+    template; `template` names the template the generator fitted the length with.
+    `target_tokens` is the length asked for (None for natural-length cases such as imported
+    or QuALITY rows); `input_tokens` is the measured length of the rendered prompt.
+    """
+
+    id: str
+    task: str
+    prompt: str
+    targets: tuple[str, ...]
+    target_tokens: int | None
+    input_tokens: int
+    template: str
+    max_new_tokens: int
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a backend is asked: the rendered prompt and the decoding parameters."""
+
+    sample_id: str
+    kind: RequestKind
+    prompt: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    continuation: str = ""  # loglikelihood only: score log P(continuation | prompt)
+
+    def cache_key(self, backend_fingerprint: str) -> str:
+        payload = json.dumps(
+            [backend_fingerprint, self.kind, self.prompt, self.continuation,
+             self.max_new_tokens, self.temperature, self.seed, list(self.stop)],
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Response:
+    """A backend's answer. `error` is a message, never a swallowed exception."""
+
+    text: str = ""
+    logprob: float | None = None
+    is_greedy: bool | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One line of samples.jsonl: the sample, the answer, its scores."""
+
+    sample: Sample
+    response: Response
+    scores: Mapping[str, float]
+    model: str
+    prompt_sha256: str
+    cache_key: str
+    parsed: str | None = None  # what the scorer read out of the output (None: unparseable)
+
+    @property
+    def ok(self) -> bool:
+        return self.response.error is None
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One cell of the accuracy table. `length` is target_tokens, or a bin label for
+    natural-length cases; `input_tokens_mean` is what the model actually read."""
+
+    model: str
+    task: str
+    length: int | str
+    subset: str
+    metric: str
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    n_errors: int
+    input_tokens_mean: float
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    status: Literal["complete", "partial"]
+    rows: tuple[SummaryRow, ...]
+    n_samples: int
+    n_done: int
+    n_errors: int
+    schema_version: int = SCHEMA_VERSION
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """Counts tokens exactly as the model will see them (no doubled BOS)."""
+
+    name: str
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+class Backend(Protocol):
+    """One inference engine. Retries, concurrency, caching and the too-long check live
+    in the runner, so that a backend stays small."""
+
+    name: str
+    max_batch_size: int
+
+    def tokenizer(self) -> TokenCounter: ...
+
+    def context_window(self) -> int | None: ...
+
+    def chat_template(self) -> str | None: ...
+
+    def special_tokens(self) -> Mapping[str, str]: ...  # bos_token / eos_token texts
+
+    def generate(self, requests: Sequence[Request]) -> list[Response]: ...
+
+    def loglikelihood(self, requests: Sequence[Request]) -> list[Response]: ...
+
+    def fingerprint(self) -> str: ...
+
+    def describe(self) -> Mapping[str, Any]: ...
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses to plain JSON values (tuples become lists)."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: to_jsonable(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def sample_from_json(d: Mapping[str, Any]) -> Sample:
+    return Sample(
+        id=d["id"], task=d["task"], prompt=d["prompt"], targets=tuple(d["targets"]),
+        target_tokens=d["target_tokens"], input_tokens=d["input_tokens"],
+        template=d["template"], max_new_tokens=d["max_new_tokens"], meta=dict(d["meta"]),
+    )
+
+
+def record_from_json(d: Mapping[str, Any]) -> Record:
+    return Record(
+        sample=sample_from_json(d["sample"]),
+        response=Response(**d["response"]),
+        scores=dict(d["scores"]),
+        model=d["model"],
+        prompt_sha256=d["prompt_sha256"],
+        cache_key=d["cache_key"],
+        parsed=d.get("parsed"),
+    )
