@@ -36,8 +36,8 @@ def fit_max(build: Callable[[int], str], measure: Measure, budget: int, lo: int,
     smallest_tokens = measure(smallest)
     if smallest_tokens > budget:
         raise EvalkitError(
-            f"{budget} tokens is too short for this task: its prompt without {what} already "
-            f"takes {smallest_tokens} tokens; ask for a longer length"
+            f"{budget} tokens is too short for this task: its shortest prompt ({lo} {what}) "
+            f"already takes {smallest_tokens} tokens; ask for a longer length"
         )
     best = Fit(lo, smallest, smallest_tokens)
     low, high = lo + 1, hi
@@ -53,3 +53,17 @@ def fit_max(build: Callable[[int], str], measure: Measure, budget: int, lo: int,
         else:
             high = mid - 1
     return best
+
+
+def fit_growing(build: Callable[[int], str], measure: Measure, budget: int, start: int,
+                limit: int, what: str = "haystack") -> Fit:
+    """`fit_max` for sources without a known size bound: double the upper bound from
+    `start` until the prompt overflows the budget (at most log2(limit / start) doublings),
+    then search. Raises EvalkitError when even `limit` items fit."""
+    hi = max(2, start)
+    while measure(build(hi)) <= budget:
+        if hi >= limit:
+            raise EvalkitError(f"{budget} tokens needs more {what} than the generator makes "
+                               f"({limit}): ask for a shorter length")
+        hi = min(limit, hi * 2)
+    return fit_max(build, measure, budget, lo=1, hi=hi - 1, what=what)

@@ -1,7 +1,7 @@
 """A scripted backend of our own, for unit tests of the runner and for dry runs.
 
 It runs no model: it counts whitespace tokens and answers every prompt by a rule:
-`reply: first-number` (the first integer of the prompt after its first line),
+`reply: lookup` (reads a pass key, or the asked line's number, back out of the prompt),
 `reply: <any text>` (that text), with an optional `delay_s` per request and
 `fail_every: N` (every N-th request returns an error) to exercise the runner.
 """
@@ -19,7 +19,8 @@ from evalkit.types import Backend, Request, Response, TokenCounter, Unsupported
 
 OPTIONS: dict[str, type] = {"reply": str, "delay_s": float, "fail_every": int,
                             "context_window": int}
-_NEEDLE = re.compile(r"(?:pass key is|REGISTER_CONTENT is <)\s*(\d+)")
+_PASSKEY = re.compile(r"The pass key is (\d+)")
+_ASKED_LINE = re.compile(r"in line (.+?)\? I need the number")
 
 
 class ScriptedBackend:
@@ -45,11 +46,16 @@ class ScriptedBackend:
         return {}
 
     def _answer(self, prompt: str) -> str:
-        rule = self.options.get("reply", "first-number")
-        if rule == "first-number":
-            m = _NEEDLE.search(prompt)
-            return f" {m.group(1)}." if m else " I do not know."
-        return str(rule)
+        rule = self.options.get("reply", "lookup")
+        if rule != "lookup":
+            return str(rule)
+        asked = _ASKED_LINE.search(prompt)
+        if asked:
+            line = re.search(f"line {re.escape(asked.group(1))}: REGISTER_CONTENT is <(\\d+)>",
+                             prompt)
+            return f" The number is {line.group(1)}." if line else " I do not know."
+        key = _PASSKEY.search(prompt)
+        return f" {key.group(1)}." if key else " I do not know."
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
@@ -70,7 +76,7 @@ class ScriptedBackend:
         raise Unsupported("the scripted backend does not score loglikelihood")
 
     def fingerprint(self) -> str:
-        return f"scripted:{self.options.get('reply', 'first-number')}"
+        return f"scripted:{self.options.get('reply', 'lookup')}"
 
     def describe(self) -> Mapping[str, Any]:
         return {"backend": self.name, "model": self.model, "options": self.options}

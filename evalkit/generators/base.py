@@ -78,8 +78,8 @@ def task_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    if not _TASKS:
-        from evalkit.generators import longqa, lines, passkey, topics  # noqa: F401
+    # importing registers; modules import once, so this is cheap after the first call
+    from evalkit.generators import lines, longqa, passkey, topics  # noqa: F401
 
 
 def make_params(task: TaskDef, values: Mapping[str, Any]) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from evalkit.fitting import fit_max
+from evalkit.fitting import fit_growing
 from evalkit.generators.base import Plan, Score, TaskDef, read_words, register_task, sample_rng
 from evalkit.generators.importers import read_longeval_lines
 from evalkit.scoring import last_int_match
@@ -31,7 +31,7 @@ LINE = "line {idx}: REGISTER_CONTENT is <{value}>\n"
 QUESTION = ("\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {idx}? "
             "I need the number. ")
 INDEX_STYLES = ("nl", "int", "uuid", "abc")
-MAX_LINES = 8000  # about 130K tokens: more than any context this harness fits
+MAX_LINES = 16384  # about 250K tokens: more than any context this harness fits
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,37 @@ def _nl_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(read_words("adjectives")), tuple(read_words("nouns"))
 
 
-def line_indexes(style: str, n: int, rng: random.Random) -> list[str]:
-    """n distinct line index names in the given style."""
-    if style == "int":
-        return [str(i + 1) for i in range(n)]
-    if style == "uuid":
-        return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)]
-    if style == "abc":
-        return ["".join(rng.choices(string.ascii_uppercase, k=6)) for _ in range(n)]
-    adjectives, nouns = _nl_words()
-    if n > len(adjectives) * len(nouns):
-        raise EvalkitError(f"{n} lines need more adjective-noun pairs than the word lists hold")
-    picks = rng.sample(range(len(adjectives) * len(nouns)), n)
-    return [f"{adjectives[p // len(nouns)]}-{nouns[p % len(nouns)]}" for p in picks]
+class LineStream:
+    """Lines drawn one at a time, so that the first n are the same whatever n ends up."""
+
+    def __init__(self, style: str, rng: random.Random) -> None:
+        self.style, self.rng = style, rng
+        self.indexes: list[str] = []
+        self.values: list[int] = []
+        self._seen: set[str] = set()
+
+    def _name(self) -> str:
+        j = len(self.indexes)
+        if self.style == "int":
+            return str(j + 1)
+        if self.style == "uuid":
+            return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        for _ in range(1000):  # rejection of repeats; ends: the name space is far larger
+            if self.style == "abc":
+                name = "".join(self.rng.choices(string.ascii_uppercase, k=6))
+            else:
+                adjectives, nouns = _nl_words()
+                name = f"{self.rng.choice(adjectives)}-{self.rng.choice(nouns)}"
+            if name not in self._seen:
+                return name
+        raise EvalkitError("ran out of distinct line names")
+
+    def extend(self, n: int) -> None:
+        while len(self.indexes) < n:
+            name = self._name()
+            self._seen.add(name)
+            self.indexes.append(name)
+            self.values.append(self.rng.randint(1, 50000))
 
 
 def build_prompt(indexes: list[str], values: list[int], n: int, asked: int) -> str:
@@ -75,29 +93,33 @@ def build_prompt(indexes: list[str], values: list[int], n: int, asked: int) -> s
     return HEADER + body + QUESTION.format(idx=indexes[asked])
 
 
-def _case(sid: str, n_max: int, plan: Plan, params: LinesParams,
+def _case(sid: str, plan: Plan, params: LinesParams, n_lines: int | None,
           target: int | None) -> Sample:
     rng = sample_rng(sid)
-    indexes = line_indexes(params.index_style, n_max, rng)
-    values = [rng.randint(1, 50000) for _ in range(n_max)]
     position_draw = rng.random()  # the asked line, as a fraction of the record
+    stream = LineStream(params.index_style, rng)
+
+    def asked_at(n: int) -> int:
+        return min(n - 1, int(position_draw * n))
 
     def build(n: int) -> str:
-        return build_prompt(indexes, values, n, min(n - 1, int(position_draw * n)))
+        stream.extend(n)
+        return build_prompt(stream.indexes, stream.values, n, asked_at(n))
 
     if target is None:
-        n, prompt = n_max, build(n_max)
+        assert n_lines is not None
+        n, prompt = n_lines, build(n_lines)
         tokens = plan.measure(prompt)
     else:
-        fit = fit_max(build, plan.measure, target, lo=1, hi=n_max, what="lines")
-        if fit.size == n_max:
-            raise EvalkitError(f"lines: {target} tokens needs more than {n_max} lines")
+        fit = fit_growing(build, plan.measure, target, start=target // 16 + 4, limit=MAX_LINES,
+                          what="lines")
         n, prompt, tokens = fit.size, fit.prompt, fit.tokens
-    asked = min(n - 1, int(position_draw * n))
+    asked = asked_at(n)
     return Sample(
-        id=sid, task="lines", prompt=prompt, targets=(str(values[asked]),), target_tokens=target,
-        input_tokens=tokens, template=plan.template, max_new_tokens=plan.max_new_tokens,
-        meta={"num_lines": n, "line_index": indexes[asked], "position": asked,
+        id=sid, task="lines", prompt=prompt, targets=(str(stream.values[asked]),),
+        target_tokens=target, input_tokens=tokens, template=plan.template,
+        max_new_tokens=plan.max_new_tokens,
+        meta={"num_lines": n, "line_index": stream.indexes[asked], "position": asked,
               "depth": round(asked / max(1, n - 1), 4), "index_style": params.index_style,
               **({} if target is not None else {"bin": f"{n} lines"})},
     )
@@ -110,15 +132,13 @@ def generate(params: LinesParams, plan: Plan) -> Iterator[Sample]:
     if params.num_lines:
         for n in params.num_lines:
             for i in range(plan.samples):
-                yield _case(f"lines/n{n}/{plan.seed}/{i}", n, plan, params, None)
+                yield _case(f"lines/n{n}/{plan.seed}/{i}", plan, params, n, None)
         return
     if not plan.lengths:
         raise EvalkitError("lines needs lengths or num_lines: pass --lengths, e.g. 1k,4k")
     for target in plan.lengths:
-        # ~14 tokens a line at least: enough lines to overfill the target, bounded
-        n_max = min(MAX_LINES, target // 6 + 16)
         for i in range(plan.samples):
-            yield _case(f"lines/{target}/{plan.seed}/{i}", n_max, plan, params, target)
+            yield _case(f"lines/{target}/{plan.seed}/{i}", plan, params, None, target)
 
 
 def score(sample: Sample, output: str) -> Score:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from evalkit.fitting import fit_max
+from evalkit.fitting import fit_growing
 from evalkit.generators.base import Plan, Score, TaskDef, read_words, register_task, sample_rng
 from evalkit.generators.importers import read_quality
 from evalkit.scoring import choice_match
@@ -73,42 +73,61 @@ def _profile(rng: random.Random, name: str) -> tuple[str, dict[str, str]]:
     return text, values
 
 
+class ProfileStream:
+    """Profiles of distinct people drawn one at a time (the first n never depend on n)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.names: list[str] = []
+        self.profiles: list[tuple[str, dict[str, str]]] = []
+        self._seen: set[str] = set()
+
+    def extend(self, n: int) -> None:
+        vocab = _vocab()
+        while len(self.names) < n:
+            for _ in range(1000):  # rejection of repeated names; 22,500 names to draw from
+                name = f"{self.rng.choice(vocab['first_names'])} {self.rng.choice(vocab['surnames'])}"
+                if name not in self._seen:
+                    break
+            else:
+                raise EvalkitError("longqa: ran out of distinct names for the document")
+            self._seen.add(name)
+            self.names.append(name)
+            self.profiles.append(_profile(self.rng, name))
+
+
 def _synthetic(sid: str, target: int, plan: Plan) -> Sample:
     rng = sample_rng(sid)
-    vocab = _vocab()
-    n_max = min(MAX_PEOPLE, target // 20 + 8)  # a profile is 60+ tokens
-    n_names = len(vocab["first_names"]) * len(vocab["surnames"])
-    picks = rng.sample(range(n_names), min(n_max, n_names))
-    names = [f"{vocab['first_names'][p // len(vocab['surnames'])]} "
-             f"{vocab['surnames'][p % len(vocab['surnames'])]}" for p in picks]
-    profiles = [_profile(rng, name) for name in names]
     attr = rng.choice(list(ATTRIBUTES))
     depth_draw = rng.random()
     letter_draw = rng.randrange(4)
     distractor_seed = rng.random()
+    stream = ProfileStream(rng)
 
-    def case(n: int) -> tuple[str, list[str], str]:
-        asked = min(n - 1, int(depth_draw * n))
-        right = profiles[asked][1][attr]
-        others = sorted({p[1][attr] for p in profiles[:n]} - {right})
-        pool = others if len(others) >= 3 else sorted(set(vocab[ATTRIBUTES[attr][0]]) - {right})
+    def asked_at(n: int) -> int:
+        return min(n - 1, int(depth_draw * n))
+
+    def case(n: int) -> tuple[str, list[str]]:
+        stream.extend(n)
+        asked = asked_at(n)
+        right = stream.profiles[asked][1][attr]
+        others = sorted({p[1][attr] for p in stream.profiles[:n]} - {right})
+        pool = others if len(others) >= 3 else sorted(set(_vocab()[ATTRIBUTES[attr][0]]) - {right})
         wrong = random.Random(distractor_seed).sample(pool, 3)
         options = wrong[:letter_draw] + [right] + wrong[letter_draw:]
-        document = "\n\n".join(p[0] for p in profiles[:n])
-        question = ATTRIBUTES[attr][2].format(name=names[asked])
-        return format_prompt(document, question, options), options, names[asked]
+        document = "\n\n".join(p[0] for p in stream.profiles[:n])
+        question = ATTRIBUTES[attr][2].format(name=stream.names[asked])
+        return format_prompt(document, question, options), options
 
-    fit = fit_max(lambda n: case(n)[0], plan.measure, target, lo=1, hi=len(profiles),
-                  what="document")
-    if fit.size == len(profiles):
-        raise EvalkitError(f"longqa: {target} tokens needs more profiles than the generator makes")
-    _, options, person = case(fit.size)
-    asked = min(fit.size - 1, int(depth_draw * fit.size))
+    fit = fit_growing(lambda n: case(n)[0], plan.measure, target, start=target // 64 + 2,
+                      limit=MAX_PEOPLE, what="profiles")
+    _, options = case(fit.size)
+    asked = asked_at(fit.size)
     return Sample(
         id=sid, task="longqa", prompt=fit.prompt, targets=(LETTERS[letter_draw],),
         target_tokens=target, input_tokens=fit.tokens, template=plan.template,
         max_new_tokens=plan.max_new_tokens,
-        meta={"options": options, "attribute": attr, "person": person,
+        meta={"options": options, "attribute": attr, "person": stream.names[asked],
               "num_profiles": fit.size, "depth": round(asked / max(1, fit.size - 1), 4),
               "source": "synthetic"},
     )

@@ -71,7 +71,7 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
                     key = rng.randint(10 ** (params.key_digits - 1), 10 ** params.key_digits - 1)
                 where = rng.random() if depth is None else depth
                 fit = fit_max(lambda n: build_prompt(n, where, key), plan.measure, target,
-                              lo=0, hi=max_chars, what="filler")
+                              lo=0, hi=max_chars, what="filler characters")
                 yield Sample(
                     id=sid, task="passkey", prompt=fit.prompt, targets=(str(key),),
                     target_tokens=target, input_tokens=fit.tokens, template=plan.template,

@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests run offline; engine tests (marked `engine`) use the embedded
+tiny models and run in CI too."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from evalkit.generators import Plan
+from evalkit.tokenizers import WhitespaceCounter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_data(*parts: str) -> Path:
+    """Published reference data (LongEval rows) beside the checkout, for integration tests.
+    Users who clone the project alone skip these; in CI they must be there."""
+    base = Path(os.environ.get("EVALKIT_REFERENCE_DATA", ROOT.parent / "shared" / "data"))
+    path = base.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"reference data {path} is missing in CI")
+        pytest.skip(f"reference data {path} not present (set EVALKIT_REFERENCE_DATA)")
+    return path
+
+
+def whitespace_plan(task: str, lengths: tuple[int, ...] = (500,), samples: int = 2,
+                    template: str = "raw", seed: int = 0, max_new_tokens: int = 10) -> Plan:
+    counter = WhitespaceCounter()
+    return Plan(task=task, lengths=lengths, samples=samples, seed=seed, template=template,
+                max_new_tokens=max_new_tokens, measure=lambda t: len(counter.encode(t)))
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
