@@ -138,6 +138,49 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run folder under result
     typer.echo(format_table(summary.rows))
 
 
+@app.command()
+def report(
+    run_dirs: Annotated[Optional[list[Path]], typer.Argument(help="run folders to report together")]
+    = None,
+    out: Annotated[Optional[Path], typer.Option(help="report folder (default reports/<name>)")]
+    = None,
+    index: Annotated[Optional[Path], typer.Option(
+        help="write an index page of every run under this folder (e.g. results/)")] = None,
+    title: Annotated[Optional[str], typer.Option(help="the report's title")] = None,
+) -> None:
+    """Write a static HTML report (tables, plots, sample browser) of one or more runs."""
+    from evalkit.report.html import build_index, build_report
+
+    if index is not None:
+        page = build_index(index, out or Path("reports") / "index")
+    elif run_dirs:
+        name = "_vs_".join(d.name for d in run_dirs) if len(run_dirs) > 1 else run_dirs[0].name
+        page = build_report(list(run_dirs), out or Path("reports") / name[:120], title)
+    else:
+        raise EvalkitError("report needs run folders (results/<run-id>) or --index results/")
+    typer.echo(f"report: {page}")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="the baseline run folder")],
+    run_b: Annotated[Path, typer.Argument(help="the candidate run folder")],
+    out: Annotated[Optional[Path], typer.Option(
+        help="also write the side-by-side HTML report and combined plots here")] = None,
+) -> None:
+    """Side-by-side accuracy of two runs, per-cell deltas and their significance."""
+    from evalkit.report.compare import compare_runs, format_compare
+    from evalkit.report.html import build_report
+
+    label_a, label_b, rows = compare_runs(run_a, run_b, out / "plots" if out else None)
+    typer.echo(format_compare(label_a, label_b, rows))
+    typer.echo("\ndelta = B - A; sig: p < 0.05 (two-proportion z-test, Fisher's exact test "
+               "where counts are small)")
+    if out is not None:
+        page = build_report([run_a, run_b], out, f"{label_a} vs {label_b}")
+        typer.echo(f"report: {page}")
+
+
 def main() -> None:
     try:
         app()

@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 evalkit run configs/quickstart.yaml --out results/quickstart "$@"
+evalkit report results/quickstart --out reports/quickstart

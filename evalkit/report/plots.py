@@ -1,0 +1,112 @@
+"""Plots (matplotlib, Agg, PNG + SVG): accuracy against input length per task, one line
+per model with its 95% interval as a band; the passkey needle-depth x length heatmap."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from evalkit.types import Record, SummaryRow
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: object, base: Path) -> list[Path]:
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in ("png", "svg"):
+        path = base.with_suffix(f".{ext}")
+        fig.savefig(path, dpi=110, bbox_inches="tight", metadata=_metadata(ext))  # type: ignore[attr-defined]
+        out.append(path)
+    _pyplot().close(fig)
+    return out
+
+
+def _metadata(ext: str) -> dict[str, str | None]:
+    # no creation dates in the files: the same run renders the same bytes
+    return {"Date": None} if ext == "svg" else {"Software": "evalkit"}
+
+
+def accuracy_plot(rows: Iterable[SummaryRow], task: str, base: Path,
+                  labels: dict[str, str] | None = None) -> list[Path]:
+    """Accuracy against mean input tokens, one line per model, interval bands."""
+    plt = _pyplot()
+    by_model: dict[str, list[SummaryRow]] = defaultdict(list)
+    for r in rows:
+        if r.task == task and r.metric == "accuracy" and r.subset == "all" and not math.isnan(r.value):
+            by_model[r.model].append(r)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for model, rs in sorted(by_model.items()):
+        rs.sort(key=lambda r: r.input_tokens_mean)
+        x = [r.input_tokens_mean for r in rs]
+        line, = ax.plot(x, [r.value for r in rs], marker="o", label=(labels or {}).get(model, model))
+        ax.fill_between(x, [r.ci_low for r in rs], [r.ci_high for r in rs], alpha=0.18,
+                        color=line.get_color(), linewidth=0)
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("input tokens")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{task}: accuracy by input length (95% CI)")
+    ax.grid(alpha=0.3)
+    xs = sorted({round(r.input_tokens_mean) for rs in by_model.values() for r in rs})
+    if xs:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{x / 1024:.1f}k" if x >= 1024 else str(x) for x in xs], fontsize=8,
+                           rotation=45 if len(xs) > 5 else 0)
+        ax.minorticks_off()
+    if by_model:
+        ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, base)
+
+
+DEPTH_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def depth_bin(depth: float, bins: Sequence[float] = DEPTH_BINS) -> float:
+    """The nearest of the sweep's depths (random depths are binned to them)."""
+    return min(bins, key=lambda b: abs(b - depth))
+
+
+def depth_heatmap(records: Iterable[Record], model: str, base: Path) -> list[Path] | None:
+    """Passkey accuracy by needle depth (rows) and target length (columns); None when the
+    run has no passkey samples for this model."""
+    cells: dict[tuple[float, int], list[float]] = defaultdict(list)
+    for r in records:
+        s = r.sample
+        if r.model != model or s.task != "passkey" or not r.ok or s.target_tokens is None:
+            continue
+        cells[(depth_bin(float(s.meta.get("depth", 0.0))), s.target_tokens)].append(
+            r.scores.get("accuracy", 0.0))
+    if not cells:
+        return None
+    plt = _pyplot()
+    depths = sorted({d for d, _ in cells})
+    lengths = sorted({n for _, n in cells})
+    grid = [[(sum(v) / len(v)) if (v := cells.get((d, n))) else math.nan for n in lengths]
+            for d in depths]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.0 + 0.55 * len(depths)))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(lengths)))
+    ax.set_xticklabels([f"{n / 1024:g}k" if n % 256 == 0 else str(n) for n in lengths])
+    ax.set_yticks(range(len(depths)))
+    ax.set_yticklabels([f"{d:.0%}" for d in depths])
+    ax.set_xlabel("target input tokens")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"passkey: {model}", fontsize=10)
+    for i, d in enumerate(depths):
+        for j, n in enumerate(lengths):
+            v = cells.get((d, n))
+            if v:
+                ax.text(j, i, f"{sum(v) / len(v):.0%}\nn={len(v)}", ha="center", va="center",
+                        fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    return _save(fig, base)

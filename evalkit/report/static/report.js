@@ -1,0 +1,96 @@
+// The sample browser. Every piece of sample text goes through textContent, never HTML.
+(function () {
+  "use strict";
+  const samples = window.EVALKIT_SAMPLES || [];
+  const PAGE = 100;
+  const form = document.getElementById("filters");
+  const list = document.getElementById("sample-list");
+  const more = document.getElementById("more");
+  const count = document.getElementById("count");
+  let matched = [];
+  let shown = 0;
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  function loadPrompts(chunk) {
+    window.EVALKIT_PROMPTS = window.EVALKIT_PROMPTS || {};
+    if (window.EVALKIT_PROMPTS[chunk]) return Promise.resolve(window.EVALKIT_PROMPTS[chunk]);
+    return new Promise(function (resolve, reject) {
+      const s = document.createElement("script");
+      s.src = "prompts/" + String(chunk).padStart(4, "0") + ".js";
+      s.onload = function () { resolve(window.EVALKIT_PROMPTS[chunk]); };
+      s.onerror = reject;
+      document.body.appendChild(s);
+    });
+  }
+
+  function card(s) {
+    const box = el("article", "sample " + s.outcome);
+    box.dataset.outcome = s.outcome;
+    const head = el("div", "head");
+    head.append(el("span", "id", s.id), el("span", "", s.model), el("span", "", s.task + " @ " + s.length),
+      el("span", "outcome", s.outcome), el("span", "", s.input_tokens + " tokens in"),
+      el("span", "", (s.output_tokens === null ? "?" : s.output_tokens) + " out"),
+      el("span", "", s.latency_s + " s"));
+    if (s.depth !== null && s.depth !== undefined) head.append(el("span", "", "depth " + s.depth));
+    const kv = el("dl", "kv");
+    kv.append(el("dt", "", "expected"), el("dd", "expected", s.expected));
+    kv.append(el("dt", "", "parsed"), el("dd", "parsed", s.parsed === null ? "(nothing readable)" : s.parsed));
+    const out = el("pre", "output", s.error ? "ERROR: " + s.error : s.output + (s.output_cut ? "\n[... cut; see samples.jsonl]" : ""));
+    kv.append(el("dt", "", "output"), el("dd", "", ""));
+    kv.lastChild.append(out);
+    const det = el("details", "prompt");
+    det.append(el("summary", "", "prompt (" + s.input_tokens + " tokens, template " + s.template + ")"));
+    const pre = el("pre", "", "");
+    det.append(pre);
+    det.addEventListener("toggle", function () {
+      if (!det.open || pre.dataset.loaded) return;
+      pre.textContent = "loading...";
+      loadPrompts(Math.floor(s.p / 50)).then(function (chunk) {
+        pre.textContent = chunk[s.p % 50];
+        pre.dataset.loaded = "1";
+      }, function () { pre.textContent = "(could not load the prompt file)"; });
+    });
+    box.append(head, kv, det);
+    return box;
+  }
+
+  function showMore() {
+    const frag = document.createDocumentFragment();
+    const end = Math.min(matched.length, shown + PAGE);
+    for (let i = shown; i < end; i++) frag.append(card(matched[i]));
+    list.append(frag);
+    shown = end;
+    more.hidden = shown >= matched.length;
+    more.textContent = "show more (" + (matched.length - shown) + " left)";
+  }
+
+  function apply() {
+    const f = new FormData(form);
+    const model = f.get("model"), task = f.get("task"), length = f.get("length");
+    const outcome = f.get("outcome"), q = String(f.get("q") || "").toLowerCase();
+    matched = samples.filter(function (s) {
+      if (model && s.model !== model) return false;
+      if (task && s.task !== task) return false;
+      if (length && s.length !== length) return false;
+      if (outcome === "incorrect" ? s.outcome === "correct" : outcome && s.outcome !== outcome) return false;
+      if (q && (s.id + "\n" + s.output + "\n" + s.expected).toLowerCase().indexOf(q) < 0) return false;
+      return true;
+    });
+    list.replaceChildren();
+    shown = 0;
+    count.textContent = matched.length + " of " + samples.length + " samples";
+    showMore();
+  }
+
+  form.addEventListener("change", apply);
+  form.addEventListener("input", apply);
+  form.addEventListener("submit", function (e) { e.preventDefault(); });
+  more.addEventListener("click", showMore);
+  apply();
+})();
