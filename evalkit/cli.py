@@ -16,10 +16,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from evalkit import store
-from evalkit.config import Overrides, build_spec, load_config_file
+from evalkit.config import Overrides, build_specs, load_config_file
 from evalkit.generators import get_task, task_names
 from evalkit.generators.importers import detect_longeval_kind
-from evalkit.models import ALIASES
+from evalkit.models import ALIASES, model_label
 from evalkit.report.tables import format_table
 from evalkit.types import EvalkitError
 
@@ -71,26 +71,35 @@ def run(
         ov.task_params.setdefault("longqa", {})["quality"] = str(quality)
     for path in cases or []:
         kind = detect_longeval_kind(path)
-        ov.task_params.setdefault(kind, {})["cases"] = str(path)
-        if not task:
-            ov.tasks.append(kind)
-    if not config and not ov.tasks:
-        ov.name = "run"
-    spec = build_spec(data, ov, source=str(config) if config else "command line")
+        ov.task_params.setdefault(kind, {}).setdefault("cases", []).append(str(path))
+        if not task:  # without a config, just these cases; with one, added to its tasks
+            (ov.extra_tasks if config else ov.tasks).append(kind)
+    specs = build_specs(data, ov, source=str(config) if config else "command line")
     if dry_run:
-        _dry_run(spec)
+        for spec in specs:
+            _dry_run(spec)
         return
-    try:
-        result = runner.run(spec, out=out, results_root=results, progress=progress)
-    except KeyboardInterrupt:
-        _err("\ninterrupted: every finished sample is saved; run the same command again to "
-             "resume")
-        raise typer.Exit(130) from None
-    typer.echo(format_table(result.summary.rows))
-    s = result.summary
-    typer.echo(f"\n{s.n_done}/{s.n_samples} samples scored"
-               + (f", {s.n_errors} with errors (rerun to retry them)" if s.n_errors else "")
-               + f"; results in {result.run_dir}")
+    results_rows = []
+    for spec in specs:
+        label = spec.label or model_label(spec.model)
+        if len(specs) > 1:
+            typer.echo(f"== {label} ({spec.backend})")
+        run_out = out / label if out is not None and len(specs) > 1 else out
+        try:
+            result = runner.run(spec, out=run_out, results_root=results, progress=progress)
+        except KeyboardInterrupt:
+            _err("\ninterrupted: every finished sample is saved; run the same command again "
+                 "to resume")
+            raise typer.Exit(130) from None
+        s = result.summary
+        results_rows.extend(s.rows)
+        typer.echo(format_table(s.rows))
+        typer.echo(f"\n{s.n_done}/{s.n_samples} samples scored"
+                   + (f", {s.n_errors} with errors (rerun to retry them)" if s.n_errors else "")
+                   + f"; results in {result.run_dir}")
+    if len(specs) > 1:
+        typer.echo("\n== all models")
+        typer.echo(format_table(results_rows))
 
 
 def _dry_run(spec: Any) -> None:
@@ -106,7 +115,8 @@ def _dry_run(spec: Any) -> None:
     for smp in planned:
         key = smp.target_tokens if smp.target_tokens is not None else smp.meta.get("bin", "all")
         groups[(smp.task, str(key), smp.template)].append(smp.input_tokens)
-    typer.echo(f"{len(planned)} samples, tokens counted with {counter.name}:")
+    typer.echo(f"{spec.label or spec.model}: {len(planned)} samples, tokens counted with "
+               f"{counter.name}:")
     typer.echo(f"{'task':<8} {'length':>12} {'template':<17} {'n':>4} {'min':>7} {'mean':>9}"
                f" {'max':>7}")
     for (t, length, tmpl), toks in groups.items():

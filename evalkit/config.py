@@ -81,6 +81,7 @@ class RunSpec:
     temperature: float
     tasks: tuple[TaskSpec, ...]
     retries: int = 2
+    label: str | None = None  # the model's name in tables; default: its alias or file stem
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -98,6 +99,19 @@ class RunSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+class _ModelEntry(BaseModel):
+    """One model of a multi-model config; unset fields take the config's top-level value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    label: str | None = None
+    backend: str | None = None
+    backend_options: dict[str, Any] | None = None
+    template: str | None = None
+    tokenizer: str | None = None
+
+
 class _ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -113,6 +127,7 @@ class _ConfigFile(BaseModel):
     retries: int = 2
     lengths: list[str | int] = list(DEFAULT_LENGTHS)
     tasks: list[str | dict[str, Any]] = ["passkey", "lines", "topics", "longqa"]
+    models: list[_ModelEntry] | None = None
 
 
 @dataclass
@@ -120,6 +135,7 @@ class Overrides:
     """What the command line says on top of a config file."""
 
     tasks: list[str] = field(default_factory=list)
+    extra_tasks: list[str] = field(default_factory=list)  # added to the config's if missing
     lengths: str | None = None
     samples: int | None = None
     seed: int | None = None
@@ -153,9 +169,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_spec(data: Mapping[str, Any], overrides: Overrides | None = None,
-               source: str = "config") -> RunSpec:
-    """A RunSpec from config data and command-line overrides; refuses what is wrong."""
+def build_specs(data: Mapping[str, Any], overrides: Overrides | None = None,
+                source: str = "config") -> list[RunSpec]:
+    """One RunSpec per model of the config (`model:`, or a `models:` list); refuses what
+    is wrong, naming the key and the fix."""
     ov = overrides or Overrides()
     try:
         cfg = _ConfigFile.model_validate(dict(data))
@@ -163,10 +180,33 @@ def build_spec(data: Mapping[str, Any], overrides: Overrides | None = None,
         err = exc.errors()[0]
         if err["type"] == "extra_forbidden":
             known = ", ".join(_ConfigFile.model_fields)
-            raise EvalkitError(f"{source}: unknown key '{err['loc'][0]}' (known keys: {known})"
+            where = ".".join(str(x) for x in err["loc"][:-1])
+            raise EvalkitError(f"{source}: unknown key '{err['loc'][-1]}'"
+                               + (f" in {where}" if where else "") + f" (known keys: {known})"
                                ) from None
         raise EvalkitError(f"{_where(source, err['loc'])}{err['msg'].lower()}") from None
-    template = ov.template or cfg.template
+    if ov.model or not cfg.models:
+        entries = [_ModelEntry(model=ov.model or cfg.model)]
+    else:
+        entries = cfg.models
+    specs = [_spec_for(cfg, entry, ov, source) for entry in entries]
+    labels = [s.label or s.model for s in specs]
+    if len(set(labels)) != len(labels):
+        raise EvalkitError(f"{source}: two models share a label: give each a distinct label")
+    return specs
+
+
+def build_spec(data: Mapping[str, Any], overrides: Overrides | None = None,
+               source: str = "config") -> RunSpec:
+    """The RunSpec of a single-model config."""
+    specs = build_specs(data, overrides, source)
+    if len(specs) != 1:
+        raise EvalkitError(f"{source}: lists {len(specs)} models; run it with `evalkit run`")
+    return specs[0]
+
+
+def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) -> RunSpec:
+    template = ov.template or entry.template or cfg.template
     _check_template(template, source)
     lengths = parse_lengths(ov.lengths) if ov.lengths else parse_lengths(cfg.lengths)
     samples = ov.samples if ov.samples is not None else cfg.samples
@@ -177,6 +217,7 @@ def build_spec(data: Mapping[str, Any], overrides: Overrides | None = None,
     if ov.tasks:
         by_name = dict(entries)
         entries = [(t, by_name.get(t, {})) for t in dict.fromkeys(ov.tasks)]
+    entries += [(t, {}) for t in dict.fromkeys(ov.extra_tasks) if t not in dict(entries)]
     tasks = []
     for name, raw in entries:
         task = get_task(name)
@@ -198,12 +239,13 @@ def build_spec(data: Mapping[str, Any], overrides: Overrides | None = None,
         ))
     if not tasks:
         raise EvalkitError(f"{source}: no tasks: list some under tasks: or pass --task")
+    options = entry.backend_options if entry.backend_options is not None else cfg.backend_options
     return RunSpec(
-        name=ov.name or cfg.name, model=ov.model or cfg.model,
-        backend=ov.backend or cfg.backend, backend_options=dict(cfg.backend_options),
-        tokenizer=ov.tokenizer or cfg.tokenizer,
+        name=ov.name or cfg.name, model=entry.model,
+        backend=ov.backend or entry.backend or cfg.backend, backend_options=dict(options),
+        tokenizer=ov.tokenizer or entry.tokenizer or cfg.tokenizer,
         seed=ov.seed if ov.seed is not None else cfg.seed, temperature=cfg.temperature,
-        tasks=tuple(tasks), retries=cfg.retries,
+        tasks=tuple(tasks), retries=cfg.retries, label=entry.label,
     )
 
 

@@ -144,13 +144,14 @@ def _run_dir(spec: RunSpec, out: Path | None, results_root: Path, log: Log) -> P
     found = store.find_run(results_root, spec_hash)
     if found is not None:
         return found
-    return results_root / store.make_run_id(spec.name, model_label(spec.model), spec_hash)
+    return results_root / store.make_run_id(spec.name, spec.label or model_label(spec.model),
+                                            spec_hash)
 
 
 def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("results"),
         progress: bool = True, log: Log = print) -> RunResult:
     """Run (or resume) a spec; returns where it went and its summary."""
-    label = model_label(spec.model)
+    label = spec.label or model_label(spec.model)
     backend = make_backend(spec.backend, spec.model, spec.backend_options)
     counter = backend.tokenizer() if spec.tokenizer == "auto" else get_counter(spec.tokenizer)
     window = backend.context_window()

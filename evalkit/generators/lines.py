@@ -41,10 +41,12 @@ class LinesParams:
     num_lines: list[int] | None = field(
         default=None, metadata={"help": "make cases by line count (LongEval: 200..680) instead of"
                                         " by token length"})
-    cases: str | None = field(
-        default=None, metadata={"help": "a LongEval published lines test-case file (JSONL)"})
+    cases: list[str] | None = field(
+        default=None, metadata={"help": "LongEval published lines test-case files (JSONL)"})
 
     def __post_init__(self) -> None:
+        if isinstance(self.cases, str):
+            object.__setattr__(self, "cases", [self.cases])
         if self.index_style not in INDEX_STYLES:
             raise ValueError(f"index_style must be one of {', '.join(INDEX_STYLES)}, "
                              f"got '{self.index_style}'")
@@ -127,7 +129,8 @@ def _case(sid: str, plan: Plan, params: LinesParams, n_lines: int | None,
 
 def generate(params: LinesParams, plan: Plan) -> Iterator[Sample]:
     if params.cases:
-        yield from read_longeval_lines(params.cases, plan)
+        for path in params.cases:
+            yield from read_longeval_lines(path, plan)
         return
     if params.num_lines:
         for n in params.num_lines:

@@ -35,8 +35,12 @@ class TopicsParams:
     num_topics: list[int] | None = field(
         default=None, metadata={"help": "make cases by topic count (LongEval: 5..25) instead of"
                                         " by token length"})
-    cases: str | None = field(
-        default=None, metadata={"help": "a LongEval published topics test-case file (JSONL)"})
+    cases: list[str] | None = field(
+        default=None, metadata={"help": "LongEval published topics test-case files (JSONL)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cases, str):
+            object.__setattr__(self, "cases", [self.cases])
 
 
 @lru_cache(maxsize=4)
@@ -82,7 +86,8 @@ def _case(sid: str, corpus: Sequence[tuple[str, str]], plan: Plan, n: int | None
 
 def generate(params: TopicsParams, plan: Plan) -> Iterator[Sample]:
     if params.cases:
-        yield from read_longeval_topics(params.cases, plan)
+        for path in params.cases:
+            yield from read_longeval_topics(path, plan)
         return
     corpus = load_corpus(params.corpus)
     if params.num_topics:
