@@ -16,6 +16,11 @@ BackendFactory = Callable[[str, Mapping[str, Any]], Backend]
 _FACTORIES: dict[str, BackendFactory] = {}
 _MODULES = {
     "llamacpp": "evalkit.backends.llamacpp",
+    "hf": "evalkit.backends.hf",
+    "vllm": "evalkit.backends.vllm",
+    "openai": "evalkit.backends.openai",
+    "tgi": "evalkit.backends.tgi",
+    "sagemaker": "evalkit.backends.sagemaker",
     "scripted": "evalkit.backends.scripted",
 }
 
