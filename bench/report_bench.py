@@ -92,8 +92,10 @@ def main() -> None:
             builds.append(time.perf_counter() - t0)
         out = root / "report"
         print(f"report build: median {statistics.median(builds):.2f} s of {len(builds)}")
+        first_load = (folder_bytes(out / "static") + (out / "index.html").stat().st_size
+                      + (out / "samples.js").stat().st_size)
         print(f"page weight at first load (index.html + samples.js + static): "
-              f"{(folder_bytes(out / 'static') + (out / 'index.html').stat().st_size + (out / 'samples.js').stat().st_size) / 1e6:.2f} MB")
+              f"{first_load / 1e6:.2f} MB")
         print(f"plots: {folder_bytes(out / 'plots') / 1e6:.2f} MB; prompts (loaded on demand): "
               f"{folder_bytes(out / 'prompts') / 1e6:.2f} MB in "
               f"{len(list((out / 'prompts').iterdir()))} files; folder total "

@@ -11,7 +11,7 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -21,7 +21,7 @@ from evalkit.generators import get_task, task_names
 from evalkit.generators.importers import detect_longeval_kind
 from evalkit.models import ALIASES, model_label
 from evalkit.report.tables import format_table
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, SummaryRow
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Long-context evaluation: accuracy by input length.")
@@ -33,25 +33,25 @@ def _err(msg: str) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Argument(help="run config YAML (configs/)")] = None,
-    task: Annotated[Optional[list[str]], typer.Option("--task", "-t",
+    config: Annotated[Path | None, typer.Argument(help="run config YAML (configs/)")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", "-t",
                     help="task to run (repeat); default: the config's")] = None,
-    lengths: Annotated[Optional[str], typer.Option(help="target lengths, e.g. 1k,4k,16k")] = None,
-    samples: Annotated[Optional[int], typer.Option(help="samples per task and length")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed of every random choice")] = None,
-    model: Annotated[Optional[str], typer.Option(
+    lengths: Annotated[str | None, typer.Option(help="target lengths, e.g. 1k,4k,16k")] = None,
+    samples: Annotated[int | None, typer.Option(help="samples per task and length")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
+    model: Annotated[str | None, typer.Option(
         help=f"model alias ({', '.join(ALIASES)}) or a .gguf path")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="backend name")] = None,
-    template: Annotated[Optional[str], typer.Option(
+    backend: Annotated[str | None, typer.Option(help="backend name")] = None,
+    template: Annotated[str | None, typer.Option(
         help="auto, raw, mistral-instruct, mistrallite or chat")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(
+    tokenizer: Annotated[str | None, typer.Option(
         help="count tokens with: auto (the backend's own) or mistral-v1")] = None,
-    corpus: Annotated[Optional[Path], typer.Option(
+    corpus: Annotated[Path | None, typer.Option(
         help="topics: a LongEval-style corpus (conversations.jsonl)")] = None,
-    cases: Annotated[Optional[list[Path]], typer.Option(
+    cases: Annotated[list[Path] | None, typer.Option(
         help="LongEval published lines/topics test-case file (repeat)")] = None,
-    quality: Annotated[Optional[Path], typer.Option(help="longqa: QuALITY JSONL file")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run folder (default: results/<run-id>)")]
+    quality: Annotated[Path | None, typer.Option(help="longqa: QuALITY JSONL file")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default: results/<run-id>)")]
     = None,
     results: Annotated[Path, typer.Option(help="where new runs go")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run",
@@ -79,7 +79,7 @@ def run(
         for spec in specs:
             _dry_run(spec)
         return
-    results_rows = []
+    results_rows: list[SummaryRow] = []
     for spec in specs:
         label = spec.label or model_label(spec.model)
         if len(specs) > 1:
@@ -150,13 +150,13 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run folder under result
 
 @app.command()
 def report(
-    run_dirs: Annotated[Optional[list[Path]], typer.Argument(help="run folders to report together")]
+    run_dirs: Annotated[list[Path] | None, typer.Argument(help="run folders to report together")]
     = None,
-    out: Annotated[Optional[Path], typer.Option(help="report folder (default reports/<name>)")]
+    out: Annotated[Path | None, typer.Option(help="report folder (default reports/<name>)")]
     = None,
-    index: Annotated[Optional[Path], typer.Option(
+    index: Annotated[Path | None, typer.Option(
         help="write an index page of every run under this folder (e.g. results/)")] = None,
-    title: Annotated[Optional[str], typer.Option(help="the report's title")] = None,
+    title: Annotated[str | None, typer.Option(help="the report's title")] = None,
 ) -> None:
     """Write a static HTML report (tables, plots, sample browser) of one or more runs."""
     from evalkit.report.html import build_index, build_report
@@ -175,7 +175,7 @@ def report(
 def compare(
     run_a: Annotated[Path, typer.Argument(help="the baseline run folder")],
     run_b: Annotated[Path, typer.Argument(help="the candidate run folder")],
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         help="also write the side-by-side HTML report and combined plots here")] = None,
 ) -> None:
     """Side-by-side accuracy of two runs, per-cell deltas and their significance."""

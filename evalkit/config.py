@@ -84,7 +84,8 @@ class RunSpec:
     label: str | None = None  # the model's name in tables; default: its alias or file stem
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        return plain
 
     def redacted(self) -> dict[str, Any]:
         d = self.to_json()
@@ -156,7 +157,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise EvalkitError(f"config file not found: {p} (see configs/ for examples)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data: Any = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -166,7 +167,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise EvalkitError(f"{p}: a config is a mapping of keys (name, model, tasks, ...), "
                            f"not a {type(data).__name__}")
-    return data
+    return dict(data)
 
 
 def build_specs(data: Mapping[str, Any], overrides: Overrides | None = None,
@@ -255,7 +256,8 @@ def _check_template(name: str, source: str) -> None:
                            f"{', '.join(TEMPLATE_NAMES)}")
 
 
-def _task_entries(items: list[str | dict[str, Any]], source: str) -> list[tuple[str, dict[str, Any]]]:
+def _task_entries(items: list[str | dict[str, Any]],
+                  source: str) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for item in items:
         if isinstance(item, str):

@@ -208,11 +208,11 @@ def _execute(spec: RunSpec, backend: Backend, label: str, run_dir: Path,
             rendered = [templates[s.task].render(s.prompt) for s in batch]
             requests = [Request(sample_id=s.id, kind="generate", prompt=p,
                                 max_new_tokens=s.max_new_tokens, temperature=spec.temperature,
-                                seed=spec.seed) for s, p in zip(batch, rendered)]
+                                seed=spec.seed) for s, p in zip(batch, rendered, strict=True)]
             responses = _generate_with_retries(backend, requests, spec.retries)
             store.append_records(run_dir, [
                 _record(s, p, r, label, req.cache_key(fingerprint))
-                for s, p, r, req in zip(batch, rendered, responses, requests)])
+                for s, p, r, req in zip(batch, rendered, responses, requests, strict=True)])
             if bar is not None:
                 bar.update(len(batch))
                 bar.set_postfix_str(batch[-1].task)
@@ -231,7 +231,7 @@ def _generate_with_retries(backend: Backend, requests: list[Request],
             break
         time.sleep(min(8.0, 0.5 * 2 ** attempt))
         again = backend.generate([requests[i] for i in failed])
-        for i, r in zip(failed, again):
+        for i, r in zip(failed, again, strict=True):
             responses[i] = r
     return responses
 

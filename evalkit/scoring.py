@@ -55,7 +55,7 @@ def topic_match(output: str, topic: str) -> tuple[bool, str | None]:
 
 
 _LETTER_PATTERNS = [
-    re.compile(r"^\s*\(?([A-D])\)?\s*(?:[.):\]]|$|\s)"),                # "B", "(B)", "B.", "B) text"
+    re.compile(r"^\s*\(?([A-D])\)?\s*(?:[.):\]]|$|\s)"),  # "B", "(B)", "B.", "B) text"
     re.compile(r"answer\s*(?:is|:)?\s*(?:option\s*)?\(?([A-D])\)?(?![A-Za-z])", re.I),
     re.compile(r"(?:option|choice)\s*\(?([A-D])\)?(?![A-Za-z])", re.I),
     re.compile(r"\(([A-D])\)"),
@@ -86,7 +86,8 @@ def parse_choice(output: str, options: Sequence[str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def choice_match(output: str, target_letter: str, options: Sequence[str]) -> tuple[bool, str | None]:
+def choice_match(output: str, target_letter: str,
+                 options: Sequence[str]) -> tuple[bool, str | None]:
     parsed = parse_choice(output, options)
     return parsed == target_letter, parsed
 

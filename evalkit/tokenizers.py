@@ -16,11 +16,14 @@ from pathlib import Path
 
 from evalkit.types import EvalkitError, TokenCounter
 
-_COUNTERS: dict[str, Callable[[], TokenCounter]] = {}
+_COUNTERS: dict[str, Callable[[], TokenCounter]] = {}  # name -> factory
 
 
-def register_counter(name: str) -> Callable[[Callable[[], TokenCounter]], Callable[[], TokenCounter]]:
-    def deco(factory: Callable[[], TokenCounter]) -> Callable[[], TokenCounter]:
+CounterFactory = Callable[[], TokenCounter]
+
+
+def register_counter(name: str) -> Callable[[CounterFactory], CounterFactory]:
+    def deco(factory: CounterFactory) -> CounterFactory:
         _COUNTERS[name] = factory
         return factory
 

@@ -7,8 +7,8 @@ import json
 import re
 
 import pytest
-
 from conftest import reference_data, whitespace_plan
+
 from evalkit.generators import get_task, make_params
 from evalkit.generators import lines as lines_mod
 from evalkit.generators import passkey as passkey_mod
@@ -70,7 +70,8 @@ def test_passkey_prompt_is_landmarks() -> None:
     parts = s.prompt.split("\n")
     assert len(parts) == 5
     assert parts[0] == passkey_mod.TASK_DESCRIPTION
-    assert parts[2] == f"The pass key is {s.targets[0]}. Remember it. {s.targets[0]} is the pass key."
+    key = s.targets[0]
+    assert parts[2] == f"The pass key is {key}. Remember it. {key} is the pass key."
     assert parts[4] == "What is the pass key? The pass key is"
     assert 1 <= int(s.targets[0]) <= 50000
     assert passkey_mod.filler(len(parts[1])) == parts[1]

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import reference_data
+
 from evalkit.backends import make_backend
 from evalkit.config import build_spec
 from evalkit.runner import plan_samples, resolve_template, run

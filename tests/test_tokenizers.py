@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import reference_data
+
 from evalkit.config import build_spec
 from evalkit.generators import Plan, get_task, make_params
 from evalkit.templates import make_template

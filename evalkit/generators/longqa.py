@@ -86,7 +86,8 @@ class ProfileStream:
         vocab = _vocab()
         while len(self.names) < n:
             for _ in range(1000):  # rejection of repeated names; 22,500 names to draw from
-                name = f"{self.rng.choice(vocab['first_names'])} {self.rng.choice(vocab['surnames'])}"
+                first = self.rng.choice(vocab["first_names"])
+                name = f"{first} {self.rng.choice(vocab['surnames'])}"
                 if name not in self._seen:
                     break
             else:
@@ -145,7 +146,8 @@ def _quality(params: LongQAParams, plan: Plan) -> Iterator[Sample]:
                 raise EvalkitError(f"{params.quality}: question {q.get('question_unique_id', qi)}"
                                    f" has {len(options)} options, QuALITY has 4")
             prompt = format_prompt(row["article"], str(q["question"]), options)
-            qid = q.get("question_unique_id") or f"{row.get('set_unique_id', row.get('article_id'))}-{qi}"
+            set_id = row.get("set_unique_id", row.get("article_id"))
+            qid = q.get("question_unique_id") or f"{set_id}-{qi}"
             yield Sample(
                 id=f"longqa/quality/{qid}", task="longqa", prompt=prompt,
                 targets=(LETTERS[int(q["gold_label"]) - 1],), target_tokens=None,

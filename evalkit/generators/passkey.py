@@ -70,7 +70,7 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
                 else:
                     key = rng.randint(10 ** (params.key_digits - 1), 10 ** params.key_digits - 1)
                 where = rng.random() if depth is None else depth
-                fit = fit_max(lambda n: build_prompt(n, where, key), plan.measure, target,
+                fit = fit_max(lambda n, w=where, k=key: build_prompt(n, w, k), plan.measure, target,
                               lo=0, hi=max_chars, what="filler characters")
                 yield Sample(
                     id=sid, task="passkey", prompt=fit.prompt, targets=(str(key),),

@@ -51,7 +51,7 @@ def load_runs(run_dirs: list[Path]) -> list[RunData]:
         raw.append((d, info, store.read_records(d), summary.status))
     labels = [str(info.get("model_label", d.name)) for d, info, _, _ in raw]
     out = []
-    for (d, info, records, status), label in zip(raw, labels):
+    for (d, info, records, status), label in zip(raw, labels, strict=True):
         if labels.count(label) > 1:
             label = f"{label}@{d.name}"
         out.append(RunData(d, info, label, [replace(r, model=label) for r in records], status))
@@ -62,9 +62,13 @@ def _env() -> jinja2.Environment:
     loader = jinja2.PackageLoader("evalkit.report", "templates")
     env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters["pct"] = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0%}"
+    env.filters["pct"] = _pct
     env.filters["length"] = _length_label
     return env
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or math.isnan(v) else f"{v:.0%}"
 
 
 def _length_label(length: int | str) -> str:

@@ -7,11 +7,12 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from evalkit.types import Record, SummaryRow
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,13 +43,14 @@ def accuracy_plot(rows: Iterable[SummaryRow], task: str, base: Path,
     plt = _pyplot()
     by_model: dict[str, list[SummaryRow]] = defaultdict(list)
     for r in rows:
-        if r.task == task and r.metric == "accuracy" and r.subset == "all" and not math.isnan(r.value):
+        if (r.task, r.metric, r.subset) == (task, "accuracy", "all") and not math.isnan(r.value):
             by_model[r.model].append(r)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for model, rs in sorted(by_model.items()):
         rs.sort(key=lambda r: r.input_tokens_mean)
         x = [r.input_tokens_mean for r in rs]
-        line, = ax.plot(x, [r.value for r in rs], marker="o", label=(labels or {}).get(model, model))
+        label = (labels or {}).get(model, model)
+        line, = ax.plot(x, [r.value for r in rs], marker="o", label=label)
         ax.fill_between(x, [r.ci_low for r in rs], [r.ci_high for r in rs], alpha=0.18,
                         color=line.get_color(), linewidth=0)
     ax.set_xscale("log", base=2)

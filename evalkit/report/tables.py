@@ -40,10 +40,11 @@ def format_table(rows: Iterable[SummaryRow]) -> str:
         tokens = max(r.input_tokens_mean for r in by_model.values())
         line = f"{name:<9} {_fmt_length(length):>10} {tokens:>8.0f}"
         for m in models:
-            r = by_model.get(m)
-            if r is None or math.isnan(r.value):
+            cell_row = by_model.get(m)
+            if cell_row is None or math.isnan(cell_row.value):
                 cell = "-"
             else:
+                r = cell_row
                 cell = f"{r.value:.2f} [{r.ci_low:.2f},{r.ci_high:.2f}] n={r.n}"
                 if r.n_errors:
                     cell += f" err={r.n_errors}"
