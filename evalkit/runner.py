@@ -167,6 +167,12 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
 
     run_dir = _run_dir(spec, out, results_root, log)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with store.run_lock(run_dir):
+        return _run_locked(spec, backend, counter, label, samples, run_dir, progress, log)
+
+
+def _run_locked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
+                samples: list[Sample], run_dir: Path, progress: bool, log: Log) -> RunResult:
     if not (run_dir / store.RUN_JSON).is_file():
         store.write_run(run_dir, {
             "run_id": run_dir.name, "spec": spec.redacted(), "spec_hash": spec.spec_hash(),

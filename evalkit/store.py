@@ -10,11 +10,13 @@ results/<run-id>/
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,22 @@ def find_run(results_root: Path, spec_hash: str) -> Path | None:
                 pass
         return d
     return None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One writer per run: a second process on the same run folder is refused. The lock
+    is the kernel's (flock), so a killed process never leaves it behind."""
+    with (Path(run_dir) / ".lock").open("a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EvalkitError(f"another evalkit process is running {run_dir}: wait for it to "
+                               "finish or stop it, then run again") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def repair_tail(run_dir: Path) -> int:

@@ -44,8 +44,8 @@ def _rows(run_dir: Path) -> list[dict]:
 def test_run_writes_the_layout_and_scores(tmp_path: Path) -> None:
     result = run(build_spec(_spec()), out=tmp_path / "r", progress=False, log=lambda m: None)
     d = result.run_dir
-    assert {p.name for p in d.iterdir()} == {"run.json", "samples.jsonl", "summary.json",
-                                              "table.csv"}
+    assert {p.name for p in d.iterdir() if not p.name.startswith(".")} == {
+        "run.json", "samples.jsonl", "summary.json", "table.csv"}
     assert result.summary.status == "complete" and result.summary.n_done == 18
     recs = _lines(d)
     assert len(recs) == 18 and all(r["schema_version"] == 1 for r in recs)
@@ -96,6 +96,16 @@ def test_bounded_retries_recover_transient_errors(tmp_path: Path) -> None:
     result = run(build_spec({**_spec(fail_every=3), "retries": 2}), out=tmp_path / "r",
                  progress=False, log=lambda m: None)
     assert result.summary.n_errors == 0 and result.summary.status == "complete"
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path: Path) -> None:
+    from evalkit.types import EvalkitError
+
+    spec = build_spec(_spec())
+    (tmp_path / "r").mkdir()
+    with store.run_lock(tmp_path / "r"), pytest.raises(EvalkitError, match="another evalkit"):
+        run(spec, out=tmp_path / "r", progress=False, log=lambda m: None)
+    assert run(spec, out=tmp_path / "r", progress=False, log=lambda m: None).summary.n_done == 18
 
 
 def test_torn_last_line_is_repaired(tmp_path: Path) -> None:
