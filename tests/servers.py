@@ -1,0 +1,76 @@
+"""Servers the HTTP backend tests start on 127.0.0.1 and stop again: llama-cpp-python's
+OpenAI-compatible server on an embedded model, on a free port chosen at run time."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT_S = 120.0  # the models load in a few seconds; this only bounds a broken start
+
+
+def require(module: str, pip: str) -> None:
+    """Fail (never skip) when a package the tests need is missing, naming the install."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pytest.fail(f"{module} is missing: pip install {pip}", pytrace=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None,
+                  log: Path | None = None) -> None:
+    """Until `url` answers anything HTTP (401 counts: the server is up), bounded."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log else ""
+            raise RuntimeError(f"server exited with {proc.returncode} while starting:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up within {timeout_s:.0f} s")
+
+
+@contextmanager
+def llama_server(model_file: Path, log: Path, n_ctx: int, api_key: str | None = None,
+                 logits_all: bool = True) -> Iterator[str]:
+    """llama-cpp-python's server on a free port; yields its base URL (no /v1)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_file),
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+           "--n_threads", "2", "--logits_all", json.dumps(logits_all)]
+    if api_key:
+        cmd += ["--api_key", api_key]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", START_TIMEOUT_S, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
