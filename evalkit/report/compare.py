@@ -77,6 +77,8 @@ def compare_runs(run_a: Path, run_b: Path,
             delta = b.value - a.value
             p, test = proportion_test(a, b)
         out.append(CompareRow(task, subset, length, a, b, delta, p, test))
+    out.sort(key=lambda r: (r.task, r.subset != "all", r.subset,
+                            (0, r.length) if isinstance(r.length, int) else (1, str(r.length))))
     if plot_dir is not None:
         for task in sorted({r.task for r in rows}):
             accuracy_plot(rows, task, plot_dir / f"compare_{task}")
@@ -96,7 +98,7 @@ def format_compare(label_a: str, label_b: str, rows: list[CompareRow]) -> str:
             else str(r.length)
         delta = "-" if r.delta is None else f"{r.delta:+.2f}"
         p = "-" if r.p_value is None else f"{r.p_value:.3f}"
-        sig = ("yes" if r.significant else "no") + (f" ({r.test})" if r.test else "")
+        sig = f"{'yes' if r.significant else 'no'} ({r.test})" if r.test else "-"
         lines.append(f"{name:<14} {length:>10} {cell(r.a):>18} {cell(r.b):>18} {delta:>7} "
                      f"{p:>7}  {sig}")
     return "\n".join(lines)

@@ -139,7 +139,13 @@ def _table(rows: list[SummaryRow], labels: list[str]) -> list[dict[str, Any]]:
                                      "tokens": 0.0, "cells": {}})
         row["tokens"] = max(row["tokens"], r.input_tokens_mean)
         row["cells"][r.model] = r
-    return list(keyed.values())
+    return [keyed[k] for k in sorted(keyed, key=_cell_order)]
+
+
+def _cell_order(key: tuple[str, str, int | str]) -> tuple[Any, ...]:
+    task, subset, length = key
+    return (task, subset != "all", subset,
+            (0, length, "") if isinstance(length, int) else (1, 0, str(length)))
 
 
 def _run_meta(run: RunData) -> dict[str, Any]:
