@@ -28,7 +28,7 @@ from evalkit.templates import make_template
 from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter, Unsupported
 
 OPTIONS: dict[str, type] = {**HTTP_OPTIONS, "model": str, "endpoint": str, "tokenizer": str,
-                            "context_window": int, "chat_template": str}
+                            "context_window": int, "chat_template": str, "extra_body": dict}
 
 # (flavour, path, request body, token ids out of the answer); tried in this order, once.
 _TOKENIZERS: tuple[tuple[str, str, Callable[[str, str], Any], Callable[[Any], list[int]]], ...] = (
@@ -154,7 +154,11 @@ class OpenAIBackend:
 
     # -- requests ------------------------------------------------------------------------
     def _body(self, req: Request) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {"model": self.api_model, "max_tokens": req.max_new_tokens,
+        # extra_body: server-specific sampling fields. Servers differ in hidden defaults
+        # (llama-cpp-python's server applies repeat_penalty 1.1, in-process llama.cpp 1.0), so
+        # comparing engines may need e.g. {repeat_penalty: 1.0} or {repetition_penalty: 1.0}.
+        body: dict[str, Any] = {**self.options.get("extra_body", {}), "model": self.api_model,
+                                "max_tokens": req.max_new_tokens,
                                 "temperature": req.temperature, "seed": req.seed}
         if req.stop:
             body["stop"] = list(req.stop)
@@ -259,7 +263,8 @@ class OpenAIBackend:
 
     def fingerprint(self) -> str:
         ident = [self.api_model, self._served_model().get("id"), self.endpoint,
-                 self.options.get("chat_template"), self._jinja]
+                 self.options.get("chat_template"), self._jinja,
+                 sorted(self.options.get("extra_body", {}).items())]
         return "openai:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:
