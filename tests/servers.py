@@ -54,6 +54,25 @@ def wait_for_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | No
 
 
 @contextmanager
+def _serve(cmd: list[str], port: int, log: Path, start_s: float,
+           env: dict[str, str] | None = None, stop_s: float = 15.0) -> Iterator[str]:
+    """Start a server command, wait (bounded) until /v1/models answers, yield its base URL,
+    and stop it: terminate, then kill if it lingers."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", start_s, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=stop_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@contextmanager
 def llama_server(model_file: Path, log: Path, n_ctx: int, api_key: str | None = None,
                  logits_all: bool = True) -> Iterator[str]:
     """llama-cpp-python's server on a free port; yields its base URL (no /v1)."""
@@ -63,18 +82,8 @@ def llama_server(model_file: Path, log: Path, n_ctx: int, api_key: str | None = 
            "--n_threads", "2", "--logits_all", json.dumps(logits_all)]
     if api_key:
         cmd += ["--api_key", api_key]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/v1/models", START_TIMEOUT_S, proc, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    with _serve(cmd, port, log, START_TIMEOUT_S) as url:
+        yield url
 
 
 @contextmanager
@@ -89,15 +98,5 @@ def vllm_server(folder: Path, log: Path, max_model_len: int, name: str) -> Itera
            "--max-model-len", str(max_model_len), "--enforce-eager",
            "--served-model-name", name]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/v1/models", 420.0, proc, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    with _serve(cmd, port, log, 420.0, env=env, stop_s=30.0) as url:
+        yield url

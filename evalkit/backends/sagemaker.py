@@ -34,7 +34,7 @@ from evalkit.backends.tgi import (
     generate_payload,
     loglikelihood_payload,
     parse_generated,
-    parse_prefill,
+    prefill_response,
 )
 from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter
 
@@ -171,14 +171,9 @@ class SageMakerBackend:
         try:
             data = self._invoke(loglikelihood_payload(
                 self._counter.server_text(req.prompt + req.continuation)))
-            logprob, n_in = parse_prefill(data, n_cont)
         except _Failed as exc:
             return Response(error=exc.message, latency_s=time.perf_counter() - start)
-        except (KeyError, ValueError, TypeError) as exc:
-            return Response(error=f"unexpected answer from the endpoint: {exc}",
-                            latency_s=time.perf_counter() - start)
-        return Response(logprob=logprob, input_tokens=n_in, output_tokens=0,
-                        latency_s=time.perf_counter() - start)
+        return prefill_response(data, n_cont, start, "the endpoint")
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
         return self._map(self._loglikelihood_one, requests)

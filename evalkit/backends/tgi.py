@@ -83,6 +83,17 @@ def parse_prefill(data: Any, n_cont: int) -> tuple[float, int]:
     return float(sum(logprobs)), len(prefill)
 
 
+def prefill_response(data: Any, n_cont: int, start: float, source: str) -> Response:
+    """The Response of a loglikelihood request from a TGI answer (TGI or SageMaker)."""
+    try:
+        logprob, n_in = parse_prefill(data, n_cont)
+    except (KeyError, ValueError, TypeError) as exc:
+        return Response(error=f"unexpected answer from {source}: {exc}",
+                        latency_s=time.perf_counter() - start)
+    return Response(logprob=logprob, input_tokens=n_in, output_tokens=0,
+                    latency_s=time.perf_counter() - start)
+
+
 def stream_event(line: str) -> dict[str, Any] | None:
     """One SSE line -> its JSON event (None for blank lines, comments, keep-alives)."""
     if not line.startswith("data:"):
@@ -226,14 +237,9 @@ class TgiBackend:
         payload = loglikelihood_payload(counter.server_text(req.prompt + req.continuation))
         try:
             data: Any = await self._http.call("POST", "/generate", payload)
-            logprob, n_in = parse_prefill(data, n_cont)
         except HttpError as exc:
             return Response(error=exc.message, latency_s=time.perf_counter() - start)
-        except (KeyError, ValueError, TypeError) as exc:
-            return Response(error=f"unexpected answer from TGI: {exc}",
-                            latency_s=time.perf_counter() - start)
-        return Response(logprob=logprob, input_tokens=n_in, output_tokens=0,
-                        latency_s=time.perf_counter() - start)
+        return prefill_response(data, n_cont, start, "TGI")
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
         counter = self._prompt_counter()
