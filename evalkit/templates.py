@@ -5,18 +5,27 @@
 - mistrallite: `<|prompter|>{prompt}</s><|assistant|>` (MistralLite).
 - chat: the model's own chat template (from the GGUF or tokenizer config), one user turn.
 
+A chat template is rendered exactly as transformers' `apply_chat_template` renders it (the
+reference every model's template is written and tested against), without importing
+transformers: the same sandboxed jinja2 environment, extensions, filters, globals and
+variables (see `chat_environment` and `make_template`).
+
 A template that writes the BOS text itself gets no second BOS from the token counter
 (see tokenizers.py and each backend's counter).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import jinja2
+import jinja2.ext
+from jinja2 import nodes
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from evalkit.types import EvalkitError
@@ -28,6 +37,15 @@ FIXED_TEMPLATES: dict[str, str] = {
     "mistrallite": "<|prompter|>{{ prompt }}</s><|assistant|>",
 }
 TEMPLATE_NAMES = ("auto", *FIXED_TEMPLATES, "chat")
+_USE_FIXED = "pass --template raw, mistral-instruct or mistrallite instead"
+# What a chat template may raise while it renders: jinja2's own errors (raise_exception, an
+# undefined value used in an operation, a sandbox refusal) and the Python errors of the
+# operations it runs ('a' + none, a missing list index, int('x'), deep recursion).
+_RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError,
+                  ArithmeticError, RuntimeError)
+# The variables apply_chat_template sets itself; a special token of the same name cannot
+# shadow them.
+_CHAT_VARIABLES = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
 
 
 @dataclass(frozen=True)
@@ -36,42 +54,102 @@ class Template:
     render: Callable[[str], str]
 
 
-def _env() -> ImmutableSandboxedEnvironment:
+class GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}`: transformers' AssistantTracker tag, which marks
+    the assistant's part of a conversation for training masks. Rendering outputs the body as
+    is; it is built as the same CallBlock so that scoping inside the block matches too."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        call = self.call_method("_generation_support")
+        return nodes.CallBlock(call, [], [], body).set_lineno(lineno)
+
+    def _generation_support(self, caller: Callable[[], str]) -> str:
+        return caller()
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | str | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # transformers replaces jinja2's tojson, which escapes HTML characters and sorts keys.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _strftime_now(format: str) -> str:  # noqa: A002 - the name templates call it with
+    return datetime.now().strftime(format)
+
+
+def chat_environment() -> ImmutableSandboxedEnvironment:
+    """The jinja2 environment of transformers' `_compile_jinja_template`: immutable sandbox,
+    trim_blocks and lstrip_blocks, the `generation` tag and loop controls (break/continue),
+    its own `tojson`, and the globals `raise_exception` and `strftime_now`. Undefined values
+    are jinja2's default (printed as nothing, falsy, `is defined` false), not strict: models'
+    templates test `{% if tools %}` and `message.tool_calls` without defining them."""
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        undefined=jinja2.StrictUndefined)
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.TemplateError(message)
-
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
     return env
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _whose(model: str | None) -> str:
+    return f"the chat template of model '{model}'" if model else "the model's chat template"
+
+
 def make_template(name: str, chat_template: str | None = None,
-                  special_tokens: dict[str, str] | None = None) -> Template:
+                  special_tokens: Mapping[str, str] | None = None,
+                  model: str | None = None) -> Template:
     """Resolve a template by name. `chat_template` is the model's own (jinja2 source), needed
-    for "chat"; `special_tokens` gives bos_token/eos_token for it."""
+    for "chat"; `special_tokens` maps bos_token, eos_token (and any other named special token)
+    to their texts; `model` names the model in errors.
+
+    A chat template renders one user turn with what apply_chat_template passes:
+    `messages=[{"role": "user", "content": prompt}]`, `tools=None`, `documents=None`,
+    `add_generation_prompt=True` and the special tokens. Unlike transformers, bos_token and
+    eos_token default to "" so that a model without one still renders. A template that does
+    not parse, or that fails while rendering, raises one EvalkitError line naming the model
+    and the fixed templates to use instead."""
     if name in FIXED_TEMPLATES:
         compiled = jinja2.Environment(autoescape=False).from_string(FIXED_TEMPLATES[name])
         return Template(name, lambda prompt: compiled.render(prompt=prompt))
     if name == "chat":
         if not chat_template:
-            raise EvalkitError(
-                "the model has no chat template of its own: pass --template raw, "
-                "mistral-instruct or mistrallite"
-            )
+            who = f"model '{model}'" if model else "the model"
+            raise EvalkitError(f"{who} has no chat template of its own: {_USE_FIXED}")
         try:
-            chat = _env().from_string(chat_template)
+            chat = chat_environment().from_string(chat_template)
+        except jinja2.TemplateSyntaxError as exc:
+            raise EvalkitError(f"{_whose(model)} does not parse (line {exc.lineno}: "
+                               f"{_one_line(exc)}): {_USE_FIXED}") from None
         except jinja2.TemplateError as exc:
-            raise EvalkitError(f"the model's chat template does not parse ({exc}): "
-                               "pass --template raw or another fixed template") from None
+            raise EvalkitError(f"{_whose(model)} does not parse ({_one_line(exc)}): "
+                               f"{_USE_FIXED}") from None
         tokens: dict[str, Any] = {"bos_token": "", "eos_token": ""}
-        tokens.update(special_tokens or {})
+        tokens.update({k: v for k, v in (special_tokens or {}).items()
+                       if k not in _CHAT_VARIABLES})
 
         def render(prompt: str) -> str:
-            return chat.render(messages=[{"role": "user", "content": prompt}],
-                               add_generation_prompt=True, **tokens)
+            try:
+                return chat.render(messages=[{"role": "user", "content": prompt}], tools=None,
+                                   documents=None, add_generation_prompt=True, **tokens)
+            except _RENDER_ERRORS as exc:
+                raise EvalkitError(
+                    f"{_whose(model)} fails to render a user turn "
+                    f"({type(exc).__name__}: {_one_line(exc)}): {_USE_FIXED}"
+                ) from None
 
         return Template("chat", render)
     raise EvalkitError(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from evalkit.config import Overrides, build_spec, parse_lengths
+from evalkit.config import Overrides, build_spec, build_specs, parse_lengths
 from evalkit.types import EvalkitError
 
 
@@ -41,6 +42,96 @@ def test_spec_hash_ignores_the_name_but_not_the_seed() -> None:
 def test_secrets_are_redacted() -> None:
     spec = build_spec({"backend_options": {"api_key": "sk-123", "n_threads": 2}})
     assert spec.redacted()["backend_options"] == {"api_key": "***", "n_threads": 2}
+
+
+def test_secrets_outside_api_key_env_are_redacted_everywhere_in_the_spec() -> None:
+    spec = build_spec({"backend": "openai", "model": "m", "backend_options": {
+        "base_url": "http://alice:hunter2@127.0.0.1:8000/v1?api_key=sk-q&x=1",
+        "api_key_env": "MY_KEY",
+        "extra_body": {"api_key": "sk-body", "nested": [{"token": "tk-1"}], "top_k": 3}}})
+    text = json.dumps(spec.redacted())
+    for secret in ("hunter2", "sk-q", "sk-body", "tk-1"):
+        assert secret not in text
+    opts = spec.redacted()["backend_options"]
+    assert opts["base_url"].startswith("http://alice:***@127.0.0.1:8000/v1?")
+    assert "x=1" in opts["base_url"] and opts["api_key_env"] == "MY_KEY"
+    assert opts["extra_body"]["top_k"] == 3
+    assert spec.to_json()["backend_options"]["extra_body"]["api_key"] == "sk-body"  # only redacted
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"retries": 1000000}, "retries"),
+    ({"retries": -1}, "retries"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"temperature": -1}, "temperature"),
+    ({"temperature": True}, "temperature"),
+    ({"samples": True}, "samples"),
+    ({"samples": 0}, "samples"),
+    ({"samples": 10**9}, "samples"),
+    ({"seed": -5}, "seed"),
+    ({"seed": 1.5}, "seed"),
+    ({"name": ""}, "name"),
+    ({"lengths": ["99999k"]}, "over 4096k tokens"),
+    ({"lengths": [None]}, "lengths.0"),
+    ({"tasks": [{"passkey": {"samples": True}}]}, "tasks.passkey.samples"),
+    ({"tasks": [{"passkey": {"max_new_tokens": 0}}]}, "tasks.passkey.max_new_tokens"),
+    ({"tasks": [{"passkey": {"lengths": {"a": 1}}}]}, "is not a length"),
+    ({"tasks": [{"passkey": {"depths": "middle"}}]}, "depths"),
+    ({"tasks": [{"passkey": {"key_digits": True}}]}, "key_digits"),
+    ({"tasks": [{"lines": {"num_lines": [0]}}]}, "num_lines must lie in"),
+    ({"tasks": [{"topics": {"num_topics": [-3]}}]}, "num_topics must lie in"),
+    ({"tasks": [{"longqa": {"hard_only": "yes"}}]}, "hard_only"),
+    ({"models": [{"model": "a", "label": "x"}, {"model": "b", "label": "x"}]}, "share a label"),
+])
+def test_out_of_range_values_are_refused(data: dict, message: str) -> None:
+    with pytest.raises(EvalkitError) as exc:
+        build_spec(data, source="c.yaml") if "models" not in data else build_specs(data)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_single_value_where_a_list_is_asked_for_is_a_list_of_one() -> None:
+    spec = build_spec({"tasks": [{"lines": {"num_lines": 200}}]})
+    assert spec.tasks[0].params["num_lines"] == [200]
+
+
+@pytest.mark.parametrize("label", [".", "..", "../escape", "a/b", "/abs"])
+def test_labels_become_safe_folder_names(tmp_path: Path, label: str) -> None:
+    """A model label is a table name, never a path: the run stays under --out."""
+    config = tmp_path / "two.yaml"
+    config.write_text(json.dumps({
+        "backend": "scripted", "backend_options": {"reply": "lookup"}, "samples": 1,
+        "lengths": [300], "tasks": ["passkey"],
+        "models": [{"model": "m1", "label": label}, {"model": "m2", "label": "other"}]}))
+    out = tmp_path / "work" / "out"
+    res = _cli("run", str(config), "--out", str(out), "--no-progress", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    made = sorted(p.parent.relative_to(tmp_path).as_posix()
+                  for p in tmp_path.rglob("run.json"))
+    assert len(made) == 2 and all(m.startswith("work/out/") for m in made), made
+    assert all(".." not in m.split("/") and "/." not in m for m in made)
+
+
+def test_bundled_configs_run_from_any_folder(tmp_path: Path) -> None:
+    res = _cli("run", "quickstart", "--backend", "scripted", "--model", "m", "--samples", "1",
+               "--lengths", "300", "--task", "passkey", "--out", "o", "--no-progress",
+               cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["spec"]["name"] == "quickstart"
+    res = _cli("run", "no-such-config", cwd=tmp_path)
+    assert res.returncode == 2 and "bundled configs: " in res.stderr and "quickstart" in res.stderr
+
+
+def test_a_partial_run_exits_3_and_says_so(tmp_path: Path) -> None:
+    args = ["run", "--backend", "scripted", "--model", "m", "--task", "passkey", "--lengths",
+            "300", "--samples", "4", "--out", "o", "--no-progress"]
+    config = tmp_path / "failing.yaml"
+    config.write_text(json.dumps({"backend_options": {"reply": "lookup", "fail_every": 2},
+                                  "retries": 0}))
+    res = _cli(*args[:1], str(config), *args[1:], cwd=tmp_path)
+    assert res.returncode == 3, res.stderr
+    assert "partial run" in res.stderr and "run the same command again" in res.stderr
 
 
 @pytest.mark.parametrize("data,message", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,10 @@ def _load_builtin() -> None:
 
 
 def make_params(task: TaskDef, values: Mapping[str, Any]) -> Any:
-    """Task parameters from a config mapping; unknown keys are refused by name."""
+    """Task parameters from a config mapping, checked against the dataclass's annotations
+    (pydantic: configs are untrusted input); unknown keys and wrong types are refused by name."""
+    from pydantic import TypeAdapter, ValidationError
+
     fields = {f.name: f for f in dataclasses.fields(task.params_type)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -91,10 +95,32 @@ def make_params(task: TaskDef, values: Mapping[str, Any]) -> Any:
             f"unknown parameter '{unknown[0]}' for task {task.name}: known are "
             f"{', '.join(fields) or 'none'}"
         )
+    hints = typing.get_type_hints(task.params_type)
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        # a single value where a list is asked for is that list of one (`num_lines: 200`)
+        if _takes_list(hints[key]) and value is not None and not isinstance(value, list):
+            value = [value]
+        try:
+            checked[key] = TypeAdapter(hints[key]).validate_python(value, strict=True)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in (key, *err["loc"][1:]))
+            raise EvalkitError(f"task {task.name}: {where}: {str(err['msg']).lower()}, "
+                               f"got {_short(value)}") from None
     try:
-        return task.params_type(**values)
+        return task.params_type(**checked)
     except (TypeError, ValueError) as exc:
         raise EvalkitError(f"task {task.name}: {exc}") from None
+
+
+def _takes_list(hint: Any) -> bool:
+    return any(typing.get_origin(h) is list for h in (hint, *typing.get_args(hint)))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def sample_rng(*parts: object) -> random.Random:
@@ -103,8 +129,14 @@ def sample_rng(*parts: object) -> random.Random:
 
 
 def tasks_dir() -> Path:
-    """The project's tasks/ folder (task data we wrote: word lists, topic corpus)."""
-    return Path(__file__).resolve().parents[2] / "tasks"
+    """The task data we wrote (word lists, topic corpus): inside the installed package
+    (evalkit/_tasks, from a wheel) or the checkout's tasks/ (source tree, editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "_tasks", package.parent / "tasks"):
+        if (candidate / "data").is_dir():
+            return candidate
+    raise EvalkitError(f"evalkit's task data is missing (neither {package / '_tasks'} nor "
+                       f"{package.parent / 'tasks'}): reinstall evalkit (pip install evalkit)")
 
 
 def read_words(name: str) -> list[str]:
@@ -112,5 +144,5 @@ def read_words(name: str) -> list[str]:
     try:
         return [w for w in path.read_text(encoding="utf-8").splitlines() if w]
     except FileNotFoundError:
-        raise EvalkitError(f"task data file {path} is missing: reinstall evalkit from a "
-                           "full checkout (pip install -e .)") from None
+        raise EvalkitError(f"task data file {path} is missing: reinstall evalkit "
+                           "(pip install evalkit)") from None
