@@ -1,11 +1,13 @@
 """Servers the HTTP backend tests start on 127.0.0.1 and stop again: llama-cpp-python's
-OpenAI-compatible server on an embedded model, on a free port chosen at run time."""
+OpenAI-compatible server on an embedded model, on a free port chosen at run time, and a
+tiny server of our own that misbehaves on purpose (`misbehaving_server`)."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -22,11 +24,16 @@ START_TIMEOUT_S = 120.0  # the models load in a few seconds; this only bounds a 
 
 
 def require(module: str, pip: str) -> None:
-    """Fail (never skip) when a package the tests need is missing, naming the install."""
+    """A package the tests need: where it is missing, the tests skip with the install to run
+    (a base install without the engine extras); in CI (CI set), where every extra is
+    installed, they fail instead, so that nothing is skipped silently there."""
     try:
         importlib.import_module(module)
     except ImportError:
-        pytest.fail(f"{module} is missing: pip install {pip}", pytrace=False)
+        reason = f"{module} is missing: pip install {pip}"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
 
 
 def free_port() -> int:
@@ -55,14 +62,15 @@ def wait_for_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | No
 
 @contextmanager
 def _serve(cmd: list[str], port: int, log: Path, start_s: float,
-           env: dict[str, str] | None = None, stop_s: float = 15.0) -> Iterator[str]:
-    """Start a server command, wait (bounded) until /v1/models answers, yield its base URL,
-    and stop it: terminate, then kill if it lingers."""
+           env: dict[str, str] | None = None, stop_s: float = 15.0
+           ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start a server command, wait (bounded) until /v1/models answers, yield its base URL
+    and process, and stop it: terminate, then kill if it lingers."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/v1/models", start_s, proc, log)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         try:
@@ -76,14 +84,24 @@ def _serve(cmd: list[str], port: int, log: Path, start_s: float,
 def llama_server(model_file: Path, log: Path, n_ctx: int, api_key: str | None = None,
                  logits_all: bool = True) -> Iterator[str]:
     """llama-cpp-python's server on a free port; yields its base URL (no /v1)."""
-    port = free_port()
+    with llama_server_process(model_file, log, n_ctx, api_key, logits_all) as (url, _):
+        yield url
+
+
+@contextmanager
+def llama_server_process(model_file: Path, log: Path, n_ctx: int, api_key: str | None = None,
+                         logits_all: bool = True, port: int | None = None
+                         ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """llama_server, yielding its process too (to kill it), on `port` if given (a server
+    started again where it was)."""
+    port = port or free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_file),
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
            "--n_threads", "2", "--logits_all", json.dumps(logits_all)]
     if api_key:
         cmd += ["--api_key", api_key]
-    with _serve(cmd, port, log, START_TIMEOUT_S) as url:
-        yield url
+    with _serve(cmd, port, log, START_TIMEOUT_S) as served:
+        yield served
 
 
 @contextmanager
@@ -98,5 +116,78 @@ def vllm_server(folder: Path, log: Path, max_model_len: int, name: str) -> Itera
            "--max-model-len", str(max_model_len), "--enforce-eager",
            "--served-model-name", name]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
-    with _serve(cmd, port, log, 420.0, env=env, stop_s=30.0) as url:
+    with _serve(cmd, port, log, 420.0, env=env, stop_s=30.0) as (url, _):
         yield url
+
+
+# A server in its own process: "hang" accepts connections and reads requests but never
+# answers; "models" answers GET /v1/models and hangs on everything else (a server whose
+# engine is stuck); "echo" answers 400 with the whole request in the error message (a
+# gateway that echoes what it got, headers included). It stops by itself after LIFETIME_S.
+_MISBEHAVING = r"""
+import asyncio, json, sys
+
+MODE, LIFETIME_S = sys.argv[1], float(sys.argv[2])
+
+
+def answer(status, body):
+    out = json.dumps(body).encode()
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")), 0)
+            body = await reader.readexactly(n)
+            if MODE == "echo":
+                text = (head + body).decode("latin-1")
+                writer.write(answer(b"400 Bad Request", {"error": {"message": "bad request: "
+                                                                   + text}}))
+            elif MODE == "models" and head.startswith(b"GET /v1/models"):
+                writer.write(answer(b"200 OK", {"object": "list", "data": [{"id": "stuck"}]}))
+            else:
+                await asyncio.sleep(LIFETIME_S)  # never answer
+            await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        try:
+            await asyncio.wait_for(server.serve_forever(), LIFETIME_S)
+        except asyncio.TimeoutError:
+            pass
+
+
+asyncio.run(main())
+"""
+
+
+@contextmanager
+def misbehaving_server(mode: str, lifetime_s: float = 900.0) -> Iterator[str]:
+    """A misbehaving server (see _MISBEHAVING) on a free port; yields its base URL."""
+    proc = subprocess.Popen([sys.executable, "-c", _MISBEHAVING, mode, str(lifetime_s)],
+                            stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30.0)
+        line = proc.stdout.readline().decode().strip() if ready else ""
+        if not line.isdigit():
+            raise RuntimeError(f"the {mode} server did not start (exit {proc.poll()})")
+        yield f"http://127.0.0.1:{line}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

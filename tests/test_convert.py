@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from servers import require
 
 from evalkit.backends import make_backend
 from evalkit.types import Request
 
 pytestmark = pytest.mark.engine
+require("transformers", "'evalkit[hf]'")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

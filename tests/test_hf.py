@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from servers import require
 
 from evalkit import store
 from evalkit.backends import make_backend
@@ -14,6 +15,8 @@ from evalkit.runner import plan_samples, resolve_template, run
 from evalkit.types import EvalkitError, Request
 
 pytestmark = pytest.mark.engine
+require("transformers", "'evalkit[hf]'")
+require("llama_cpp", "'evalkit[llamacpp]'")  # the GGUF aliases and the peer answers
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import reference_data
+from servers import require
 
 from evalkit.backends import make_backend
 from evalkit.config import build_spec
@@ -16,6 +17,7 @@ from evalkit.runner import plan_samples, resolve_template, run
 from evalkit.types import EvalkitError, Request
 
 pytestmark = pytest.mark.engine
+require("llama_cpp", "'evalkit[llamacpp]'")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -90,8 +91,11 @@ def _chrome():  # type: ignore[no-untyped-def]
 
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (binary and driver):
-        pytest.fail("headless browser tests need Debian's chromium and chromium-driver "
-                    "(scripts/setup.sh installs them)")
+        message = ("headless browser tests need Debian's chromium and chromium-driver "
+                   "(scripts/test.sh installs them)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from servers import require
 from conftest import reference_data
 
 from evalkit.config import build_spec
@@ -14,6 +15,8 @@ from evalkit.types import EvalkitError
 
 @pytest.fixture(scope="module")
 def mistral():
+    require("mistral_common", "'evalkit[mistral]'")
+    require("sentencepiece", "'evalkit[mistral]'")
     return get_counter("mistral-v1")
 
 

@@ -4,13 +4,13 @@ from a script file with a __main__ guard (not from pytest's process, not from st
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from servers import require
 
 from evalkit import store
 from evalkit.backends import make_backend
@@ -18,6 +18,7 @@ from evalkit.backends.vllm import _PIP
 from evalkit.types import Request
 
 pytestmark = pytest.mark.engine
+require("vllm", _PIP)
 
 # fp32 as the dequantized weights are (vLLM's CPU default is bf16); eager: no 90 s compile
 OPTIONS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 4096}
@@ -54,12 +55,6 @@ def main():
 if __name__ == "__main__":
     main()
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def vllm_installed() -> None:
-    if importlib.util.find_spec("vllm") is None:
-        pytest.fail(f"vLLM is not installed: {_PIP}")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 `PromptCounter` counts through the server's tokenize endpoint (cached per text: fitting
 measures the same texts again and again) or a local counter, with the BOS handled as the
 server handles it; `ChatCounter` counts a user message inside the model's chat template,
-for servers that apply the template themselves.
+for servers that apply the template themselves; `server_tokenize` is the HTTP call, whose
+failures (a server that died while samples were being planned) end in one EvalkitError line.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from evalkit.backends.http import HttpClient, HttpError
 from evalkit.templates import FIXED_TEMPLATES
 from evalkit.tokenizers import get_counter
 from evalkit.types import EvalkitError, TokenCounter
@@ -116,6 +118,31 @@ class PromptCounter:
                     or (self._auto_bos == "unless_written" and not written)):
             return ids[1:]
         return ids
+
+
+def server_tokenize(http: HttpClient, path: str, body: Callable[[str], Any],
+                    ids: Callable[[Any], list[int]]) -> Callable[[str], list[int]]:
+    """The server's tokenize endpoint as a function of the text. It runs while samples are
+    planned, before anything is recorded: a failure there (after the client's retries) is
+    one EvalkitError line naming the server, what failed and what to do, never a traceback."""
+
+    def tokenize(text: str) -> list[int]:
+        try:
+            answer = http.post_json(path, body(text), label="counting tokens")
+        except HttpError as exc:
+            raise EvalkitError(f"{http.backend} backend: counting tokens with {path} failed: "
+                               f"{exc.message}: check that the server is up (or set backend "
+                               "option tokenizer to count locally), then run the same "
+                               "command again") from None
+        try:
+            return list(ids(answer))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise EvalkitError(http.redact(
+                f"{http.backend} backend: {http.where}{path} answered without token ids "
+                f"({type(exc).__name__}: {exc}): set backend option tokenizer to count "
+                "locally")) from None
+
+    return tokenize
 
 
 class ChatCounter:

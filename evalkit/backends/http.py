@@ -3,10 +3,31 @@
 - `HttpClient`: one httpx.AsyncClient on an event loop of its own (a daemon thread), so
   that the synchronous Backend methods can run a batch of requests concurrently, at most
   `concurrency` at a time, whatever thread or event loop the caller is in.
-- `RetryPolicy`: bounded retries with exponential backoff and full jitter on 429, 5xx,
-  connection errors and timeouts; Retry-After is honoured, and every sleep is capped.
-- `ApiKey`: the key is read from the environment variable the config names, at request
-  time; it is never stored, and every error message is redacted of it.
+- `RetryPolicy`: which failures are retried and how long to wait, from data alone (the
+  failure's status or its absence, Retry-After, the attempt number, the time spent), so that
+  the one retry policy can later move to the Model layer unchanged.
+- `ServerHealth`: after a server has failed requests past their retries, the rest of the run
+  is not sent (see its docstring): a dead or hung server ends a run in bounded time, and
+  every sample it failed carries the same one-line error.
+- `ApiKey` and `Secrets`: the key is read from the environment variable the config names,
+  at request time; it is never stored. Every message (errors, retry notices) is redacted
+  of it, of a password in base_url and of secret-named values in the options (extra_body).
+
+Timeouts and their trade-off (the defaults below; every one is a backend option):
+- connect_timeout_s (10 s): a server that is up accepts a connection in milliseconds.
+- timeout_s (300 s): the longest the server may stay silent within one attempt. A
+  non-streamed answer arrives whole after prefill and generation, so this bounds the
+  slowest request: a 32K-token prefill on a GPU takes seconds, on a CPU server minutes.
+  Raise it (with total_timeout_s) for long prompts on a slow server.
+- total_timeout_s (600 s): one request across all its attempts and backoff sleeps. A
+  server that accepts connections but never answers costs at most this much per request;
+  after two requests in a row failed that way (or one cheap metadata call), ServerHealth
+  stops the run's traffic, so such a server ends a run in about total_timeout_s with
+  defaults (about METADATA_TIMEOUT_S when the backend asks it for metadata first), not
+  max_retries x timeout_s per batch. Every retry prints one line on stderr as it happens.
+  Measured with the defaults against a server that accepts and never answers: 64 s to
+  exit 2 when it is asked for tokens or metadata first (the usual start), 603 s to exit 3
+  when it answers metadata but no generation (previously 5 x 600 s per batch).
 
 Token counting for these backends is in evalkit/backends/counting.py.
 """
@@ -14,8 +35,11 @@ Token counting for these backends is in evalkit/backends/counting.py.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -23,23 +47,34 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from evalkit.backends import check_options
+from evalkit.redact import MASK, is_secret_key, redact_text, redact_url
 from evalkit.types import EvalkitError
 
 T = TypeVar("T")
+Notify = Callable[[str], None]
 
 DEFAULT_CONCURRENCY = 8
-DEFAULT_TIMEOUT_S = 600.0  # a 32K-token prefill on a CPU server takes minutes
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 300.0  # silence allowed within one attempt: prefill + generation
+DEFAULT_TOTAL_TIMEOUT_S = 600.0  # one request, all attempts and sleeps
 DEFAULT_MAX_RETRIES = 4
 DEFAULT_BACKOFF_S = 0.5
 MAX_SLEEP_S = 30.0  # no single backoff or Retry-After sleep is longer than this
+# Metadata and probes (/v1/models, /info, /props, tokenizing "Hello world") answer at once
+# on any live server: a longer silence means a hung one. Each attempt gets a third of it.
+METADATA_TIMEOUT_S = 60.0
+SLOW_NOTICE_S = 60.0  # one line when a request has waited this long (once per client)
+TRIP_AFTER = 2  # requests in a row that failed past their retries: the server is down
+MIN_SECRET_CHARS = 4  # see secret_values
 
 # Options every HTTP backend takes (float options also accept ints: YAML writes 30, not 30.0).
-HTTP_OPTIONS: dict[str, type] = {"base_url": str, "api_key_env": str, "concurrency": int,
-                                 "timeout_s": float, "max_retries": int, "backoff_s": float}
-RETRY_OPTIONS: dict[str, type] = {k: HTTP_OPTIONS[k] for k in
-                                  ("concurrency", "timeout_s", "max_retries", "backoff_s")}
+RETRY_OPTIONS: dict[str, type] = {"concurrency": int, "connect_timeout_s": float,
+                                  "timeout_s": float, "total_timeout_s": float,
+                                  "max_retries": int, "backoff_s": float}
+HTTP_OPTIONS: dict[str, type] = {"base_url": str, "api_key_env": str, **RETRY_OPTIONS}
 
 
 def _import_httpx() -> Any:
@@ -56,21 +91,39 @@ def checked_options(backend: str, options: Mapping[str, Any],
     out = {k: (float(v) if known.get(k) is float and isinstance(v, int)
                and not isinstance(v, bool) else v) for k, v in options.items()}
     check_options(backend, out, known)
-    for key in ("concurrency", "max_retries", "timeout_s", "backoff_s"):
+    for key in ("concurrency", "max_retries", "backoff_s"):
         low = 1 if key == "concurrency" else 0
-        if key in out and (out[key] < low or (key == "timeout_s" and out[key] <= 0)):
+        if key in out and out[key] < low:
             raise EvalkitError(f"backend {backend}: option '{key}' must be "
-                               f"{'positive' if key != 'max_retries' else 'zero or more'}")
+                               f"{'positive' if key == 'concurrency' else 'zero or more'}")
+    for key in ("connect_timeout_s", "timeout_s", "total_timeout_s"):
+        if key in out and not 0 < out[key] < float("inf"):
+            raise EvalkitError(f"backend {backend}: option '{key}' must be a positive number "
+                               "of seconds")
     return out
+
+
+def notify_stderr(message: str) -> None:
+    """One line on stderr, written above a tqdm progress bar when one is showing."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """At most `max_retries` retries; the n-th sleeps uniformly in [0, backoff_s * 2**n]
-    (full jitter, so that many clients do not retry in step), capped at MAX_SLEEP_S."""
+    """Bounded retries, decided from data alone. At most `max_retries` retries, and one
+    request never takes longer than `total_timeout_s` in all; the n-th retry waits the
+    server's Retry-After, or else uniformly in [0, backoff_s * 2**n] (full jitter, so that
+    many clients do not retry in step); every wait is capped at MAX_SLEEP_S."""
 
     max_retries: int = DEFAULT_MAX_RETRIES
     backoff_s: float = DEFAULT_BACKOFF_S
+    total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S
+
+    @property
+    def attempts(self) -> int:
+        return self.max_retries + 1
 
     def delay_s(self, attempt: int, rng: random.Random,
                 retry_after_s: float | None = None) -> float:
@@ -78,10 +131,76 @@ class RetryPolicy:
             return min(max(0.0, retry_after_s), MAX_SLEEP_S)
         return rng.uniform(0.0, min(MAX_SLEEP_S, self.backoff_s * 2 ** attempt))
 
+    def next_delay_s(self, *, retryable: bool, retry_after_s: float | None, attempt: int,
+                     elapsed_s: float, rng: random.Random) -> float | None:
+        """The wait before the next attempt after attempt number `attempt` (0-based) failed,
+        or None to give up: the failure is not worth another try, the attempts are used up,
+        or the next attempt could not start within total_timeout_s."""
+        if not retryable or attempt + 1 >= self.attempts:
+            return None
+        delay = self.delay_s(attempt, rng, retry_after_s)
+        return delay if elapsed_s + delay < self.total_timeout_s else None
+
+    def with_budget(self, total_timeout_s: float) -> RetryPolicy:
+        return RetryPolicy(self.max_retries, self.backoff_s,
+                           min(self.total_timeout_s, total_timeout_s))
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
         return cls(int(options.get("max_retries", DEFAULT_MAX_RETRIES)),
-                   float(options.get("backoff_s", DEFAULT_BACKOFF_S)))
+                   float(options.get("backoff_s", DEFAULT_BACKOFF_S)),
+                   float(options.get("total_timeout_s", DEFAULT_TOTAL_TIMEOUT_S)))
+
+
+def gave_up_message(where: str, last: str, attempts: int, budget: str | None) -> str:
+    """The error of a request that failed past its retries (`budget`: the time limit, when
+    that ended it, rather than max_retries). No elapsed times, request names or (when the
+    time ran out, which jitter decides) attempt counts in it: the samples a dead server
+    failed all carry this same line."""
+    how = (f"gave up: {budget} used up" if budget
+           else f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}")
+    return f"{where}: {last} ({how})"
+
+
+class ServerHealth:
+    """Whether a server is still worth sending requests to (thread-safe).
+
+    A request that failed past its retries on a server fault (no answer, 429, 5xx) counts;
+    an answered request resets the count. After TRIP_AFTER such requests in a row, or one
+    metadata call that got no answer at all (those answer at once on a live server), the
+    server is taken as down: every later request of this client fails at once, without
+    being sent, with the error that tripped it. So a server that died or hangs ends the run
+    in bounded time, its failed samples are recorded with one shared line and retried by the
+    next run; a single prompt that fails alone (a server bug on one input) stops nothing.
+    """
+
+    def __init__(self, backend: str, where: str, notify: Notify) -> None:
+        self.backend = backend
+        self.where = where
+        self.notify = notify
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+        self.down: str | None = None  # the error every later request fails with
+
+    def answered(self) -> None:
+        with self._lock:
+            self._in_a_row = 0
+
+    def failed(self, message: str, *, at_once: bool = False) -> str:
+        """Count a request that gave up; returns the error to record for it (the tripping
+        error, once the server is down, so that all of them read the same)."""
+        with self._lock:
+            if self.down is not None:
+                return self.down
+            self._in_a_row += 1
+            if not at_once and self._in_a_row < TRIP_AFTER:
+                return message
+            self.down = message
+        self.notify(f"{self.backend}: {self.where} stopped answering: this run sends it "
+                    "nothing more, every later request fails at once. Check the server (a "
+                    "slow one needs larger timeout_s and total_timeout_s), then run the same "
+                    "command again: finished samples are kept, failed ones retried")
+        return message
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -137,20 +256,75 @@ class ApiKey:
 
     def redact(self, text: str) -> str:
         key = os.environ.get(self.env) if self.env else None
-        return text.replace(key, "***") if key else text
+        return text.replace(key, MASK) if key else text
+
+
+def secret_values(value: Any, secret: bool = False) -> set[str]:
+    """Every secret string inside backend options: values under secret-named keys (at any
+    depth, e.g. extra_body.api_key) and the password (or token user name) and secret-named
+    query values of URLs, each also as percent-decoded."""
+    found: set[str] = set()
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            found |= secret_values(v, secret or (isinstance(k, str) and is_secret_key(k)))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            found |= secret_values(v, secret)
+    elif isinstance(value, str) and secret:
+        found.add(value)
+    if isinstance(value, str) and "://" in value:
+        try:
+            parts = urlsplit(value)
+            if parts.password:
+                found.add(parts.password)
+                # the Basic credentials httpx sends for it, should a gateway echo the header
+                found.add(base64.b64encode(f"{unquote(parts.username or '')}:"
+                                           f"{unquote(parts.password)}".encode()).decode())
+            elif "@" in parts.netloc:
+                found.add(parts.netloc.rsplit("@", 1)[0])
+            found |= {v for k, v in parse_qsl(parts.query) if is_secret_key(k)}
+        except ValueError:
+            pass
+    # Shorter ones are masked where they stand (URLs, secret keys) but not wherever their
+    # letters occur: masking every "ab" would garble every message and hide nothing.
+    return {s for x in found for s in (x, unquote(x)) if len(s) >= MIN_SECRET_CHARS}
+
+
+class Secrets:
+    """Redacts every message a backend shows or records: the API key (read now, as it may
+    rotate), the literal secrets of the options, and any URL's password or secret query."""
+
+    def __init__(self, key: ApiKey, options: Mapping[str, Any]) -> None:
+        self.key = key
+        # longest first: a secret that contains another is masked whole
+        self._literals = sorted(secret_values(dict(options)), key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        text = self.key.redact(text)
+        for literal in self._literals:
+            text = text.replace(literal, MASK)
+        return redact_text(text)
+
+
+MAX_DETAIL_CHARS = 500
 
 
 def error_detail(body: Any, text: str) -> str:
-    """The human part of an error body: OpenAI's {"error": {"message"}}, TGI's {"error"},
-    FastAPI's {"detail"}, or the start of the text."""
+    """The human part of an error body, on one line and capped: OpenAI's
+    {"error": {"message"}}, TGI's {"error"}, FastAPI's {"detail"}, or the start of the
+    text. The cap falls between words, so that a secret in it stays whole for redaction."""
+    detail = " ".join(text.split())
     if isinstance(body, Mapping):
         err = body.get("error", body.get("detail", body.get("message")))
         if isinstance(err, Mapping):
             err = err.get("message", err)
         if err is not None:
             kind = body.get("error_type")
-            return f"{err} ({kind})" if kind else str(err)
-    return " ".join(text.split())[:300]
+            detail = " ".join((f"{err} ({kind})" if kind else str(err)).split())
+    if len(detail) <= MAX_DETAIL_CHARS:
+        return detail
+    cut = detail[:MAX_DETAIL_CHARS + 1]
+    return ((cut[:cut.rindex(" ")] if " " in cut else "") + " ...").lstrip()
 
 
 async def read_json(resp: Any) -> Any:
@@ -165,25 +339,45 @@ async def read_json(resp: Any) -> Any:
 class HttpClient:
     """Bounded-concurrency, retrying JSON client for one server (see the module docstring)."""
 
-    def __init__(self, backend: str, base_url: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, backend: str, base_url: str, options: Mapping[str, Any],
+                 notify: Notify = notify_stderr) -> None:
         httpx = _import_httpx()
         self._httpx = httpx
         self.backend = backend
         self.base_url = base_url.rstrip("/")
+        self.where = redact_url(self.base_url)  # the server, as every message names it
+        if urlsplit(self.base_url).scheme not in ("http", "https"):
+            raise EvalkitError(f"backend {backend}: base_url {self.where} must start with "
+                               "http:// or https://")
         self.concurrency = int(options.get("concurrency", DEFAULT_CONCURRENCY))
+        self.connect_timeout_s = float(options.get("connect_timeout_s",
+                                                   DEFAULT_CONNECT_TIMEOUT_S))
         self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
         self.retry = RetryPolicy.from_options(options)
         self.key = ApiKey(options.get("api_key_env"), backend)
+        self.redact = Secrets(self.key, options)
+        self.notify = notify
+        self.health = ServerHealth(backend, self.where, self._notify)
+        self._slow_noticed = False
         self._rng = random.Random()
+        try:
+            client = httpx.AsyncClient(
+                base_url=self.base_url,
+                timeout=httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s),
+                limits=httpx.Limits(max_connections=self.concurrency))
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise EvalkitError(self.redact(f"backend {backend}: base_url {self.where} is not a "
+                                           f"valid URL ({exc})")) from None
+        self._client = client
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"evalkit-{backend}-http")
         self._thread.start()
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=self.timeout_s,
-            limits=httpx.Limits(max_connections=self.concurrency))
         self._slots = asyncio.Semaphore(self.concurrency)
         weakref.finalize(self, _shut_down, self._loop, self._client)
+
+    def _notify(self, message: str) -> None:
+        self.notify(self.redact(message))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the client's loop and wait for it (from any thread but the loop's)."""
@@ -198,59 +392,129 @@ class HttpClient:
 
         return self.run(gather())
 
-    def get_json(self, path: str) -> Any:
-        return self.run(self.call("GET", path))
+    def get_json(self, path: str, metadata: bool = True) -> Any:
+        """GET; a metadata call (the default) has METADATA_TIMEOUT_S in all."""
+        return self.run(self.call("GET", path, metadata=metadata))
 
-    def post_json(self, path: str, body: Any) -> Any:
-        return self.run(self.call("POST", path, body))
+    def post_json(self, path: str, body: Any, label: str | None = None,
+                  metadata: bool = False) -> Any:
+        return self.run(self.call("POST", path, body, label=label, metadata=metadata))
 
     async def call(self, method: str, path: str, body: Any = None,
                    read: Callable[[Any], Awaitable[T]] = read_json,
-                   give_up: Callable[[HttpError], bool] | None = None) -> T:
-        """One request, retried per the policy. `read` turns a 2xx response into the result
-        (it may stream, and may raise HttpError); `give_up` marks errors not worth retrying.
-        Raises HttpError naming the status or reason after the last attempt."""
-        attempts = self.retry.max_retries + 1
+                   give_up: Callable[[HttpError], bool] | None = None,
+                   label: str | None = None, metadata: bool = False) -> T:
+        """One request, retried per the policy, each retry announced on one line (which
+        request, why, attempt k/n, the wait). `read` turns a 2xx response into the result
+        (it may stream, and may raise HttpError); `give_up` marks errors not worth retrying;
+        `label` names the request in notices (a sample id); a `metadata` call (a cheap one
+        any live server answers at once) has METADATA_TIMEOUT_S in all, and a server silent
+        to it is taken as down. Raises HttpError after the last attempt, or at once when the
+        server is down (ServerHealth)."""
+        policy = self.retry.with_budget(METADATA_TIMEOUT_S) if metadata else self.retry
+        budget = (f"the {policy.total_timeout_s:g} s a metadata call gets" if metadata
+                  else f"total_timeout_s={policy.total_timeout_s:g} s")
+        read_s = min(self.timeout_s, METADATA_TIMEOUT_S / 3) if metadata else self.timeout_s
+        what = f"{method} {path}" + (f" ({label})" if label else "")
+        start = -1.0  # set at the first slot: queueing for one is not the server's time
+        attempt = 0
         last = HttpError("no attempt made")
-        for attempt in range(attempts):
-            try:
-                async with self._slots:  # the sleep below holds no slot
-                    return await asyncio.wait_for(self._once(method, path, body, read),
-                                                  self.timeout_s)
-            except HttpError as exc:
-                last = exc
-            except (asyncio.TimeoutError, self._httpx.TimeoutException):
-                last = HttpError(f"no answer within timeout_s={self.timeout_s:g} s",
-                                 retryable=True)
-            except self._httpx.TransportError as exc:  # refused, reset, dropped mid-answer
-                last = HttpError(self.key.redact(
-                    f"connection failed ({type(exc).__name__}: {exc or 'no detail'})"),
-                    retryable=True)
-            if not last.retryable or (give_up is not None and give_up(last)):
+        while True:
+            async with self._slots:  # the sleep below holds no slot
+                if self.health.down is not None:  # checked here: the wait for a slot is long
+                    raise HttpError(self.health.down, last.status, retryable=True)
+                start = time.monotonic() if start < 0 else start
+                remaining_s = policy.total_timeout_s - (time.monotonic() - start)
+                try:
+                    result = await self._attempt(method, path, body, read, what, remaining_s,
+                                                 budget, read_s)
+                except HttpError as exc:
+                    last = exc
+                else:
+                    self.health.answered()
+                    return result
+            if last.status is not None and not last.retryable:
+                self.health.answered()  # it answered: a fault of this request, not the server's
+            elapsed_s = time.monotonic() - start
+            if give_up is not None and give_up(last):
                 raise last
-            if attempt + 1 < attempts:
-                await asyncio.sleep(self.retry.delay_s(attempt, self._rng, last.retry_after_s))
-        raise HttpError(f"{last.message} (gave up after {attempts} attempts)", last.status)
+            delay = policy.next_delay_s(retryable=last.retryable,
+                                        retry_after_s=last.retry_after_s, attempt=attempt,
+                                        elapsed_s=elapsed_s, rng=self._rng)
+            if delay is None:
+                break
+            attempt += 1
+            self._notify(f"{self.backend}: {what} failed: {last.message}; attempt "
+                         f"{attempt}/{policy.attempts}, retrying in {delay:.2g} s")
+            await asyncio.sleep(delay)
+        if not last.retryable:
+            raise last  # this request's own fault (4xx, a bad answer): the server is fine
+        out_of_time = attempt + 1 < policy.attempts
+        message = gave_up_message(self.where, last.message, attempt + 1,
+                                  budget if out_of_time else None)
+        message = self.health.failed(message, at_once=metadata and last.status is None)
+        raise HttpError(message, last.status, retryable=True)
+
+    async def _attempt(self, method: str, path: str, body: Any,
+                       read: Callable[[Any], Awaitable[T]], what: str, remaining_s: float,
+                       budget: str, read_s: float) -> T:
+        """One attempt within `remaining_s` of the request's time limit (`budget`, as the
+        messages name it), the server silent at most `read_s`; every failure comes out as
+        HttpError."""
+        httpx = self._httpx
+        if remaining_s <= 0:
+            raise HttpError(f"{budget} used up", retryable=True)
+        slow = None
+        if not self._slow_noticed and min(read_s, remaining_s) > SLOW_NOTICE_S:
+            slow = asyncio.get_running_loop().call_later(SLOW_NOTICE_S, self._slow_notice,
+                                                         what)
+        timeout = httpx.Timeout(read_s, connect=self.connect_timeout_s)
+        try:
+            return await asyncio.wait_for(self._once(method, path, body, read, timeout),
+                                          remaining_s)
+        except asyncio.TimeoutError:
+            raise HttpError("no complete answer in the time left", retryable=True) from None
+        except httpx.ConnectTimeout:
+            raise HttpError(f"could not connect within connect_timeout_s="
+                            f"{self.connect_timeout_s:g} s", retryable=True) from None
+        except httpx.TimeoutException:
+            what_s = (f"timeout_s={self.timeout_s:g} s" if read_s == self.timeout_s
+                      else f"{read_s:g} s")
+            raise HttpError(f"no answer within {what_s}", retryable=True) from None
+        except httpx.TransportError as exc:  # refused, reset, dropped mid-answer
+            raise HttpError(self.redact(f"connection failed ({type(exc).__name__}: "
+                                        f"{exc or 'no detail'})"), retryable=True) from None
+        finally:
+            if slow is not None:
+                slow.cancel()
+
+    def _slow_notice(self, what: str) -> None:
+        if not self._slow_noticed:
+            self._slow_noticed = True
+            self._notify(f"{self.backend}: {what}: no answer yet after {SLOW_NOTICE_S:.0f} s; "
+                         f"waiting up to timeout_s={self.timeout_s:g} s (a long prompt on a "
+                         "slow server takes minutes)")
 
     async def _once(self, method: str, path: str, body: Any,
-                    read: Callable[[Any], Awaitable[T]]) -> T:
-        async with self._client.stream(method, path, json=body,
-                                       headers=self.key.headers()) as resp:
+                    read: Callable[[Any], Awaitable[T]], timeout: Any) -> T:
+        async with self._client.stream(method, path, json=body, headers=self.key.headers(),
+                                       timeout=timeout) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
+                text = self.redact(resp.text)  # a gateway may echo the request, key and all
                 try:
-                    parsed = resp.json()
+                    parsed = json.loads(text)
                 except ValueError:
                     parsed = None
-                detail = error_detail(parsed, resp.text)
                 raise HttpError(
-                    self.key.redact(f"HTTP {resp.status_code} {resp.reason_phrase}: {detail}"),
+                    f"HTTP {resp.status_code} {resp.reason_phrase}: "
+                    f"{error_detail(parsed, text)}",
                     resp.status_code, retryable_status(resp.status_code),
                     parse_retry_after(resp.headers.get("retry-after")))
             try:
                 return await read(resp)
             except HttpError as exc:
-                exc.message = self.key.redact(exc.message)
+                exc.message = self.redact(exc.message)
                 raise
 
 

@@ -68,9 +68,9 @@ class LlamaCppBackend:
 
     def __init__(self, model: str, options: Mapping[str, Any]) -> None:
         check_options(self.name, options, OPTIONS)
+        self.path: Path = resolve_gguf(model)  # a wrong path is named before a missing engine
         self._llama_cpp = _import_llama()
         self.model = model
-        self.path: Path = resolve_gguf(model)
         self.options = dict(options)
         with _quiet_stderr():  # llama.cpp warns about the context of a vocab-only load
             self._vocab = self._llama_cpp.Llama(model_path=str(self.path), vocab_only=True,

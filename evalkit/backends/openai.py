@@ -16,14 +16,21 @@ logprobs (llama.cpp's server needs --logits_all true).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from evalkit.backends import register_backend
-from evalkit.backends.counting import ChatCounter, PromptCounter, chat_template_source
+from evalkit.backends.counting import (
+    ChatCounter,
+    PromptCounter,
+    chat_template_source,
+    server_tokenize,
+)
 from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
+from evalkit.redact import redact
 from evalkit.templates import make_template
 from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter, Unsupported
 
@@ -82,28 +89,27 @@ class OpenAIBackend:
         return self._counter
 
     def _server_counter(self) -> PromptCounter:
+        where = self._http.where
         for flavour, path, body, ids in _TOKENIZERS:
             try:
-                probe = ids(self._http.post_json(path, body(self.api_model, "Hello world")))
+                probe = ids(self._http.post_json(path, body(self.api_model, "Hello world"),
+                                                 label="tokenize probe", metadata=True))
             except HttpError as exc:
                 if exc.status is None or exc.status >= 500:
-                    raise EvalkitError(f"openai backend: {self._http.base_url} does not "
-                                       f"answer: {exc.message}") from None
+                    raise EvalkitError(f"openai backend: the tokenize probe failed: "
+                                       f"{exc.message}: check base_url and that the server "
+                                       "is up") from None
                 if exc.status in (401, 403):
-                    raise EvalkitError(f"openai backend: {self._http.base_url} refused the "
-                                       f"request ({exc.message}): check api_key_env") from None
+                    raise EvalkitError(f"openai backend: {where} refused the request "
+                                       f"({exc.message}): check api_key_env") from None
                 continue  # 404 / 4xx: not this flavour
             except (KeyError, TypeError, ValueError):
                 continue
             if probe:
                 self._tokenize_flavour = flavour
-
-                def tokenize(text: str, path: str = path, body: Any = body,
-                             ids: Any = ids) -> list[int]:
-                    return list(ids(self._http.post_json(path, body(self.api_model, text))))
-
-                return PromptCounter.from_server(f"{flavour}-server", tokenize)
-        raise EvalkitError(f"openai backend: {self._http.base_url} has no tokenize endpoint: "
+                return PromptCounter.from_server(f"{flavour}-server", server_tokenize(
+                    self._http, path, functools.partial(body, self.api_model), ids))
+        raise EvalkitError(f"openai backend: {where} has no tokenize endpoint: "
                            "set backend option tokenizer (e.g. mistral-v1)")
 
     def tokenizer(self) -> TokenCounter:
@@ -172,7 +178,7 @@ class OpenAIBackend:
         start = time.perf_counter()
         path, body = self._body(req)
         try:
-            data: Any = await self._http.call("POST", path, body)
+            data: Any = await self._http.call("POST", path, body, label=req.sample_id)
             choice = data["choices"][0]
             text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
         except HttpError as exc:
@@ -197,10 +203,11 @@ class OpenAIBackend:
                 "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
         try:
             data: Any = await self._http.call("POST", "/v1/completions", body,
-                                              give_up=_logprobs_unsupported)
+                                              give_up=_logprobs_unsupported,
+                                              label=req.sample_id)
         except HttpError as exc:
             if _logprobs_unsupported(exc):
-                raise Unsupported(f"{self._http.base_url} does not return prompt logprobs "
+                raise Unsupported(f"{self._http.where} does not return prompt logprobs "
                                   f"({exc.message}); llama.cpp's server needs --logits_all "
                                   "true") from None
             return Response(error=exc.message, latency_s=time.perf_counter() - start)
@@ -210,7 +217,7 @@ class OpenAIBackend:
         choice = (data.get("choices") or [{}])[0]
         lp = choice.get("logprobs") or {}
         if not lp.get("token_logprobs"):
-            raise Unsupported(f"{self._http.base_url} ignored echo/logprobs: it cannot score "
+            raise Unsupported(f"{self._http.where} ignored echo/logprobs: it cannot score "
                               "loglikelihood")
         n_echo = self._echoed_prompt_tokens(data, len(lp["token_logprobs"]))
         logprobs = lp["token_logprobs"][:n_echo][-n_cont:]
@@ -237,7 +244,7 @@ class OpenAIBackend:
         usage = data.get("usage") or {}
         n_prompt, n_gen = usage.get("prompt_tokens"), usage.get("completion_tokens") or 0
         if n_prompt is None:
-            raise Unsupported(f"{self._http.base_url} reports no usage.prompt_tokens: the "
+            raise Unsupported(f"{self._http.where} reports no usage.prompt_tokens: the "
                               "echoed prompt cannot be told from the generated tokens")
         if self._tokenize_flavour == "llama-cpp-python":
             if self._prompt_counter().adds_bos and n_logprobs == n_prompt - 1 + n_gen:
@@ -246,7 +253,7 @@ class OpenAIBackend:
                               "prompts that do not start with a BOS token (models without "
                               "one, e.g. SmolLM2): use vLLM, or the hf backend")
         if n_logprobs != n_prompt + n_gen:
-            raise Unsupported(f"{self._http.base_url} echoed {n_logprobs} logprobs for "
+            raise Unsupported(f"{self._http.where} echoed {n_logprobs} logprobs for "
                               f"{n_prompt} prompt and {n_gen} generated tokens: cannot align")
         return int(n_prompt)
 
@@ -262,16 +269,18 @@ class OpenAIBackend:
                                    for r, n in zip(requests, n_conts, strict=True)])
 
     def fingerprint(self) -> str:
+        # extra_body as redacted: a key in it (rotated at will) is no decoding parameter
         ident = [self.api_model, self._served_model().get("id"), self.endpoint,
                  self.options.get("chat_template"), self._jinja,
-                 sorted(self.options.get("extra_body", {}).items())]
+                 sorted(redact(self.options.get("extra_body", {})).items())]
         return "openai:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:
         return {"backend": self.name, "model": self.model, "api_model": self.api_model,
                 "served_model": self._served_model().get("id"), "endpoint": self.endpoint,
                 "tokenize": self._tokenize_flavour or self.options.get("tokenizer"),
-                "context_window": self.context_window(), "options": dict(self.options)}
+                "context_window": self.context_window(),
+                "options": redact(dict(self.options))}  # no password, no key in extra_body
 
 
 @register_backend("openai")

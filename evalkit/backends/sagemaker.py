@@ -3,11 +3,13 @@ sagemaker-runtime invoke_endpoint with TGI's /generate payload (ContentType
 application/json); the container answers [{"generated_text", "details"}].
 
 Options: endpoint_name and region (required), tokenizer (required: an endpoint has no
-tokenize route; e.g. mistral-v1), context_window, concurrency, timeout_s, max_retries,
-backoff_s, chat_template. Credentials come only from AWS's standard chain (environment,
-~/.aws, instance or task role), never from options. botocore's own retries are off: the
-same bounded policy as the HTTP backends applies, on throttling, 5xx, a model error whose
-container answered 429/5xx, connection errors and timeouts.
+tokenize route; e.g. mistral-v1), context_window, concurrency, connect_timeout_s,
+timeout_s, total_timeout_s, max_retries, backoff_s, chat_template. Credentials come only
+from AWS's standard chain (environment, ~/.aws, instance or task role), never from options.
+botocore's own retries are off: the same bounded policy as the HTTP backends applies (see
+evalkit/backends/http.py: the timeouts' trade-off, a retry notice per retry on stderr, and
+an endpoint that keeps failing stops the run's traffic), on throttling, 5xx, a model error
+whose container answered 429/5xx, connection errors and timeouts.
 """
 
 from __future__ import annotations
@@ -24,10 +26,16 @@ from evalkit.backends import register_backend
 from evalkit.backends.counting import PromptCounter, chat_template_source
 from evalkit.backends.http import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     RETRY_OPTIONS,
+    Notify,
     RetryPolicy,
+    ServerHealth,
     checked_options,
+    error_detail,
+    gave_up_message,
+    notify_stderr,
     retryable_status,
 )
 from evalkit.backends.tgi import (
@@ -46,9 +54,9 @@ _RETRYABLE_CODES = {"ThrottlingException", "Throttling", "ServiceUnavailable",
 
 def _import_boto() -> tuple[Any, Any, Any]:
     try:
-        import boto3  # type: ignore[import-untyped]
-        import botocore.config  # type: ignore[import-untyped]
-        import botocore.exceptions  # type: ignore[import-untyped]
+        import boto3
+        import botocore.config
+        import botocore.exceptions
     except ImportError:
         raise EvalkitError("the sagemaker backend needs boto3: "
                            "pip install 'evalkit[sagemaker]'") from None
@@ -56,17 +64,19 @@ def _import_boto() -> tuple[Any, Any, Any]:
 
 
 class _Failed(Exception):
-    def __init__(self, message: str, retryable: bool) -> None:
+    def __init__(self, message: str, retryable: bool, answered: bool = True) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.answered = answered  # False: no answer came (connection, timeout)
 
 
 class SageMakerBackend:
     name = "sagemaker"
     retries_requests = True  # retries with backoff per request; the runner adds none
 
-    def __init__(self, model: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, model: str, options: Mapping[str, Any],
+                 notify: Notify = notify_stderr) -> None:
         self.options = checked_options(self.name, options, OPTIONS)
         for key in ("endpoint_name", "region", "tokenizer"):
             if key not in self.options:
@@ -78,13 +88,17 @@ class SageMakerBackend:
         self.max_batch_size = int(self.options.get("concurrency", DEFAULT_CONCURRENCY))
         self.retry = RetryPolicy.from_options(self.options)
         timeout_s = float(self.options.get("timeout_s", DEFAULT_TIMEOUT_S))
+        connect_s = float(self.options.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S))
         # A session of its own, so that the standard chain is read now, not cached from
         # an earlier client; credentials never come from options.
         self.client = boto3.session.Session().client(
             "sagemaker-runtime", region_name=self.options["region"],
-            config=config.Config(read_timeout=timeout_s, connect_timeout=min(timeout_s, 60.0),
+            config=config.Config(read_timeout=timeout_s, connect_timeout=connect_s,
                                  retries={"total_max_attempts": 1},
                                  max_pool_connections=self.max_batch_size))
+        self.where = f"endpoint {self.options['endpoint_name']} ({self.options['region']})"
+        self.notify = notify
+        self.health = ServerHealth(self.name, self.where, lambda m: self.notify(m))
         self._counter = PromptCounter.from_local(self.options["tokenizer"])
         self._fixed, self._jinja = chat_template_source(self.options.get("chat_template"))
         self._rng = random.Random()
@@ -117,35 +131,52 @@ class SageMakerBackend:
             retry = (code in _RETRYABLE_CODES or retryable_status(status)
                      or (original is not None and retryable_status(int(original))))
             where = f", container said {original}" if original is not None else ""
-            raise _Failed(f"{code} (HTTP {status}{where}): {info.get('Message', '')}",
-                          retry) from None
+            raise _Failed(f"{code} (HTTP {status}{where}): "
+                          f"{error_detail(None, str(info.get('Message', '')))}", retry) from None
         except (err.NoCredentialsError, err.PartialCredentialsError) as exc:
             raise EvalkitError(f"sagemaker: {exc}: configure AWS credentials the standard "
                                "way (environment, ~/.aws, or an instance role)") from None
         except (err.ConnectionError, err.HTTPClientError) as exc:  # incl. timeouts
-            raise _Failed(f"connection failed ({type(exc).__name__}: {exc})", True) from None
+            raise _Failed(f"connection failed ({type(exc).__name__}: {exc})", True,
+                          answered=False) from None
         except ValueError as exc:
             raise _Failed(f"the endpoint's answer is not JSON ({exc})", False) from None
 
-    def _invoke(self, payload: Mapping[str, Any]) -> Any:
-        """invoke_endpoint with bounded retries; raises _Failed after the last attempt."""
-        attempts = self.retry.max_retries + 1
-        for attempt in range(attempts):
+    def _invoke(self, payload: Mapping[str, Any], label: str) -> Any:
+        """invoke_endpoint per the retry policy (each retry announced on one line); raises
+        _Failed after the last attempt, or at once when the endpoint is down (ServerHealth)."""
+        policy, start = self.retry, time.monotonic()
+        for attempt in range(policy.attempts):
+            if self.health.down is not None:
+                raise _Failed(self.health.down, False)
             try:
-                return self._invoke_once(payload)
+                out = self._invoke_once(payload)
             except _Failed as exc:
-                if not exc.retryable:
+                if exc.answered and not exc.retryable:
+                    self.health.answered()
                     raise
-                if attempt + 1 == attempts:
-                    raise _Failed(f"{exc.message} (gave up after {attempts} attempts)",
-                                  False) from None
-                time.sleep(self.retry.delay_s(attempt, self._rng))
+                delay = policy.next_delay_s(retryable=exc.retryable, retry_after_s=None,
+                                            attempt=attempt,
+                                            elapsed_s=time.monotonic() - start, rng=self._rng)
+                if delay is None:
+                    budget = (f"total_timeout_s={policy.total_timeout_s:g} s"
+                              if attempt + 1 < policy.attempts else None)
+                    raise _Failed(self.health.failed(gave_up_message(
+                        self.where, exc.message, attempt + 1, budget)), False) from None
+                self.notify(f"{self.name}: invoke_endpoint ({label}) failed: {exc.message}; "
+                            f"attempt {attempt + 1}/{policy.attempts}, retrying in "
+                            f"{delay:.2g} s")
+                time.sleep(delay)
+            else:
+                self.health.answered()
+                return out
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _generate_one(self, req: Request) -> Response:
         start = time.perf_counter()
         try:
-            data = self._invoke(generate_payload(self._counter.server_text(req.prompt), req))
+            data = self._invoke(generate_payload(self._counter.server_text(req.prompt), req),
+                                req.sample_id)
             text, n_out, n_in = parse_generated(data)
         except _Failed as exc:
             return Response(error=exc.message, latency_s=time.perf_counter() - start)
@@ -170,7 +201,7 @@ class SageMakerBackend:
                   - len(self._counter.encode(req.prompt)))
         try:
             data = self._invoke(loglikelihood_payload(
-                self._counter.server_text(req.prompt + req.continuation)))
+                self._counter.server_text(req.prompt + req.continuation)), req.sample_id)
         except _Failed as exc:
             return Response(error=exc.message, latency_s=time.perf_counter() - start)
         return prefill_response(data, n_cont, start, "the endpoint")

@@ -23,8 +23,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from evalkit.backends import register_backend
-from evalkit.backends.counting import PromptCounter, chat_template_source
+from evalkit.backends.counting import PromptCounter, chat_template_source, server_tokenize
 from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
+from evalkit.redact import redact
 from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter, Unsupported
 
 OPTIONS: dict[str, type] = {**HTTP_OPTIONS, "tokenizer": str, "context_window": int,
@@ -163,21 +164,22 @@ class TgiBackend:
         return self._counter
 
     def _server_counter(self) -> PromptCounter:
-        def tokenize(text: str) -> list[int]:
-            return [int(tok["id"]) for tok in self._http.post_json("/tokenize", {"inputs": text})]
-
+        where = self._http.where
         try:
-            tokenize("Hello world")
+            self._http.post_json("/tokenize", {"inputs": "Hello world"},
+                                 label="tokenize probe", metadata=True)
         except HttpError as exc:
             if exc.status is None or exc.status >= 500:
-                raise EvalkitError(f"tgi backend: {self._http.base_url} does not answer: "
-                                   f"{exc.message}") from None
+                raise EvalkitError(f"tgi backend: the tokenize probe failed: {exc.message}: "
+                                   "check base_url and that the server is up") from None
             if exc.status in (401, 403):
-                raise EvalkitError(f"tgi backend: {self._http.base_url} refused the request "
+                raise EvalkitError(f"tgi backend: {where} refused the request "
                                    f"({exc.message}): check api_key_env") from None
-            raise EvalkitError(f"tgi backend: {self._http.base_url} has no /tokenize (TGI "
-                               "1.1): set backend option tokenizer, e.g. mistral-v1") from None
-        return PromptCounter.from_server("tgi-server", tokenize)
+            raise EvalkitError(f"tgi backend: {where} has no /tokenize (TGI 1.1): set "
+                               "backend option tokenizer, e.g. mistral-v1") from None
+        return PromptCounter.from_server("tgi-server", server_tokenize(
+            self._http, "/tokenize", lambda text: {"inputs": text},
+            lambda answer: [int(tok["id"]) for tok in answer]))
 
     def tokenizer(self) -> TokenCounter:
         return self._prompt_counter()
@@ -204,16 +206,18 @@ class TgiBackend:
         return {"bos_token": self._prompt_counter().bos_text or "", "eos_token": ""}
 
     async def _generate_one(self, req: Request, counter: PromptCounter,
-                            n_counted: int) -> Response:
+                            n_counted: int | None) -> Response:
         start = time.perf_counter()
         payload = generate_payload(counter.server_text(req.prompt), req)
         try:
             if self.options.get("stream"):
                 text, n_out, n_in = await self._http.call("POST", "/generate_stream", payload,
-                                                          read=_read_stream)
+                                                          read=_read_stream,
+                                                          label=req.sample_id)
             else:
                 data, headers = await self._http.call("POST", "/generate", payload,
-                                                      read=_read_with_headers)
+                                                      read=_read_with_headers,
+                                                      label=req.sample_id)
                 text, n_out, n_in = parse_generated(data)
                 n_in = n_in or int(headers.get("x-prompt-tokens", 0)) or None
         except HttpError as exc:
@@ -227,7 +231,12 @@ class TgiBackend:
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         counter = self._prompt_counter()
         # Counted here, not on the client's loop; cached from planning, so it costs nothing.
-        counted = [len(counter.encode(r.prompt)) for r in requests]
+        # Only a fallback for servers that report no prompt tokens: a server gone since
+        # planning fails the requests themselves, each recorded with its error.
+        try:
+            counted: list[int | None] = [len(counter.encode(r.prompt)) for r in requests]
+        except EvalkitError:
+            counted = [None] * len(requests)
         return self._http.run_all([self._generate_one(r, counter, n)
                                    for r, n in zip(requests, counted, strict=True)])
 
@@ -236,7 +245,8 @@ class TgiBackend:
         start = time.perf_counter()
         payload = loglikelihood_payload(counter.server_text(req.prompt + req.continuation))
         try:
-            data: Any = await self._http.call("POST", "/generate", payload)
+            data: Any = await self._http.call("POST", "/generate", payload,
+                                              label=req.sample_id)
         except HttpError as exc:
             return Response(error=exc.message, latency_s=time.perf_counter() - start)
         return prefill_response(data, n_cont, start, "TGI")
@@ -259,7 +269,8 @@ class TgiBackend:
         return {"backend": self.name, "model": self.model, "model_id": info.get("model_id"),
                 "model_sha": info.get("model_sha"), "tgi_version": info.get("version"),
                 "max_input_length": info.get("max_input_length"),
-                "context_window": self.context_window(), "options": dict(self.options)}
+                "context_window": self.context_window(),
+                "options": redact(dict(self.options))}  # no password in base_url
 
 
 @register_backend("tgi")
