@@ -1,7 +1,7 @@
 """The `evalkit` command: a thin shell over the Python API (same names).
 
-Bad input is one line on stderr and exit code 2; Ctrl-C keeps every finished sample and
-says how to resume (exit 130).
+Bad input is one line on stderr and exit code 2; a run that ends with errored samples
+exits 3; Ctrl-C keeps every finished sample and says how to resume (exit 130).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from evalkit import store
-from evalkit.config import Overrides, build_specs, load_config_file
+from evalkit.config import Overrides, build_specs, find_config, load_config_file
 from evalkit.generators import get_task, task_names
 from evalkit.generators.importers import detect_longeval_kind
 from evalkit.models import ALIASES, model_label
@@ -27,13 +27,22 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Long-context evaluation: accuracy by input length.")
 
 
+# Exit codes: 0 done; 1 a regression (gate) or an internal error; 2 bad input or a fault
+# that stopped the command (one line on stderr says what to do); 3 a run that finished
+# partial (some samples errored: rerun to retry them); 130 interrupted (Ctrl-C).
+EXIT_BAD_INPUT = 2
+EXIT_PARTIAL = 3
+
+
 def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Argument(help="run config YAML (configs/)")] = None,
+    config: Annotated[Path | None, typer.Argument(
+        help="run config: a YAML file, or the name of a bundled one (quickstart, smollm2, ...)")]
+    = None,
     task: Annotated[list[str] | None, typer.Option("--task", "-t",
                     help="task to run (repeat); default: the config's")] = None,
     lengths: Annotated[str | None, typer.Option(help="target lengths, e.g. 1k,4k,16k")] = None,
@@ -62,15 +71,29 @@ def run(
     """Run (or resume) an evaluation and print accuracy by input length."""
     from evalkit import runner
 
-    data: dict[str, Any] = load_config_file(config) if config else {}
+    data: dict[str, Any] = load_config_file(find_config(config)) if config else {}
     ov = Overrides(tasks=list(task or []), lengths=lengths, samples=samples, seed=seed,
                    model=model, backend=backend, template=template, tokenizer=tokenizer)
+    for option, path, kind in (("--corpus", corpus, "topics"), ("--quality", quality, "longqa")):
+        if path and task and kind not in task:  # else the file would be dropped in silence
+            raise EvalkitError(f"{option} {path} is for the {kind} task, but --task asks for "
+                               f"{', '.join(task)} only: add --task {kind}, or drop {option}")
     if corpus:
         ov.task_params.setdefault("topics", {})["corpus"] = str(corpus)
     if quality:
         ov.task_params.setdefault("longqa", {})["quality"] = str(quality)
+    given: dict[Path, Path] = {}
     for path in cases or []:
-        kind = detect_longeval_kind(path)
+        key = path.expanduser().resolve()
+        if key in given:
+            raise EvalkitError(f"--cases {path} is given twice"
+                               + (f" (also as {given[key]})" if given[key] != path else "")
+                               + ": give each case file once")
+        given[key] = path
+        kind = detect_longeval_kind(path)  # checks the whole file, before any model loads
+        if task and kind not in task:  # else the file would be dropped in silence
+            raise EvalkitError(f"--cases {path} holds LongEval {kind} cases, but --task asks "
+                               f"for {', '.join(task)} only: add --task {kind}, or drop the file")
         ov.task_params.setdefault(kind, {}).setdefault("cases", []).append(str(path))
         if not task:  # without a config, just these cases; with one, added to its tasks
             (ov.extra_tasks if config else ov.tasks).append(kind)
@@ -80,11 +103,12 @@ def run(
             _dry_run(spec)
         return
     results_rows: list[SummaryRow] = []
+    partial: list[str] = []
     for spec in specs:
         label = spec.label or model_label(spec.model)
         if len(specs) > 1:
             typer.echo(f"== {label} ({spec.backend})")
-        run_out = out / label if out is not None and len(specs) > 1 else out
+        run_out = out / store.safe_name(label) if out is not None and len(specs) > 1 else out
         try:
             result = runner.run(spec, out=run_out, results_root=results, progress=progress)
         except KeyboardInterrupt:
@@ -99,9 +123,15 @@ def run(
                    + f"; results in {result.run_dir}")
         for message, count in _errors(result.run_dir):
             _err(f"error ({count} samples): {message}")
+        if s.status != "complete":
+            partial.append(f"{label}: {s.n_samples - s.n_done} of {s.n_samples}")
     if len(specs) > 1:
         typer.echo("\n== all models")
         typer.echo(format_table(results_rows))
+    if partial:
+        _err(f"partial run ({'; '.join(partial)} samples not scored): run the same command "
+             f"again to retry them (exit {EXIT_PARTIAL})")
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _errors(run_dir: Path, most: int = 3) -> list[tuple[str, int]]:
@@ -113,20 +143,29 @@ def _errors(run_dir: Path, most: int = 3) -> list[tuple[str, int]]:
 
 
 def _dry_run(spec: Any) -> None:
+    """Plan and measure the samples; load the model only if its tokenizer or chat template
+    is needed (a named tokenizer with fixed templates needs no engine at all)."""
     from evalkit import runner
     from evalkit.backends import make_backend
     from evalkit.tokenizers import get_counter
 
-    be = make_backend(spec.backend, spec.model, spec.backend_options)
-    counter = be.tokenizer() if spec.tokenizer == "auto" else get_counter(spec.tokenizer)
-    runner.check_lengths(spec, be.context_window(), spec.model)
+    label = spec.label or model_label(spec.model)
+    needs_model = spec.tokenizer == "auto" or any(
+        runner.needs_model_template(t) for t in spec.tasks)
+    be = make_backend(spec.backend, spec.model, spec.backend_options) if needs_model else None
+    counter = be.tokenizer() if be is not None and spec.tokenizer == "auto" else get_counter(
+        spec.tokenizer)
+    window = be.context_window() if be is not None else None
+    runner.check_lengths(spec, window, label)
     planned = runner.plan_samples(spec, be, counter)
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for smp in planned:
         key = smp.target_tokens if smp.target_tokens is not None else smp.meta.get("bin", "all")
         groups[(smp.task, str(key), smp.template)].append(smp.input_tokens)
-    typer.echo(f"{spec.label or spec.model}: {len(planned)} samples, tokens counted with "
-               f"{counter.name}:")
+    engine = (f"{spec.backend} loaded" if be is not None
+              else "no engine loaded, context window not checked")
+    typer.echo(f"dry run for model label {label}: {len(planned)} samples, tokens counted with "
+               f"{counter.name} ({engine}):")
     typer.echo(f"{'task':<8} {'length':>12} {'template':<17} {'n':>4} {'min':>7} {'mean':>9}"
                f" {'max':>7}")
     for (t, length, tmpl), toks in groups.items():
@@ -148,11 +187,12 @@ def tasks() -> None:
 
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="a run folder under results/")]) -> None:
-    """Print a run's accuracy table again (rebuilt from samples.jsonl if needed)."""
+    """Print a run's accuracy table again (computed from samples.jsonl if there is no
+    summary.json). Reads only: writes nothing into the run folder."""
     from evalkit import runner
 
     info = store.read_run(run_dir)
-    summary = store.read_summary(run_dir) or runner.summarize(run_dir)
+    summary = store.read_summary(run_dir) or runner.build_summary(run_dir)
     typer.echo(f"{info.get('run_id')}  model={info.get('model_label')}  "
                f"status={summary.status} ({summary.n_done}/{summary.n_samples})")
     typer.echo(format_table(summary.rows))
@@ -172,7 +212,8 @@ def report(
     from evalkit.report.html import build_index, build_report
 
     if index is not None:
-        page = build_index(index, out or Path("reports") / "index")
+        # a run folder that cannot be read is listed (here and on the page), not fatal
+        page = build_index(index, out or Path("reports") / "index", log=_err)
     elif run_dirs:
         name = "_vs_".join(d.name for d in run_dirs) if len(run_dirs) > 1 else run_dirs[0].name
         page = build_report(list(run_dirs), out or Path("reports") / name[:120], title)
@@ -216,11 +257,29 @@ def convert_gguf(
 
 
 def main() -> None:
+    """The console script: every failure is one line on stderr and an exit code, never a
+    traceback (EVALKIT_DEBUG=1 shows the traceback of an internal error)."""
+    import os
+
     try:
         app()
     except EvalkitError as exc:
         _err(f"error: {exc}")
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        _err("\ninterrupted: every finished sample is saved; run the same command again to resume")
+        sys.exit(130)
+    except OSError as exc:  # disk full, permission denied, a vanished file: say which
+        where = f" ({exc.filename})" if exc.filename else ""
+        _err(f"error: {exc.strerror or exc}{where}: fix that and run the same command again")
+        sys.exit(EXIT_BAD_INPUT)
+    except Exception as exc:
+        if os.environ.get("EVALKIT_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        _err(f"internal error (a bug in evalkit, please report it): {type(exc).__name__}: "
+             f"{text} (EVALKIT_DEBUG=1 shows the traceback)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -21,40 +21,56 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evalkit.generators import get_task, make_params, task_names
-from evalkit.models import DEFAULT_MODEL
+from evalkit.models import DEFAULT_MODEL, model_label
+from evalkit.redact import redact
+from evalkit.store import safe_name
 from evalkit.templates import TEMPLATE_NAMES
 from evalkit.types import EvalkitError
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 TASK_OVERRIDES = ("lengths", "samples", "template", "max_new_tokens")
 _LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kK])?\s*$")
-# option names whose values are secrets; `api_key_env` names a variable, `tokenizer` is not one
-_SECRET = re.compile(r"(^|_)(api_?key|key|secret|password|credentials?|access_?token|token|auth)$",
-                     re.I)
 
 
 def parse_length(text: str | int) -> int:
     """'4k' -> 4096, '1.5k' -> 1536, '3000' -> 3000."""
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
+    elif not isinstance(text, str):
+        raise EvalkitError(f"{text!r} is not a length: write e.g. 1k,4k,16k or 3000")
     else:
-        m = _LENGTH.match(str(text))
+        m = _LENGTH.match(text)
         if not m:
             raise EvalkitError(f"'{text}' is not a length: write e.g. 1k,4k,16k or 3000")
         value = round(float(m.group(1)) * (1024 if m.group(2) else 1))
     if value <= 0:
         raise EvalkitError(f"length {text} must be positive")
+    if value > MAX_LENGTH:
+        raise EvalkitError(f"length {text} is over {MAX_LENGTH // 1024}k tokens: write a "
+                           "shorter one")
     return value
 
 
-def parse_lengths(text: str | Sequence[str | int]) -> tuple[int, ...]:
-    items = [x for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text)
+def check_int(value: Any, what: str, low: int, high: int) -> int:
+    """A whole number in [low, high] (not a bool, not a string), or one clear line."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise EvalkitError(f"{what} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
+def parse_lengths(text: str | int | Sequence[str | int]) -> tuple[int, ...]:
+    if isinstance(text, str):
+        items: list[Any] = [x for x in text.split(",") if x.strip()]
+    elif isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = [text]
     if not items:
         raise EvalkitError("no lengths given: write e.g. --lengths 1k,4k,16k")
     return tuple(parse_length(x) for x in items)
@@ -90,10 +106,9 @@ class RunSpec:
         return plain
 
     def redacted(self) -> dict[str, Any]:
-        d = self.to_json()
-        d["backend_options"] = {k: ("***" if _SECRET.search(k) else v)
-                                for k, v in d["backend_options"].items()}
-        return d
+        """The spec as written to run.json: every secret masked (see evalkit/redact.py)."""
+        out: dict[str, Any] = redact(self.to_json())
+        return out
 
     def spec_hash(self) -> str:
         d = self.to_json()
@@ -102,32 +117,49 @@ class RunSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+# Bounds of the numbers a config may set: wide enough for any real run, narrow enough that a
+# typo (retries: 1000000, samples: true, temperature: nan) is refused instead of run.
+MAX_SAMPLES = 1_000_000
+MAX_RETRIES = 10
+MAX_TEMPERATURE = 10.0
+MAX_NEW_TOKENS = 32_768
+MAX_LENGTH = 4 * 1024 * 1024
+MAX_SEED = 2**63 - 1
+
+_Name = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+_Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]
+_Samples = Annotated[int, Field(strict=True, ge=1, le=MAX_SAMPLES)]
+_Temperature = Annotated[float, Field(strict=True, ge=0.0, le=MAX_TEMPERATURE,
+                                      allow_inf_nan=False)]
+_Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
+
+
 class _ModelEntry(BaseModel):
     """One model of a multi-model config; unset fields take the config's top-level value."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    label: str | None = None
-    backend: str | None = None
+    model: _Name
+    label: _Name | None = None
+    backend: _Name | None = None
     backend_options: dict[str, Any] | None = None
-    template: str | None = None
-    tokenizer: str | None = None
+    template: _Name | None = None
+    tokenizer: _Name | None = None
 
 
 class _ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    name: str = "run"
-    model: str = DEFAULT_MODEL
-    backend: str = "llamacpp"
+    name: _Name = "run"
+    model: _Name = DEFAULT_MODEL
+    backend: _Name = "llamacpp"
     backend_options: dict[str, Any] = {}
-    tokenizer: str = "auto"
-    template: str = "auto"
-    seed: int = 0
-    samples: int = 5
-    temperature: float = 0.0
-    retries: int = 2
+    tokenizer: _Name = "auto"
+    template: _Name = "auto"
+    seed: _Seed = 0
+    samples: _Samples = 5
+    temperature: _Temperature = 0.0
+    retries: _Retries = 2
     lengths: list[str | int] = list(DEFAULT_LENGTHS)
     tasks: list[str | dict[str, Any]] = ["passkey", "lines", "topics", "longqa"]
     models: list[_ModelEntry] | None = None
@@ -154,16 +186,57 @@ def _where(source: str, loc: Sequence[Any]) -> str:
     return f"{source}: " + (".".join(str(x) for x in loc) + ": " if loc else "")
 
 
+def bundled_configs() -> dict[str, Path]:
+    """The run configs that ship with evalkit (configs/ in the checkout, evalkit/_configs
+    in a wheel), by name: quickstart, smollm2, ..."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "_configs", package.parent / "configs"):
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def find_config(arg: str | Path) -> Path:
+    """A config file: the path as given, else the bundled config of that name, so that
+    `evalkit run quickstart` and `evalkit run configs/quickstart.yaml` work from any folder."""
+    path = Path(arg).expanduser()
+    if path.exists():
+        return path
+    bundled = bundled_configs()
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if name in bundled and (path.suffix in ("", ".yaml", ".yml")):
+        return bundled[name]
+    raise EvalkitError(f"config file not found: {arg} (bundled configs: "
+                       f"{', '.join(bundled) or 'none'}; or a path to a YAML file)")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping; whatever is wrong with the file itself (missing, a folder,
+    not UTF-8, not YAML, not a mapping) is one line naming the file and the fix."""
     p = Path(path)
+    if p.is_dir():
+        raise EvalkitError(f"{p} is a directory: pass a config file (YAML), e.g. in configs/")
     if not p.is_file():
         raise EvalkitError(f"config file not found: {p} (see configs/ for examples)")
     try:
-        data: Any = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise EvalkitError(f"{p}: cannot read the config file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise EvalkitError(f"{p}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}): save the "
+                           "config file as UTF-8") from None
+    try:
+        data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise EvalkitError(f"{p}: malformed YAML{at}: fix the syntax") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. 2024-02-30, 5000 digits
+        what = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        raise EvalkitError(f"{p}: a value YAML cannot read ({what}): fix it") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -193,7 +266,7 @@ def build_specs(data: Mapping[str, Any], overrides: Overrides | None = None,
     else:
         entries = cfg.models
     specs = [_spec_for(cfg, entry, ov, source) for entry in entries]
-    labels = [s.label or s.model for s in specs]
+    labels = [safe_name(s.label or model_label(s.model)) for s in specs]
     if len(set(labels)) != len(labels):
         raise EvalkitError(f"{source}: two models share a label: give each a distinct label")
     return specs
@@ -213,8 +286,9 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
     _check_template(template, source)
     lengths = parse_lengths(ov.lengths) if ov.lengths else parse_lengths(cfg.lengths)
     samples = ov.samples if ov.samples is not None else cfg.samples
-    if samples < 1:
-        raise EvalkitError(f"{source}: samples must be at least 1, got {samples}")
+    check_int(samples, f"{source}: samples", 1, MAX_SAMPLES)
+    if ov.seed is not None:
+        check_int(ov.seed, f"{source}: seed", 0, MAX_SEED)
 
     entries = _task_entries(cfg.tasks, source)
     if ov.tasks:
@@ -232,13 +306,14 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
         _check_template(t_template, source)
         t_lengths = lengths if ov.lengths or "lengths" not in over else parse_lengths(
             over["lengths"])
-        t_samples = samples if ov.samples is not None or "samples" not in over else int(
-            over["samples"])
+        t_samples = samples if ov.samples is not None or "samples" not in over else check_int(
+            over["samples"], f"{source}: tasks.{name}.samples", 1, MAX_SAMPLES)
         tasks.append(TaskSpec(
             name=name, params=json.loads(json.dumps(params.__dict__)),
             lengths=t_lengths if task.fitted(params) else (),
             samples=t_samples, template=t_template,
-            max_new_tokens=int(over.get("max_new_tokens", task.max_new_tokens)),
+            max_new_tokens=check_int(over.get("max_new_tokens", task.max_new_tokens),
+                                     f"{source}: tasks.{name}.max_new_tokens", 1, MAX_NEW_TOKENS),
         ))
     if not tasks:
         raise EvalkitError(f"{source}: no tasks: list some under tasks: or pass --task")

@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,15 +47,30 @@ class RunResult:
     resumed_from: int  # samples already recorded when this invocation started
 
 
-def resolve_template(task: TaskSpec, backend: Backend) -> Template:
+def needs_model_template(task: TaskSpec) -> bool:
+    """Whether the task's template is the model's own (so the model must be loaded to
+    render it): "chat", or "auto" on a task whose protocol applies the chat template."""
+    return task.template == "chat" or (
+        task.template == "auto" and get_task(task.name).default_template == "chat")
+
+
+def resolve_template(task: TaskSpec, backend: Backend | None) -> Template:
     """"auto" is the protocol's choice: plain completion for passkey, the model's chat
-    template for the others, or plain completion when the model has none."""
+    template for the others, or plain completion when the model has none. `backend` may be
+    None where no task needs the model's template (a dry run with a named tokenizer)."""
+    if backend is None:
+        if needs_model_template(task):
+            raise EvalkitError(f"{task.name}: template '{task.template}' needs the model's own "
+                               "chat template: load the model, or name a fixed template")
+        name = "raw" if task.template == "auto" else task.template
+        return make_template(name)
     name = task.template
     if name == "auto":
         name = get_task(task.name).default_template
         if name == "chat" and not backend.chat_template():
             name = "raw"
-    return make_template(name, backend.chat_template(), dict(backend.special_tokens()))
+    return make_template(name, backend.chat_template(), dict(backend.special_tokens()),
+                         model=str(getattr(backend, "model", backend.name)))
 
 
 def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
@@ -72,9 +87,10 @@ def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
                 )
 
 
-def plan_samples(spec: RunSpec, backend: Backend, counter: TokenCounter,
+def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
                  progress: bool = False) -> list[Sample]:
-    """Every sample of the run, in a stable order, measured with `counter`."""
+    """Every sample of the run, in a stable order, measured with `counter`. `backend` is
+    only read for the model's chat template (None: every template is a fixed one)."""
     samples: list[Sample] = []
     for task in spec.tasks:
         tdef = get_task(task.name)
@@ -150,10 +166,33 @@ def _run_dir(spec: RunSpec, out: Path | None, results_root: Path, log: Log) -> P
 
 def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("results"),
         progress: bool = True, log: Log = print) -> RunResult:
-    """Run (or resume) a spec; returns where it went and its summary."""
+    """Run (or resume) a spec; returns where it went and its summary.
+
+    The run folder comes first: unless the run is finished and summarized already (then
+    nothing is written, and its folder may be read-only), the folder is created and takes
+    a probe write before any backend is made, so an unwritable folder or a full disk is
+    one line before planning and model load. A folder this call created and that never got
+    a run.json is removed again when the run fails to start."""
     label = spec.label or model_label(spec.model)
-    backend = make_backend(spec.backend, spec.model, spec.backend_options)
-    counter = backend.tokenizer() if spec.tokenizer == "auto" else get_counter(spec.tokenizer)
+    run_dir = _run_dir(spec, out, results_root, log)
+    fresh = not run_dir.exists()
+    try:
+        if fresh or not _up_to_date(run_dir):
+            store.prepare_run_dir(run_dir)
+        with store.run_lock(run_dir):
+            backend = make_backend(spec.backend, spec.model, spec.backend_options)
+            counter = (backend.tokenizer() if spec.tokenizer == "auto"
+                       else get_counter(spec.tokenizer))
+            samples = _plan_checked(spec, backend, counter, label, progress)
+            return _run_locked(spec, backend, counter, label, samples, run_dir, progress, log)
+    except BaseException:
+        if fresh:
+            store.discard_if_unused(run_dir)
+        raise
+
+
+def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
+                  progress: bool) -> list[Sample]:
     window = backend.context_window()
     check_lengths(spec, window, label)
     samples = plan_samples(spec, backend, counter, progress)
@@ -164,15 +203,27 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
             f"{len(too_long)} sample(s) are over the context window of {label} ({window} "
             f"tokens), e.g. {s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens: "
             "drop those cases or use a model with a longer context")
+    return samples
 
-    run_dir = _run_dir(spec, out, results_root, log)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with store.run_lock(run_dir):
-        return _run_locked(spec, backend, counter, label, samples, run_dir, progress, log)
+
+def _up_to_date(run_dir: Path) -> bool:
+    """The run is finished and its summary files say so already: a re-run writes nothing.
+    Reads only; a damaged file is one EvalkitError naming it."""
+    if not (run_dir / store.RUN_JSON).is_file() or store.torn_tail(run_dir):
+        return False
+    try:
+        on_disk = store.read_summary(run_dir)
+    except EvalkitError:
+        return False  # a damaged summary.json is rebuilt, which is a write
+    if on_disk is None or on_disk.status != "complete":
+        return False
+    summary = build_summary(run_dir)
+    return summary.status == "complete" and store.summary_is_current(run_dir, summary)
 
 
 def _run_locked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
                 samples: list[Sample], run_dir: Path, progress: bool, log: Log) -> RunResult:
+    store.remove_stale_temporaries(run_dir)
     if not (run_dir / store.RUN_JSON).is_file():
         store.write_run(run_dir, {
             "run_id": run_dir.name, "spec": spec.redacted(), "spec_hash": spec.spec_hash(),
@@ -256,17 +307,27 @@ def _record(sample: Sample, rendered: str, response: Response, label: str,
                   prompt_sha256=prompt_sha, cache_key=cache_key, parsed=result.parsed)
 
 
-def summarize(run_dir: Path) -> RunSummary:
-    """(Re)build summary.json and table.csv from samples.jsonl."""
-    run = store.read_run(run_dir)
-    records = store.read_records(run_dir)
+def summary_of(run_dir: Path, info: Mapping[str, Any], records: Sequence[Record]) -> RunSummary:
+    """The summary of a run's run.json (`info`) and records: pure, writes nothing."""
     n_ok = sum(1 for r in records if r.ok)
-    n_planned = int(run.get("n_samples", len(records)))
-    summary = RunSummary(
-        run_id=run.get("run_id", Path(run_dir).name),
+    n_planned = int(info.get("n_samples", len(records)))
+    return RunSummary(
+        run_id=str(info.get("run_id", Path(run_dir).name)),
         status="complete" if n_ok >= n_planned else "partial",
         rows=tuple(aggregate(records)), n_samples=n_planned, n_done=n_ok,
         n_errors=len(records) - n_ok,
     )
+
+
+def build_summary(run_dir: Path) -> RunSummary:
+    """A run's summary computed from samples.jsonl in memory, for readers: writes nothing."""
+    return summary_of(run_dir, store.read_run(run_dir), store.read_records(run_dir))
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    """(Re)build summary.json and table.csv from samples.jsonl. Each file is written only
+    when its content changes, so a finished run is never rewritten; when a write is needed
+    and the folder refuses it, that is one EvalkitError line."""
+    summary = build_summary(run_dir)
     store.write_summary(run_dir, summary)
     return summary

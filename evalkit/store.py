@@ -4,19 +4,28 @@ results/<run-id>/
   run.json        the spec (secrets redacted), versions, git sha; written first
   samples.jsonl   append-only records, flushed and fsynced per batch: the source of truth;
                   resume = the ids already here (the last record of an id wins)
-  summary.json    written atomically at the end; rebuildable from samples.jsonl
+  summary.json    written atomically at the end, only when it changes; rebuildable from
+                  samples.jsonl
   table.csv       the accuracy table of summary.json, for spreadsheets
+
+No fault loses a sample: an append that fails is cut back whole (no half-written record),
+and only the run's writer (under run_lock) writes; readers never do. Bad input is one
+line: every file is checked on reading, and a damaged one is an EvalkitError naming the
+file (and the line of samples.jsonl). Only a torn last line, what a crash mid-write
+leaves, is passed over, and the next writer cuts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
+import io
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,148 +43,516 @@ from evalkit.types import (
 RUN_JSON, SAMPLES, SUMMARY, TABLE = "run.json", "samples.jsonl", "summary.json", "table.csv"
 
 
+def safe_name(text: str, most: int = 100) -> str:
+    """A folder name made of a label: letters, digits, '-', '_', '.', never hidden, never
+    '.' or '..', so that a label cannot put a run outside the folder it is meant for."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-._") else "-" for c in text)
+    safe = safe[:most]
+    if safe.startswith("."):
+        safe = "_" + safe.lstrip(".")
+    return safe if safe.strip("_") else "_"
+
+
 def make_run_id(name: str, model_label: str, spec_hash: str) -> str:
     """Sortable and unique: 2026-11-22T10-31-05_quickstart_gemma3-270m_3f9a2c."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
-    safe = "".join(c if c.isalnum() or c in "-._" else "-" for c in f"{name}_{model_label}")
-    return f"{stamp}_{safe}_{spec_hash[:6]}"
+    return f"{stamp}_{safe_name(f'{name}_{model_label}')}_{spec_hash[:6]}"
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+PROBE_BYTES = 4096  # one page: a full disk refuses it, a writable folder takes it at once
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _advice(exc: OSError) -> str:
+    """What the user does about a write the OS refused, by its cause."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space and run the same command again to resume"
+    if exc.errno == errno.EFBIG:
+        return "raise the file size limit (ulimit -f) and run the same command again to resume"
+    if exc.errno in _READ_ONLY:
+        return "make it writable (or pass another --out) and run the same command again"
+    return "fix that and run the same command again to resume"
+
+
+def write_error(path: Path, exc: OSError) -> EvalkitError:
+    """The one line for a write into a run folder that the OS refused."""
+    return EvalkitError(f"cannot write {path}: {_why(exc)}: {_advice(exc)}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may write less than asked; each turn writes >= 1 byte or raises
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "the file system accepted no bytes")
+        view = view[n:]
+
+
+def _fsync_dir(folder: Path) -> None:
+    # the rename itself must reach the disk too; some file systems cannot fsync a folder
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` at once: a temporary file beside it, fsynced, then renamed,
+    so a reader never sees half a file. The file gets the mode any new file gets
+    (0666 & ~umask), like samples.jsonl beside it. A refused write is one EvalkitError."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        try:
+            _write_all(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write_text_atomic(path, _json_text(data))
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder and prove that it takes a write (a probe file, fsynced, then
+    removed): an unwritable folder or a full disk is then one line before any model work,
+    not a failure after planning and model load."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise EvalkitError(f"{run_dir} is a file, not a folder: pass a folder (new or a run's) "
+                           "as the run folder")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvalkitError(f"cannot create the run folder {run_dir}: {_why(exc)}: "
+                           f"{_advice(exc)}") from None
+    probe = run_dir / f".probe-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            _write_all(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise EvalkitError(f"cannot write into the run folder {run_dir}: {_why(exc)}: "
+                           f"{_advice(exc)}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_JSON
-    if not path.is_file():
-        raise EvalkitError(f"{run_dir} is not an evalkit run (no {RUN_JSON})")
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("schema_version", 0) > SCHEMA_VERSION:
-        raise EvalkitError(f"{path} has schema_version {data['schema_version']}, newer than this "
-                           f"evalkit reads ({SCHEMA_VERSION}): upgrade evalkit")
-    return data
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but its lock: a run that failed before it
+    wrote run.json leaves no empty folder under results/."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in Path(run_dir).iterdir()} <= {".lock"}:
+            (Path(run_dir) / ".lock").unlink(missing_ok=True)
+            Path(run_dir).rmdir()
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files that a killed writer left behind. Call it holding run_lock: then no
+    other writer can own them."""
+    for p in Path(run_dir).glob("*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def write_run(run_dir: Path, data: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RUN_JSON, {"schema_version": SCHEMA_VERSION, **data})
 
 
-def find_run(results_root: Path, spec_hash: str) -> Path | None:
-    """The newest run of this spec that has not finished, to resume it."""
-    if not results_root.is_dir():
-        return None
-    for d in sorted(results_root.glob(f"*_{spec_hash[:6]}"), reverse=True):
-        try:
-            run = read_run(d)
-        except (EvalkitError, json.JSONDecodeError):
-            continue
-        if run.get("spec_hash") != spec_hash:
-            continue
-        summary = d / SUMMARY
-        if summary.is_file():
-            try:
-                if json.loads(summary.read_text(encoding="utf-8")).get("status") == "complete":
-                    continue
-            except json.JSONDecodeError:
-                pass
-        return d
-    return None
-
-
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """One writer per run: a second process on the same run folder is refused. The lock
-    is the kernel's (flock), so a killed process never leaves it behind."""
-    with (Path(run_dir) / ".lock").open("a") as f:
+    is the kernel's (flock), so a killed process never leaves it behind. In a folder that
+    cannot be written the lock is taken on the existing .lock opened read-only, or not at
+    all when there is none (no one can write there, so no writer needs excluding)."""
+    path = Path(run_dir) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY:
+            raise write_error(path, exc) from None
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            yield
+            return
+        except OSError as exc2:
+            raise write_error(path, exc2) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise EvalkitError(f"another evalkit process is running {run_dir}: wait for it to "
                                "finish or stop it, then run again") from None
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _tail_length(f: io.BufferedReader, size: int) -> int:
+    """Bytes after the last newline of an open file of `size` bytes, read backwards."""
+    pos = size
+    while pos > 0:  # ends: pos falls by at least one byte each turn
+        step = min(1 << 16, pos)
+        f.seek(pos - step)
+        i = f.read(step).rfind(b"\n")
+        if i >= 0:
+            return size - (pos - step + i + 1)
+        pos -= step
+    return size
+
+
+def torn_tail(run_dir: Path) -> int:
+    """Bytes of a record that a crash left half-written at the end of samples.jsonl."""
+    path = Path(run_dir) / SAMPLES
+    try:
+        with path.open("rb") as f:
+            return _tail_length(f, os.fstat(f.fileno()).st_size)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise EvalkitError(f"cannot read {path}: {_why(exc)}") from None
 
 
 def repair_tail(run_dir: Path) -> int:
     """Cut a record that a crash left half-written at the end of samples.jsonl, so that
-    appends start on a clean line. Returns the bytes removed."""
+    appends start on a clean line. Returns the bytes removed; writes nothing when there
+    is nothing to cut (a finished run in a read-only folder stays readable)."""
     path = Path(run_dir) / SAMPLES
-    if not path.is_file() or path.stat().st_size == 0:
-        return 0
-    with path.open("rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return 0
-        keep = data.rfind(b"\n") + 1
-        f.truncate(keep)
-        return len(data) - keep
+    cut = torn_tail(run_dir)
+    if cut:
+        try:
+            os.truncate(path, path.stat().st_size - cut)
+        except OSError as exc:
+            raise write_error(path, exc) from None
+    return cut
 
 
 def append_records(run_dir: Path, records: Iterable[Record]) -> None:
-    lines = "".join(json.dumps({"schema_version": SCHEMA_VERSION, **to_jsonable(r)},
-                               ensure_ascii=False) + "\n" for r in records)
-    with (Path(run_dir) / SAMPLES).open("a", encoding="utf-8") as f:
-        f.write(lines)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_records(run_dir: Path) -> list[Record]:
-    """The records of a run, the last one of each id, in first-seen order. A line that a
-    crash cut short is skipped."""
+    """Append records to samples.jsonl, fsynced. All or nothing: when the write or the
+    fsync fails (a full disk, a size limit, an interrupt) the file is cut back to its size
+    before the write, so no record is ever half-written, and an OSError becomes one line."""
+    data = "".join(json.dumps({"schema_version": SCHEMA_VERSION, **to_jsonable(r)},
+                              ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    if not data:
+        return
     path = Path(run_dir) / SAMPLES
-    latest: dict[str, Record] = {}
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # the torn tail of an interrupted write
-            d = json.loads(line)
-            if d.get("schema_version", 0) > SCHEMA_VERSION:
-                raise EvalkitError(f"{path}: schema_version {d['schema_version']} is newer than "
-                                   "this evalkit reads: upgrade evalkit")
-            rec = record_from_json(d)
-            latest[rec.sample.id] = rec
-    return list(latest.values())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise _append_error(run_dir, exc) from None
+    try:
+        start = os.fstat(fd).st_size
+        written = False
+        try:
+            _write_all(fd, data)
+            written = True
+            os.fsync(fd)
+        except BaseException as exc:
+            # A refused write or fsync is undone. An interrupt (Ctrl-C) undoes only a write
+            # it cut short: whole lines already in the file are as good as fsynced ones
+            # for a process that stops, and dropping them would lose finished samples.
+            if isinstance(exc, OSError) or not written:
+                with contextlib.suppress(OSError):  # cutting back frees space: it succeeds
+                    os.ftruncate(fd, start)
+                    os.fsync(fd)
+            if isinstance(exc, OSError):
+                raise _append_error(run_dir, exc) from None
+            raise
+    finally:
+        os.close(fd)
 
 
-def write_summary(run_dir: Path, summary: RunSummary) -> None:
-    write_json_atomic(Path(run_dir) / SUMMARY, to_jsonable(summary))
-    write_table_csv(Path(run_dir) / TABLE, summary.rows)
+def _append_error(run_dir: Path, exc: OSError) -> EvalkitError:
+    return EvalkitError(f"cannot append to {SAMPLES} in {run_dir}: {_why(exc)}; the batch in "
+                        f"flight was rolled back, every earlier sample is kept: {_advice(exc)}")
 
 
-def read_summary(run_dir: Path) -> RunSummary | None:
-    path = Path(run_dir) / SUMMARY
-    if not path.is_file():
-        return None
-    d = json.loads(path.read_text(encoding="utf-8"))
-    return RunSummary(run_id=d["run_id"], status=d["status"],
-                      rows=tuple(SummaryRow(**r) for r in d["rows"]), n_samples=d["n_samples"],
-                      n_done=d["n_done"], n_errors=d["n_errors"],
-                      schema_version=d["schema_version"])
+def table_csv_text(rows: Iterable[SummaryRow]) -> str:
+    fields = list(SummaryRow.__dataclass_fields__)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(fields)
+    for r in rows:
+        w.writerow([getattr(r, k) for k in fields])
+    return buf.getvalue()
 
 
 def write_table_csv(path: Path, rows: Iterable[SummaryRow]) -> None:
-    rows = list(rows)
-    fields = list(SummaryRow.__dataclass_fields__)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(fields)
-        for r in rows:
-            w.writerow([getattr(r, k) for k in fields])
-    os.replace(tmp, path)
+    write_text_atomic(Path(path), table_csv_text(rows))
+
+
+def _summary_files(run_dir: Path, summary: RunSummary) -> list[tuple[Path, bytes]]:
+    return [(Path(run_dir) / SUMMARY, _json_text(to_jsonable(summary)).encode("utf-8")),
+            (Path(run_dir) / TABLE, table_csv_text(summary.rows).encode("utf-8"))]
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def summary_is_current(run_dir: Path, summary: RunSummary) -> bool:
+    """summary.json and table.csv already hold exactly this summary."""
+    return all(_same_bytes(p, data) for p, data in _summary_files(run_dir, summary))
+
+
+def write_summary(run_dir: Path, summary: RunSummary) -> bool:
+    """Write summary.json and table.csv, each only when its content changes: a run that is
+    already summarized is never rewritten (its folder may be read-only). True if written."""
+    wrote = False
+    for path, data in _summary_files(run_dir, summary):
+        if not _same_bytes(path, data):
+            write_text_atomic(path, data.decode("utf-8"))
+            wrote = True
+    return wrote
+
+
+# ---- reading: every file checked; a fault is one line naming the file (and line) ------
+
+_RECORD_FIX = ("remove or restore that line (a removed sample runs again when the run is "
+               "resumed)")
+_RUN_FIX = ("restore it from a copy, or start the run afresh with another --out (run.json "
+            "is written once, when a run starts)")
+_SUMMARY_FIX = "delete it: it is rebuilt from samples.jsonl"
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_KINDS: dict[str, tuple[str, Any]] = {
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "num": ("a number", _num),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "object": ("a JSON object", lambda v: isinstance(v, dict)),
+    "list": ("a list", lambda v: isinstance(v, list)),
+    "strs": ("a list of strings",
+             lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "scores": ("an object of numbers",
+               lambda v: isinstance(v, dict) and all(_num(x) for x in v.values())),
+    "length": ("an integer or a string",
+               lambda v: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))),
+}
+
+# field -> kind; "?" allows null. Every field is required unless listed in may_lack.
+RUN_SHAPE = {"schema_version": "int", "run_id": "str", "spec_hash": "str", "n_samples": "int",
+             "spec": "object", "model_label": "str", "backend": "object",
+             "templates": "object", "versions": "object", "tokenizer": "str", "created": "str",
+             "git_sha": "str?", "sample_ids_sha256": "str", "argv": "strs"}
+RUN_MAY_LACK = frozenset(RUN_SHAPE) - {"schema_version", "run_id", "spec_hash", "n_samples",
+                                       "spec"}
+SUMMARY_SHAPE = {"schema_version": "int", "run_id": "str", "status": "str", "rows": "list",
+                 "n_samples": "int", "n_done": "int", "n_errors": "int"}
+ROW_SHAPE = {"model": "str", "task": "str", "length": "length", "subset": "str",
+             "metric": "str", "value": "num", "ci_low": "num", "ci_high": "num", "n": "int",
+             "n_errors": "int", "input_tokens_mean": "num"}
+RECORD_SHAPE = {"schema_version": "int", "sample": "object", "response": "object",
+                "scores": "scores", "model": "str", "prompt_sha256": "str",
+                "cache_key": "str", "parsed": "str?"}
+SAMPLE_SHAPE = {"id": "str", "task": "str", "prompt": "str", "targets": "strs",
+                "target_tokens": "int?", "input_tokens": "int", "template": "str",
+                "max_new_tokens": "int", "meta": "object"}
+RESPONSE_SHAPE = {"text": "str", "logprob": "num?", "is_greedy": "bool?",
+                  "input_tokens": "int?", "output_tokens": "int?", "latency_s": "num",
+                  "error": "str?"}
+
+
+def _describe(v: Any) -> str:
+    text = json.dumps(v, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind_of(v: Any) -> str:
+    if isinstance(v, dict):
+        return "a JSON object"
+    if isinstance(v, list):
+        return "a list"
+    return _describe(v)
+
+
+def shape_problem(d: Any, shape: Mapping[str, str], what: str, prefix: str = "",
+                  may_lack: frozenset[str] = frozenset()) -> str | None:
+    """The first way `d` differs from `shape` (field -> kind), said for a user, or None."""
+    if not isinstance(d, dict):
+        return f"{what} should be a JSON object, got {_kind_of(d)}"
+    for name, kind in shape.items():
+        if name not in d:
+            if name in may_lack:
+                continue
+            return f"field '{prefix}{name}' is missing"
+        desc, ok = _KINDS[kind.rstrip("?")]
+        value = d[name]
+        if not (ok(value) or (kind.endswith("?") and value is None)):
+            null = " or null" if kind.endswith("?") else ""
+            return f"field '{prefix}{name}' should be {desc}{null}, got {_describe(value)}"
+    return None
+
+
+def _load_json(path: Path, fix: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvalkitError(f"{path}: not UTF-8 text (byte {exc.start}): {fix}") from None
+    except OSError as exc:
+        raise EvalkitError(f"cannot read {path}: {_why(exc)}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EvalkitError(f"{path} line {exc.lineno} column {exc.colno}: not valid JSON "
+                           f"({exc.msg}): {fix}") from None
+    except RecursionError:
+        raise EvalkitError(f"{path}: nested too deeply to be an evalkit file: {fix}") from None
+
+
+def _check_version(d: Any, where: str) -> None:
+    if isinstance(d, dict):
+        v = d.get("schema_version")
+        if isinstance(v, int) and not isinstance(v, bool) and v > SCHEMA_VERSION:
+            raise EvalkitError(f"{where} has schema_version {v}, newer than this evalkit reads "
+                               f"({SCHEMA_VERSION}): upgrade evalkit")
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """run.json, checked: a fault is one EvalkitError naming the file."""
+    path = Path(run_dir) / RUN_JSON
+    if not path.is_file():
+        raise EvalkitError(f"{run_dir} is not an evalkit run (no {RUN_JSON})")
+    data = _load_json(path, _RUN_FIX)
+    _check_version(data, str(path))
+    problem = shape_problem(data, RUN_SHAPE, "the file", may_lack=RUN_MAY_LACK)
+    if problem:
+        raise EvalkitError(f"{path}: {problem}: {_RUN_FIX}")
+    out: dict[str, Any] = data
+    return out
+
+
+def find_run(results_root: Path, spec_hash: str) -> Path | None:
+    """The newest run of this spec that has not finished, to resume it. A folder named for
+    this spec whose run.json is damaged is one EvalkitError: starting afresh beside it
+    would leave its samples behind in silence. (A folder with no run.json at all is a
+    start that was killed before it wrote one: it holds no samples and is passed over.)"""
+    if not results_root.is_dir():
+        return None
+    for d in sorted(results_root.glob(f"*_{spec_hash[:6]}"), reverse=True):
+        if not (d / RUN_JSON).is_file():
+            continue
+        run = read_run(d)
+        if run.get("spec_hash") != spec_hash:
+            continue
+        try:
+            summary = read_summary(d)
+        except EvalkitError:
+            summary = None  # a damaged summary is rebuilt by the resume
+        if summary is not None and summary.status == "complete":
+            continue
+        return d
+    return None
+
+
+def read_summary(run_dir: Path) -> RunSummary | None:
+    """summary.json, checked (None if there is none): a fault is one line naming it."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return None
+    d = _load_json(path, _SUMMARY_FIX)
+    _check_version(d, str(path))
+    problem = shape_problem(d, SUMMARY_SHAPE, "the file")
+    if problem is None and d["status"] not in ("complete", "partial"):
+        problem = ("field 'status' should be \"complete\" or \"partial\", got "
+                   f"{_describe(d['status'])}")
+    for i, row in enumerate(d["rows"] if problem is None else []):
+        problem = shape_problem(row, ROW_SHAPE, f"rows[{i}]", prefix=f"rows[{i}].")
+        if problem:
+            break
+    if problem:
+        raise EvalkitError(f"{path}: {problem}: {_SUMMARY_FIX}")
+    return RunSummary(run_id=d["run_id"], status=d["status"],
+                      rows=tuple(SummaryRow(**{k: r[k] for k in ROW_SHAPE}) for r in d["rows"]),
+                      n_samples=d["n_samples"], n_done=d["n_done"], n_errors=d["n_errors"],
+                      schema_version=d["schema_version"])
+
+
+def _parse_record(raw: bytes, path: Path, lineno: int) -> Record:
+    where = f"{path} line {lineno}"
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise EvalkitError(f"{where}: not UTF-8 text (byte {exc.start}): {_RECORD_FIX}") from None
+    except json.JSONDecodeError as exc:
+        raise EvalkitError(f"{where}: not a JSON record ({exc.msg}, column {exc.colno}): "
+                           f"{_RECORD_FIX}") from None
+    except RecursionError:
+        raise EvalkitError(f"{where}: nested too deeply to be a record: {_RECORD_FIX}") from None
+    _check_version(d, where)
+    problem = shape_problem(d, RECORD_SHAPE, "the line")
+    if problem is None:
+        problem = (shape_problem(d["sample"], SAMPLE_SHAPE, "sample", prefix="sample.")
+                   or shape_problem(d["response"], RESPONSE_SHAPE, "response",
+                                    prefix="response."))
+    if problem is None:
+        extra = sorted(set(d["response"]) - set(RESPONSE_SHAPE))
+        if extra:
+            problem = f"unknown field 'response.{extra[0]}'"
+    if problem:
+        raise EvalkitError(f"{where}: {problem}: {_RECORD_FIX}")
+    return record_from_json(d)
+
+
+def read_records(run_dir: Path) -> list[Record]:
+    """The records of a run, the last one of each id, in first-seen order. Only a torn
+    last line (a crash mid-write, no newline yet) is skipped; any other line that is not
+    a whole record is one EvalkitError naming the file and line: a sample is never
+    dropped in silence."""
+    path = Path(run_dir) / SAMPLES
+    latest: dict[str, Record] = {}
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise EvalkitError(f"cannot read {path}: {_why(exc)}") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
+                break  # the torn tail of an interrupted write
+            if not raw.strip():
+                continue
+            rec = _parse_record(raw, path, lineno)
+            latest[rec.sample.id] = rec
+    return list(latest.values())

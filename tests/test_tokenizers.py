@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from servers import require
 from conftest import reference_data
+from servers import require
 
 from evalkit.config import build_spec
 from evalkit.generators import Plan, get_task, make_params

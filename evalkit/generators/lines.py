@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from evalkit.fitting import fit_growing
 from evalkit.generators.base import Plan, Score, TaskDef, read_words, register_task, sample_rng
-from evalkit.generators.importers import read_longeval_lines
+from evalkit.generators.importers import read_case_files, read_longeval_lines
 from evalkit.scoring import last_int_match
 from evalkit.types import EvalkitError, Sample
 
@@ -47,6 +47,8 @@ class LinesParams:
     def __post_init__(self) -> None:
         if isinstance(self.cases, str):
             object.__setattr__(self, "cases", [self.cases])
+        if self.num_lines is not None and not all(1 <= n <= 100_000 for n in self.num_lines):
+            raise ValueError(f"num_lines must lie in 1..100000, got {self.num_lines}")
         if self.index_style not in INDEX_STYLES:
             raise ValueError(f"index_style must be one of {', '.join(INDEX_STYLES)}, "
                              f"got '{self.index_style}'")
@@ -129,8 +131,7 @@ def _case(sid: str, plan: Plan, params: LinesParams, n_lines: int | None,
 
 def generate(params: LinesParams, plan: Plan) -> Iterator[Sample]:
     if params.cases:
-        for path in params.cases:
-            yield from read_longeval_lines(path, plan)
+        yield from read_case_files(params.cases, read_longeval_lines, plan)
         return
     if params.num_lines:
         for n in params.num_lines:

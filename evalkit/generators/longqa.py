@@ -136,27 +136,27 @@ def _synthetic(sid: str, target: int, plan: Plan) -> Sample:
 
 def _quality(params: LongQAParams, plan: Plan) -> Iterator[Sample]:
     assert params.quality is not None
-    for row in read_quality(params.quality):
-        for qi, q in enumerate(row["questions"]):
-            hard = int(q.get("difficult", 0)) == 1
+    made = 0
+    for qset in read_quality(params.quality):  # every row and question checked already
+        for q in qset.questions:
+            hard = q.difficult == 1
             if params.hard_only and not hard:
                 continue
-            options = [str(o) for o in q["options"]]
-            if len(options) != 4:
-                raise EvalkitError(f"{params.quality}: question {q.get('question_unique_id', qi)}"
-                                   f" has {len(options)} options, QuALITY has 4")
-            prompt = format_prompt(row["article"], str(q["question"]), options)
-            set_id = row.get("set_unique_id", row.get("article_id"))
-            qid = q.get("question_unique_id") or f"{set_id}-{qi}"
+            made += 1
+            options = list(q.options)
+            prompt = format_prompt(qset.article, q.question, options)
             yield Sample(
-                id=f"longqa/quality/{qid}", task="longqa", prompt=prompt,
-                targets=(LETTERS[int(q["gold_label"]) - 1],), target_tokens=None,
+                id=f"longqa/quality/{q.key}", task="longqa", prompt=prompt,
+                targets=(LETTERS[q.gold_label - 1],), target_tokens=None,
                 input_tokens=plan.measure(prompt), template=plan.template,
                 max_new_tokens=plan.max_new_tokens,
                 meta={"options": options, "bin": "quality", "subsets": ["hard"] if hard else [],
-                      "difficult": int(hard), "article_id": row.get("article_id"),
-                      "set_unique_id": row.get("set_unique_id"), "source": "quality"},
+                      "difficult": int(hard), "article_id": qset.article_id,
+                      "set_unique_id": qset.set_unique_id, "source": "quality"},
             )
+    if not made:  # else a run of no samples, and a table of nothing
+        raise EvalkitError(f"{params.quality}: hard_only, but no question has difficult == 1: "
+                           "drop hard_only or use QuALITY's train or dev file")
 
 
 def generate(params: LongQAParams, plan: Plan) -> Iterator[Sample]:

@@ -8,6 +8,7 @@ of the haystack; `key_digits` draws keys of that many digits (InfiniteBench uses
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -46,6 +47,10 @@ def filler(n_chars: int) -> str:
     return " ".join([FILLER] * reps)[:n_chars]
 
 
+def _prompt_of_size(n_garbage: int, *, depth: float, key: int) -> str:
+    return build_prompt(n_garbage, depth, key)
+
+
 def build_prompt(n_garbage: int, depth: float, key: int) -> str:
     prefix = round(n_garbage * depth)
     return "\n".join([TASK_DESCRIPTION, filler(prefix), NEEDLE.format(k=key),
@@ -70,8 +75,8 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
                 else:
                     key = rng.randint(10 ** (params.key_digits - 1), 10 ** params.key_digits - 1)
                 where = rng.random() if depth is None else depth
-                fit = fit_max(lambda n, w=where, k=key: build_prompt(n, w, k), plan.measure, target,
-                              lo=0, hi=max_chars, what="filler characters")
+                fit = fit_max(functools.partial(_prompt_of_size, depth=where, key=key),
+                              plan.measure, target, lo=0, hi=max_chars, what="filler characters")
                 yield Sample(
                     id=sid, task="passkey", prompt=fit.prompt, targets=(str(key),),
                     target_tokens=target, input_tokens=fit.tokens, template=plan.template,

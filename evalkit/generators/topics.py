@@ -13,7 +13,11 @@ from functools import lru_cache
 
 from evalkit.fitting import fit_max
 from evalkit.generators.base import Plan, Score, TaskDef, register_task, sample_rng, tasks_dir
-from evalkit.generators.importers import read_longeval_topics, read_topic_corpus
+from evalkit.generators.importers import (
+    read_case_files,
+    read_longeval_topics,
+    read_topic_corpus,
+)
 from evalkit.scoring import topic_match
 from evalkit.types import EvalkitError, Sample
 
@@ -41,6 +45,8 @@ class TopicsParams:
     def __post_init__(self) -> None:
         if isinstance(self.cases, str):
             object.__setattr__(self, "cases", [self.cases])
+        if self.num_topics is not None and not all(1 <= n <= 10_000 for n in self.num_topics):
+            raise ValueError(f"num_topics must lie in 1..10000, got {self.num_topics}")
 
 
 @lru_cache(maxsize=4)
@@ -50,7 +56,7 @@ def load_corpus(path: str | None) -> tuple[tuple[str, str], ...]:
     files = sorted((tasks_dir() / "data" / "topics").glob("*.jsonl"))
     if not files:
         raise EvalkitError(f"the built-in topic corpus is missing under {tasks_dir()}: "
-                           "reinstall from a full checkout")
+                           "reinstall evalkit (pip install evalkit)")
     return tuple(pair for f in files for pair in read_topic_corpus(f))
 
 
@@ -86,8 +92,7 @@ def _case(sid: str, corpus: Sequence[tuple[str, str]], plan: Plan, n: int | None
 
 def generate(params: TopicsParams, plan: Plan) -> Iterator[Sample]:
     if params.cases:
-        for path in params.cases:
-            yield from read_longeval_topics(path, plan)
+        yield from read_case_files(params.cases, read_longeval_topics, plan)
         return
     corpus = load_corpus(params.corpus)
     if params.num_topics:

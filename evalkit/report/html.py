@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ import jinja2
 
 from evalkit import store
 from evalkit.report.plots import accuracy_plot, depth_heatmap
-from evalkit.runner import summarize
+from evalkit.runner import summary_of
 from evalkit.scoring import aggregate, length_key
 from evalkit.types import EvalkitError, Record, SummaryRow
 
@@ -43,12 +44,13 @@ class RunData:
 
 
 def load_runs(run_dirs: list[Path]) -> list[RunData]:
-    """Runs with display labels that tell them apart (the model, or model@run-id)."""
+    """Runs with display labels that tell them apart (the model, or model@run-id). Reads
+    only: the status comes from the records, in memory; nothing is written into a run."""
     raw = []
     for d in run_dirs:
         info = store.read_run(d)
-        summary = store.read_summary(d) or summarize(d)
-        raw.append((d, info, store.read_records(d), summary.status))
+        records = store.read_records(d)
+        raw.append((d, info, records, summary_of(d, info, records).status))
     labels = [str(info.get("model_label", d.name)) for d, info, _, _ in raw]
     out = []
     for (d, info, records, status), label in zip(raw, labels, strict=True):
@@ -164,11 +166,39 @@ def _run_meta(run: RunData) -> dict[str, Any]:
     }
 
 
+def prepare_out(out: Path) -> None:
+    """Create the report folder. An existing file there, a run folder (a report never writes
+    into a run) or a place that cannot be written is one EvalkitError line."""
+    if out.exists() and not out.is_dir():
+        raise EvalkitError(f"--out {out} is a file, not a folder: pass a folder for the report "
+                           "(it is created if missing)")
+    if (out / store.RUN_JSON).exists():
+        raise EvalkitError(f"--out {out} is a run folder: pass another folder for the report "
+                           "(a report never writes into a run)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvalkitError(f"cannot create the report folder {out}: {exc.strerror or exc}: "
+                           "pass another --out") from None
+
+
 def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
     """Render the report of one or more runs into `out`; returns index.html."""
     if not run_dirs:
         raise EvalkitError("report needs at least one run folder (results/<run-id>)")
-    runs = load_runs(run_dirs)
+    prepare_out(out)
+    return _render_report(load_runs(run_dirs), out, title)
+
+
+def _render_report(runs: list[RunData], out: Path, title: str | None) -> Path:
+    try:
+        return _write_report(runs, out, title)
+    except OSError as exc:
+        raise EvalkitError(f"cannot write the report in {out}: {exc.strerror or exc}: free "
+                           "space or pass another --out") from None
+
+
+def _write_report(runs: list[RunData], out: Path, title: str | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     records = [r for run in runs for r in run.records]
     rows = aggregate(records)
@@ -201,24 +231,45 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     return index
 
 
-def build_index(results_root: Path, out: Path) -> Path:
-    """An index page of every run under `results_root`, each linked to its own report."""
-    runs = sorted((d for d in results_root.iterdir() if (d / store.RUN_JSON).is_file()),
+def _looks_like_run(d: Path) -> bool:
+    return d.is_dir() and ((d / store.RUN_JSON).exists() or (d / store.SAMPLES).exists())
+
+
+def build_index(results_root: Path, out: Path,
+                log: Callable[[str], None] | None = None) -> Path:
+    """An index page of every run under `results_root`, each linked to its own report.
+
+    A run folder that cannot be read (a damaged run.json, a bad line in samples.jsonl, ...)
+    does not stop the index: the good runs are reported, and each bad one is listed on the
+    page with its one-line reason, which also goes to `log`."""
+    runs = sorted((d for d in results_root.iterdir() if _looks_like_run(d)),
                   reverse=True) if results_root.is_dir() else []
     if not runs:
         raise EvalkitError(f"no runs under {results_root}: run `evalkit run` first")
-    entries = []
+    prepare_out(out)
+    entries, bad = [], []
     for d in runs:
-        report = build_report([d], out / "runs" / d.name)
-        run = load_runs([d])[0]
+        try:
+            run = load_runs([d])[0]
+        except EvalkitError as exc:
+            bad.append({"run_id": d.name, "reason": str(exc)})
+            if log is not None:
+                log(f"skipped {d}: {exc}")
+            continue
+        report = _render_report([run], out / "runs" / d.name, None)
         by_task: dict[str, list[float]] = {}
         for r in run.records:
             if r.ok and "accuracy" in r.scores:
                 by_task.setdefault(r.sample.task, []).append(r.scores["accuracy"])
         entries.append({**_run_meta(run), "href": report.relative_to(out).as_posix(),
                         "tasks": {t: sum(v) / len(v) for t, v in sorted(by_task.items())}})
-    _copy_static(out)
-    html = _env().get_template("index.html.j2").render(entries=entries, root=str(results_root))
-    index = out / "index.html"
-    index.write_text(html, encoding="utf-8")
+    html = _env().get_template("index.html.j2").render(entries=entries, bad=bad,
+                                                        root=str(results_root))
+    try:
+        _copy_static(out)
+        index = out / "index.html"
+        index.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise EvalkitError(f"cannot write the index in {out}: {exc.strerror or exc}: free "
+                           "space or pass another --out") from None
     return index
