@@ -4,10 +4,12 @@ tiny server of our own that misbehaves on purpose (`misbehaving_server`)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -67,17 +69,29 @@ def _serve(cmd: list[str], port: int, log: Path, start_s: float,
     """Start a server command, wait (bounded) until /v1/models answers, yield its base URL
     and process, and stop it: terminate, then kill if it lingers."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # a session of its own: the server's children (vLLM's engine core and workers) are
+        # stopped with it, never left running into the next test
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/v1/models", start_s, proc, log)
         yield f"http://127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=stop_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_group(proc, stop_s)
+
+
+def stop_group(proc: subprocess.Popen[bytes], stop_s: float) -> None:
+    """SIGTERM to the process group of `proc` (started with start_new_session), SIGKILL to
+    whatever of it is left after `stop_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=stop_s)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived their parent, too
+    proc.wait(timeout=15)
 
 
 @contextmanager
