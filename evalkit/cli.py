@@ -187,8 +187,8 @@ def tasks() -> None:
 
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="a run folder under results/")]) -> None:
-    """Print a run's accuracy table again (computed from samples.jsonl if there is no
-    summary.json). Reads only: writes nothing into the run folder."""
+    """Print a run's tables again, every metric (computed from samples.jsonl if there is
+    no summary.json). Reads only: writes nothing into the run folder."""
     from evalkit import runner
 
     info = store.read_run(run_dir)
@@ -229,14 +229,14 @@ def compare(
     out: Annotated[Path | None, typer.Option(
         help="also write the side-by-side HTML report and combined plots here")] = None,
 ) -> None:
-    """Side-by-side accuracy of two runs, per-cell deltas and their significance."""
-    from evalkit.report.compare import compare_runs, format_compare
+    """Side-by-side scores of two runs: per task, length or subset and metric, the delta
+    and its significance."""
+    from evalkit.report.compare import LEGEND, compare_runs, format_compare
     from evalkit.report.html import build_report
 
     label_a, label_b, rows = compare_runs(run_a, run_b, out / "plots" if out else None)
     typer.echo(format_compare(label_a, label_b, rows))
-    typer.echo("\ndelta = B - A; sig: p < 0.05 (two-proportion z-test, Fisher's exact test "
-               "where counts are small)")
+    typer.echo(f"\n{LEGEND}")
     if out is not None:
         page = build_report([run_a, run_b], out, f"{label_a} vs {label_b}")
         typer.echo(f"report: {page}")

@@ -103,6 +103,17 @@ def wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple[floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float]:
+    """Normal-approximation 95% interval of the mean of continuous scores (TruthfulQA mc2,
+    say): mean +- z * sd / sqrt(n). NaN bounds with fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return (float("nan"), float("nan"))
+    mean = statistics.fmean(values)
+    half = z * statistics.stdev(values) / math.sqrt(n)
+    return (mean - half, mean + half)
+
+
 def length_key(record: Record) -> int | str:
     """The length cell a record belongs to: the target asked for, else the case's bin."""
     s = record.sample
@@ -113,7 +124,8 @@ def length_key(record: Record) -> int | str:
 
 def aggregate(records: Iterable[Record]) -> list[SummaryRow]:
     """Mean of each score by (model, task, length, subset), with Wilson intervals for
-    0/1 scores. Errored samples are counted apart and left out of the mean."""
+    0/1 scores and normal ones for continuous scores. Errored samples are counted apart and
+    left out of the mean."""
     groups: dict[tuple[str, str, int | str, str], list[Record]] = defaultdict(list)
     for r in records:
         subsets = ["all", *r.sample.meta.get("subsets", [])]
@@ -132,7 +144,7 @@ def aggregate(records: Iterable[Record]) -> list[SummaryRow]:
             if all(v in (0.0, 1.0) for v in values):
                 lo, hi = wilson(sum(values), n)
             else:
-                lo, hi = float("nan"), float("nan")
+                lo, hi = mean_interval(values)
             rows.append(SummaryRow(model=model, task=task, length=length, subset=subset,
                                    metric=metric, value=value, ci_low=lo, ci_high=hi, n=n,
                                    n_errors=n_errors, input_tokens_mean=round(tokens, 1)))

@@ -2,13 +2,20 @@
 
 reports/<name>/
   index.html         tables, plots, run metadata, the sample browser (jinja2, autoescaped)
-  plots/*.png|svg    accuracy by length per task; passkey depth x length heatmaps
+  plots/*.png|svg    each metric by length per task (tasks with a length axis only);
+                     passkey depth x length heatmaps
   static/            report.css, report.js (copied from evalkit/report/static)
   samples.js         sample metadata and outputs, as JSON (rendered with textContent only)
   prompts/NNN.js     prompts in chunks, loaded when a sample's prompt is opened
 
 Model output and prompts are untrusted text: the page never puts them through innerHTML,
 and the HTML around them is autoescaped.
+
+Every metric the summary rows carry is reported (accuracy, acc, acc_norm, mc2, ...): tasks
+with a length axis get a table per metric and a plot, tasks scored once over all their
+data (the leaderboard tasks) get the leaderboard table. A run's rows are its summary.json
+when that matches its samples.jsonl (it may hold rows only the writer can derive, such as
+MMLU's unweighted mean and the leaderboard average), else rebuilt from the records.
 """
 
 from __future__ import annotations
@@ -25,10 +32,18 @@ from typing import Any
 import jinja2
 
 from evalkit import store
-from evalkit.report.plots import accuracy_plot, depth_heatmap
+from evalkit.report.metrics import loglikelihood_tasks, metric_kinds, primary_metrics
+from evalkit.report.plots import depth_heatmap, length_plot
+from evalkit.report.tables import (
+    LengthLine,
+    ScoreLine,
+    length_tables,
+    score_lines,
+    split_rows,
+)
 from evalkit.runner import summary_of
-from evalkit.scoring import aggregate, length_key
-from evalkit.types import EvalkitError, Record, SummaryRow
+from evalkit.scoring import length_key
+from evalkit.types import EvalkitError, Record, RunSummary, SummaryRow
 
 PROMPT_CHUNK = 50       # prompts per lazily loaded file
 OUTPUT_CHARS = 4000     # model output kept in the browser per sample (the record has it all)
@@ -41,6 +56,17 @@ class RunData:
     label: str
     records: list[Record]
     status: str
+    rows: list[SummaryRow]
+
+
+def run_summary(run_dir: Path, info: dict[str, Any], records: list[Record]) -> RunSummary:
+    """The run's summary.json when it matches the records (same counts of scored and
+    errored samples), else the summary rebuilt from the records, in memory."""
+    built = summary_of(run_dir, info, records)
+    saved = store.read_summary(run_dir)
+    if saved is not None and (saved.n_done, saved.n_errors) == (built.n_done, built.n_errors):
+        return replace(saved, status=built.status)
+    return built
 
 
 def load_runs(run_dirs: list[Path]) -> list[RunData]:
@@ -50,13 +76,14 @@ def load_runs(run_dirs: list[Path]) -> list[RunData]:
     for d in run_dirs:
         info = store.read_run(d)
         records = store.read_records(d)
-        raw.append((d, info, records, summary_of(d, info, records).status))
+        raw.append((d, info, records, run_summary(d, info, records)))
     labels = [str(info.get("model_label", d.name)) for d, info, _, _ in raw]
     out = []
-    for (d, info, records, status), label in zip(raw, labels, strict=True):
+    for (d, info, records, summary), label in zip(raw, labels, strict=True):
         if labels.count(label) > 1:
             label = f"{label}@{d.name}"
-        out.append(RunData(d, info, label, [replace(r, model=label) for r in records], status))
+        out.append(RunData(d, info, label, [replace(r, model=label) for r in records],
+                           summary.status, [replace(r, model=label) for r in summary.rows]))
     return out
 
 
@@ -65,12 +92,23 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = _pct
+    env.filters["score"] = _score
     env.filters["length"] = _length_label
+    env.filters["shade"] = _shade
     return env
 
 
 def _pct(v: float | None) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.0%}"
+
+
+def _score(v: float | None) -> str:
+    return "–" if v is None or math.isnan(v) else f"{v:.4f}"
+
+
+def _shade(v: float | None) -> str:
+    """The cell colour class of a score in [0, 1] (none outside it: no scale to shade on)."""
+    return f"h{round(v * 4)}" if v is not None and 0.0 <= v <= 1.0 else "hx"
 
 
 def _length_label(length: int | str) -> str:
@@ -94,19 +132,35 @@ def _js_payload(variable: str, data: Any) -> str:
     return f"{variable}={text};\n"
 
 
-def _clean(v: float) -> float | None:
+def _clean(v: float | None) -> float | None:
     return None if v is None or math.isnan(v) else round(v, 4)
+
+
+def _outcome(r: Record, metric: str | None, kind: str, loglikelihood: bool) -> str:
+    """error; scored (a continuous metric decides); correct; wrong, or unparsed (a
+    generated answer nothing could be read out of)."""
+    if r.response.error is not None:
+        return "error"
+    if metric is not None and kind == "continuous":
+        return "scored"
+    if metric is not None and r.scores.get(metric) == 1.0:
+        return "correct"
+    chose = loglikelihood or r.parsed is not None or r.response.logprob is not None
+    return "wrong" if chose else "unparsed"
 
 
 def _write_samples(out: Path, runs: list[RunData]) -> int:
     rows: list[dict[str, Any]] = []
     prompts: list[str] = []
     for run in runs:
+        primary = primary_metrics(run.rows, run.records)
+        kinds = metric_kinds(run.records)
+        by_loglikelihood = loglikelihood_tasks({r.sample.task for r in run.records})
         for r in run.records:
             s, resp = r.sample, r.response
-            outcome = ("error" if resp.error is not None else
-                       "correct" if r.scores.get("accuracy") == 1.0 else
-                       "unparsed" if r.parsed is None else "wrong")
+            metric = primary.get(s.task)
+            outcome = _outcome(r, metric, kinds.get((s.task, metric or ""), "binary"),
+                               s.task in by_loglikelihood)
             rows.append({
                 "model": run.label, "task": s.task, "length": _length_label(length_key(r)),
                 "id": s.id, "outcome": outcome, "expected": " | ".join(s.targets),
@@ -114,7 +168,8 @@ def _write_samples(out: Path, runs: list[RunData]) -> int:
                 "parsed": r.parsed, "error": resp.error, "input_tokens": s.input_tokens,
                 "target_tokens": s.target_tokens, "output_tokens": resp.output_tokens,
                 "latency_s": round(resp.latency_s, 3), "template": s.template,
-                "depth": s.meta.get("depth"), "p": len(prompts),
+                "depth": s.meta.get("depth"), "p": len(prompts), "metric": metric,
+                "scores": {k: _clean(v) for k, v in r.scores.items()},
             })
             prompts.append(s.prompt)
     (out / "samples.js").write_text(_js_payload("window.EVALKIT_SAMPLES", rows), encoding="utf-8")
@@ -130,24 +185,11 @@ def _write_samples(out: Path, runs: list[RunData]) -> int:
     return len(rows)
 
 
-def _table(rows: list[SummaryRow], labels: list[str]) -> list[dict[str, Any]]:
-    """Rows of (task, subset, length) with one cell per model."""
-    keyed: dict[tuple[str, str, int | str], dict[str, Any]] = {}
-    for r in rows:
-        if r.metric != "accuracy":
-            continue
-        key = (r.task, r.subset, r.length)
-        row = keyed.setdefault(key, {"task": r.task, "subset": r.subset, "length": r.length,
-                                     "tokens": 0.0, "cells": {}})
-        row["tokens"] = max(row["tokens"], r.input_tokens_mean)
-        row["cells"][r.model] = r
-    return [keyed[k] for k in sorted(keyed, key=_cell_order)]
-
-
-def _cell_order(key: tuple[str, str, int | str]) -> tuple[Any, ...]:
-    task, subset, length = key
-    return (task, subset != "all", subset,
-            (0, length, "") if isinstance(length, int) else (1, 0, str(length)))
+def _results(rows: list[SummaryRow]) -> tuple[list[tuple[str, list[LengthLine]]],
+                                              list[ScoreLine]]:
+    """(by-length tables per metric, leaderboard lines) of every run's rows."""
+    by_length, once = split_rows(rows)
+    return length_tables(by_length), score_lines(once)
 
 
 def _run_meta(run: RunData) -> dict[str, Any]:
@@ -201,19 +243,27 @@ def _render_report(runs: list[RunData], out: Path, title: str | None) -> Path:
 def _write_report(runs: list[RunData], out: Path, title: str | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     records = [r for run in runs for r in run.records]
-    rows = aggregate(records)
+    rows = [r for run in runs for r in run.rows]
     labels = [run.label for run in runs]
-    tasks = sorted({r.task for r in rows})
+    tasks = sorted({r.sample.task for r in records})
+    by_length, leaderboard = _results(rows)
     plots = []
-    for task in tasks:
-        paths = accuracy_plot(rows, task, out / "plots" / f"accuracy_{task}")
-        plots.append({"title": f"{task}: accuracy by input length", "png": paths[0].name,
-                      "svg": paths[1].name})
+    for metric, lines in by_length:
+        for task in dict.fromkeys(line.task for line in lines):
+            paths = length_plot(rows, task, metric, out / "plots" / store.safe_name(
+                f"{metric}_{task}"))
+            if paths:
+                plots.append({"title": f"{task}: {metric} by input length",
+                              "png": paths[0].name, "svg": paths[1].name})
+    passkey_metrics = sorted({m for r in records if r.sample.task == "passkey" for m in r.scores})
     for i, run in enumerate(runs):
-        paths_h = depth_heatmap(run.records, run.label, out / "plots" / f"passkey_depth_{i}")
-        if paths_h:
-            plots.append({"title": f"passkey depth x length: {run.label}",
-                          "png": paths_h[0].name, "svg": paths_h[1].name})
+        for metric in passkey_metrics:
+            name = f"passkey_depth_{i}" + ("" if len(passkey_metrics) == 1 else f"_{metric}")
+            paths_h = depth_heatmap(run.records, run.label, out / "plots" / store.safe_name(name),
+                                    metric)
+            if paths_h:
+                plots.append({"title": f"passkey {metric}, depth x length: {run.label}",
+                              "png": paths_h[0].name, "svg": paths_h[1].name})
     n = _write_samples(out, runs)
     _copy_static(out)
     filters = {
@@ -224,11 +274,29 @@ def _write_report(runs: list[RunData], out: Path, title: str | None) -> Path:
     }
     html = _env().get_template("report.html.j2").render(
         title=title or " vs ".join(labels), runs=[_run_meta(r) for r in runs], labels=labels,
-        table=_table(rows, labels), plots=plots, n_samples=n, filters=filters,
+        length_tables=by_length, leaderboard=leaderboard, plots=plots, n_samples=n,
+        filters=filters,
     )
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")
     return index
+
+
+def _task_scores(run: RunData) -> dict[str, float]:
+    """"task metric" -> one number per task and metric for the index: the mean over all
+    samples for a task with a length axis, the task's own row for one scored once (which
+    may be a mean of subset means, as MMLU's is)."""
+    by_length, once = split_rows(run.rows)
+    pooled: dict[str, list[float]] = {}
+    with_axis = {r.task for r in by_length}
+    for r in run.records:
+        if r.ok and r.sample.task in with_axis:
+            for metric, value in r.scores.items():
+                pooled.setdefault(f"{r.sample.task} {metric}", []).append(value)
+    scores = {k: sum(v) / len(v) for k, v in sorted(pooled.items())}
+    scores.update({f"{line.task} {line.metric}": row.value for line in score_lines(once)
+                   for row in line.cells.values()})
+    return scores
 
 
 def _looks_like_run(d: Path) -> bool:
@@ -257,12 +325,8 @@ def build_index(results_root: Path, out: Path,
                 log(f"skipped {d}: {exc}")
             continue
         report = _render_report([run], out / "runs" / d.name, None)
-        by_task: dict[str, list[float]] = {}
-        for r in run.records:
-            if r.ok and "accuracy" in r.scores:
-                by_task.setdefault(r.sample.task, []).append(r.scores["accuracy"])
         entries.append({**_run_meta(run), "href": report.relative_to(out).as_posix(),
-                        "tasks": {t: sum(v) / len(v) for t, v in sorted(by_task.items())}})
+                        "tasks": _task_scores(run)})
     html = _env().get_template("index.html.j2").render(entries=entries, bad=bad,
                                                         root=str(results_root))
     try:

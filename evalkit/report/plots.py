@@ -1,5 +1,6 @@
-"""Plots (matplotlib, Agg, PNG + SVG): accuracy against input length per task, one line
-per model with its 95% interval as a band; the passkey needle-depth x length heatmap."""
+"""Plots (matplotlib, Agg, PNG + SVG): each metric against input length per task, one line
+per model with its 95% interval as a band; the passkey needle-depth x length heatmap.
+Tasks without a length axis get no plot (their table says it all)."""
 
 from __future__ import annotations
 
@@ -37,36 +38,44 @@ def _metadata(ext: str) -> dict[str, str | None]:
     return {"Date": None} if ext == "svg" else {"Software": "evalkit"}
 
 
-def accuracy_plot(rows: Iterable[SummaryRow], task: str, base: Path,
-                  labels: dict[str, str] | None = None) -> list[Path]:
-    """Accuracy against mean input tokens, one line per model, interval bands."""
-    plt = _pyplot()
+def length_plot(rows: Iterable[SummaryRow], task: str, metric: str, base: Path,
+                labels: dict[str, str] | None = None) -> list[Path] | None:
+    """A task's metric against input length, one line per model, 95% interval bands.
+    None (no file) when the task has fewer than two lengths to draw a line through."""
     by_model: dict[str, list[SummaryRow]] = defaultdict(list)
     for r in rows:
-        if (r.task, r.metric, r.subset) == (task, "accuracy", "all") and not math.isnan(r.value):
+        if (r.task, r.metric, r.subset) == (task, metric, "all") and not math.isnan(r.value):
             by_model[r.model].append(r)
+    xs = sorted({round(_x(r)) for rs in by_model.values() for r in rs})
+    if len(xs) < 2:
+        return None
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ys: list[float] = []
     for model, rs in sorted(by_model.items()):
         rs.sort(key=_x)
         x = [_x(r) for r in rs]
         label = (labels or {}).get(model, model)
         line, = ax.plot(x, [r.value for r in rs], marker="o", label=label)
-        ax.fill_between(x, [r.ci_low for r in rs], [r.ci_high for r in rs], alpha=0.18,
-                        color=line.get_color(), linewidth=0)
+        ys += [r.value for r in rs]
+        band = [(xi, r.ci_low, r.ci_high) for xi, r in zip(x, rs, strict=True)
+                if not (math.isnan(r.ci_low) or math.isnan(r.ci_high))]
+        if band:
+            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                            alpha=0.18, color=line.get_color(), linewidth=0)
+            ys += [b[1] for b in band] + [b[2] for b in band]
     ax.set_xscale("log", base=2)
-    ax.set_ylim(-0.03, 1.03)
+    if all(0.0 <= y <= 1.0 for y in ys):  # a rate or a score in [0, 1]: the whole scale
+        ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("input tokens (the target; natural-length cases at their mean)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{task}: accuracy by input length (95% CI)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task}: {metric} by input length (95% CI)")
     ax.grid(alpha=0.3)
-    xs = sorted({round(_x(r)) for rs in by_model.values() for r in rs})
-    if xs:
-        ax.set_xticks(xs)
-        ax.set_xticklabels([f"{x / 1024:.1f}k" if x >= 1024 else str(x) for x in xs], fontsize=8,
-                           rotation=45 if len(xs) > 5 else 0)
-        ax.minorticks_off()
-    if by_model:
-        ax.legend(fontsize=8, loc="lower left")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{x / 1024:.1f}k" if x >= 1024 else str(x) for x in xs], fontsize=8,
+                       rotation=45 if len(xs) > 5 else 0)
+    ax.minorticks_off()
+    ax.legend(fontsize=8, loc="lower left")
     return _save(fig, base)
 
 
@@ -84,16 +93,18 @@ def depth_bin(depth: float, bins: Sequence[float] = DEPTH_BINS) -> float:
     return min(bins, key=lambda b: abs(b - depth))
 
 
-def depth_heatmap(records: Iterable[Record], model: str, base: Path) -> list[Path] | None:
-    """Passkey accuracy by needle depth (rows) and target length (columns); None when the
+def depth_heatmap(records: Iterable[Record], model: str, base: Path,
+                  metric: str) -> list[Path] | None:
+    """A passkey metric by needle depth (rows) and target length (columns); None when the
     run has no passkey samples for this model."""
     cells: dict[tuple[float, int], list[float]] = defaultdict(list)
     for r in records:
         s = r.sample
-        if r.model != model or s.task != "passkey" or not r.ok or s.target_tokens is None:
+        if (r.model != model or s.task != "passkey" or not r.ok or s.target_tokens is None
+                or metric not in r.scores):
             continue
         cells[(depth_bin(float(s.meta.get("depth", 0.0))), s.target_tokens)].append(
-            r.scores.get("accuracy", 0.0))
+            r.scores[metric])
     if not cells:
         return None
     plt = _pyplot()
@@ -109,7 +120,7 @@ def depth_heatmap(records: Iterable[Record], model: str, base: Path) -> list[Pat
     ax.set_yticklabels([f"{d:.0%}" for d in depths])
     ax.set_xlabel("target input tokens")
     ax.set_ylabel("needle depth")
-    ax.set_title(f"passkey: {model}", fontsize=10)
+    ax.set_title(f"passkey {metric}: {model}", fontsize=10)
     for i, d in enumerate(depths):
         for j, n in enumerate(lengths):
             v = cells.get((d, n))

@@ -1,9 +1,21 @@
-"""Accuracy-by-length tables from summary rows."""
+"""Tables from summary rows, for every metric the rows carry.
+
+Rows are laid out by their shape, never by a task's or a metric's name:
+- tasks with a length axis (a length in tokens was asked for, or the natural-length cases
+  fall in several bins): one table per metric, a line per (task, subset, length);
+- tasks scored once over all their data (leaderboard tasks such as arc_challenge or mmlu,
+  a single natural-length bin): the score table, a line per (task, metric) with the task's
+  subsets (MMLU's subjects, say) folded under it. Its "all" line is the task's own row,
+  as the summary gives it (for mmlu the unweighted mean over subjects, not a pooled one).
+
+The same layout feeds `evalkit show` (text) and the HTML report.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -14,40 +26,160 @@ def rows_frame(rows: Iterable[SummaryRow]) -> pd.DataFrame:
     return pd.DataFrame([r.__dict__ for r in rows])
 
 
-def _fmt_length(length: int | str) -> str:
+@dataclass(frozen=True)
+class LengthLine:
+    """One line of a by-length table: a (task, subset, length) cell, one row per model."""
+
+    task: str
+    subset: str
+    length: int | str
+    tokens: float
+    cells: dict[str, SummaryRow]
+
+
+@dataclass(frozen=True)
+class ScoreLine:
+    """One line of the score table: a task's metric over all its data, one row per model,
+    with its subsets (subset name, rows by model) in first-seen order."""
+
+    task: str
+    metric: str
+    cells: dict[str, SummaryRow]
+    subsets: list[tuple[str, dict[str, SummaryRow]]] = field(default_factory=list)
+    summary_of_tasks: bool = False  # a mean over other tasks (the leaderboard average)
+
+
+def models_of(rows: Iterable[SummaryRow]) -> list[str]:
+    """Models in first-seen order (the order the runs were given in)."""
+    return list(dict.fromkeys(r.model for r in rows))
+
+
+def length_tasks(rows: Sequence[SummaryRow]) -> set[str]:
+    """Tasks that have a length axis: a length in tokens asked for, or several length bins."""
+    bins: dict[str, set[int | str]] = {}
+    for r in rows:
+        bins.setdefault(r.task, set()).add(r.length)
+    return {t for t, lengths in bins.items()
+            if len(lengths) > 1 or any(isinstance(x, int) for x in lengths)}
+
+
+def split_rows(rows: Iterable[SummaryRow]) -> tuple[list[SummaryRow], list[SummaryRow]]:
+    """(rows of tasks with a length axis, rows of tasks scored once over all their data)."""
+    rows = list(rows)
+    with_axis = length_tasks(rows)
+    return ([r for r in rows if r.task in with_axis], [r for r in rows if r.task not in with_axis])
+
+
+def _length_order(length: int | str) -> tuple[int, int, str]:
+    return (0, length, "") if isinstance(length, int) else (1, 0, str(length))
+
+
+def length_tables(rows: Iterable[SummaryRow]) -> list[tuple[str, list[LengthLine]]]:
+    """(metric, lines) per metric present, metrics in first-seen order; lines in task,
+    subset ("all" first), length order."""
+    by_metric: dict[str, dict[tuple[str, str, int | str], dict[str, SummaryRow]]] = {}
+    for r in rows:
+        by_metric.setdefault(r.metric, {}).setdefault((r.task, r.subset, r.length), {})[
+            r.model] = r
+    out = []
+    for metric, cells in by_metric.items():
+        keys = sorted(cells, key=lambda k: (k[0], k[1] != "all", k[1], _length_order(k[2])))
+        lines = []
+        for task, subset, length in keys:
+            by_model = cells[(task, subset, length)]
+            tokens = max(r.input_tokens_mean for r in by_model.values())
+            lines.append(LengthLine(task, subset, length, tokens, by_model))
+        out.append((metric, lines))
+    return out
+
+
+def is_mean_of_tasks(task: str, metric: str) -> bool:
+    # presentation only: a row named like the leaderboard's average (task "average", or
+    # metric "average" of a suite's task) goes last, set apart
+    return any(name.lower().replace("-", "_").split("_")[-1] in ("average", "avg")
+               for name in (task, metric))
+
+
+def score_lines(rows: Iterable[SummaryRow]) -> list[ScoreLine]:
+    """One line per (task, metric) in first-seen order, a mean over tasks last."""
+    main: dict[tuple[str, str], dict[str, SummaryRow]] = {}
+    subs: dict[tuple[str, str], dict[str, dict[str, SummaryRow]]] = {}
+    for r in rows:
+        key = (r.task, r.metric)
+        main.setdefault(key, {})
+        if r.subset == "all":
+            main[key][r.model] = r
+        else:
+            subs.setdefault(key, {}).setdefault(r.subset, {})[r.model] = r
+    lines = [ScoreLine(task, metric, cells, list(subs.get((task, metric), {}).items()),
+                       is_mean_of_tasks(task, metric))
+             for (task, metric), cells in main.items()]
+    return sorted(lines, key=lambda line: line.summary_of_tasks)  # stable: first-seen order
+
+
+def fmt_length(length: int | str) -> str:
     if isinstance(length, int):
         return f"{length / 1024:g}k" if length % 256 == 0 else str(length)
     return length
 
 
-def format_table(rows: Iterable[SummaryRow]) -> str:
-    """One line per (task, subset, length): tokens read, accuracy with its 95% interval, n."""
-    rows = [r for r in rows if r.metric == "accuracy"]
-    if not rows:
-        return "(no results yet)"
-    models = sorted({r.model for r in rows})
-    lines = []
+def _fmt_cell(r: SummaryRow | None, digits: int) -> str:
+    if r is None or math.isnan(r.value):
+        return "-"
+    cell = f"{r.value:.{digits}f}"
+    if not (math.isnan(r.ci_low) or math.isnan(r.ci_high)):
+        cell += f" [{r.ci_low:.{digits}f},{r.ci_high:.{digits}f}]"
+    cell += f" n={r.n}"
+    if r.n_errors:
+        cell += f" err={r.n_errors}"
+    return cell
+
+
+def format_length_table(metric: str, lines: list[LengthLine], models: list[str]) -> str:
+    """One line per (task, subset, length): tokens read, the metric with its 95% interval."""
     header = f"{'task':<9} {'length':>10} {'tokens':>8}"
     for m in models:
         header += f"  {m[:26]:>26}"
-    lines.append(header)
-    lines.append("-" * len(header))
-    keyed: dict[tuple[str, str, int | str], dict[str, SummaryRow]] = {}
-    for r in rows:
-        keyed.setdefault((r.task, r.subset, r.length), {})[r.model] = r
-    for (task, subset, length), by_model in keyed.items():
-        name = task if subset == "all" else f"{task}:{subset}"
-        tokens = max(r.input_tokens_mean for r in by_model.values())
-        line = f"{name:<9} {_fmt_length(length):>10} {tokens:>8.0f}"
+    out = [f"{metric} by length", header, "-" * len(header)]
+    for line in lines:
+        name = line.task if line.subset == "all" else f"{line.task}:{line.subset}"
+        text = f"{name:<9} {fmt_length(line.length):>10} {line.tokens:>8.0f}"
         for m in models:
-            cell_row = by_model.get(m)
-            if cell_row is None or math.isnan(cell_row.value):
-                cell = "-"
-            else:
-                r = cell_row
-                cell = f"{r.value:.2f} [{r.ci_low:.2f},{r.ci_high:.2f}] n={r.n}"
-                if r.n_errors:
-                    cell += f" err={r.n_errors}"
-            line += f"  {cell:>26}"
-        lines.append(line)
-    return "\n".join(lines)
+            text += f"  {_fmt_cell(line.cells.get(m), 2):>26}"
+        out.append(text)
+    return "\n".join(out)
+
+
+def format_score_table(lines: list[ScoreLine], models: list[str]) -> str:
+    """One line per (task, metric) with its 95% interval and n; subsets are counted (the
+    HTML report lists them)."""
+    width = max([16, *(len(x.task) + 2 for x in lines)])
+    header = f"{'task':<{width}} {'metric':<10}"
+    for m in models:
+        header += f"  {m[:32]:>32}"
+    out = ["leaderboard (tasks without a length axis, scored over all their data)", header,
+           "-" * len(header)]
+    for line in lines:
+        if line.summary_of_tasks:
+            out.append("-" * len(header))
+        text = f"{line.task:<{width}} {line.metric:<10}"
+        for m in models:
+            text += f"  {_fmt_cell(line.cells.get(m), 4):>32}"
+        if line.subsets:
+            text += f"  ({len(line.subsets)} subsets)"
+        out.append(text)
+    return "\n".join(out)
+
+
+def format_table(rows: Iterable[SummaryRow]) -> str:
+    """Every metric of every task: by-length tables, then the score table."""
+    rows = list(rows)
+    if not rows:
+        return "(no results yet)"
+    models = models_of(rows)
+    by_length, once = split_rows(rows)
+    parts = [format_length_table(metric, lines, models)
+             for metric, lines in length_tables(by_length)]
+    if once:
+        parts.append(format_score_table(score_lines(once), models))
+    return "\n\n".join(parts)

@@ -34,13 +34,21 @@
     box.dataset.outcome = s.outcome;
     const head = el("div", "head");
     head.append(el("span", "id", s.id), el("span", "", s.model), el("span", "", s.task + " @ " + s.length),
-      el("span", "outcome", s.outcome), el("span", "", s.input_tokens + " tokens in"),
+      el("span", "outcome", s.outcome + (s.metric ? " (" + s.metric + ")" : "")), el("span", "", s.input_tokens + " tokens in"),
       el("span", "", (s.output_tokens === null ? "?" : s.output_tokens) + " out"),
       el("span", "", s.latency_s + " s"));
     if (s.depth !== null && s.depth !== undefined) head.append(el("span", "", "depth " + s.depth));
     const kv = el("dl", "kv");
     kv.append(el("dt", "", "expected"), el("dd", "expected", s.expected));
-    kv.append(el("dt", "", "parsed"), el("dd", "parsed", s.parsed === null ? "(nothing readable)" : s.parsed));
+    kv.append(el("dt", "", "parsed"), el("dd", "parsed", s.parsed !== null ? s.parsed
+      : s.outcome === "unparsed" ? "(nothing readable)" : "–"));
+    const names = Object.keys(s.scores || {});
+    if (names.length) {
+      kv.append(el("dt", "", "scores"), el("dd", "scores", names.map(function (k) {
+        const v = s.scores[k];
+        return k + " " + (v === null ? "?" : String(v));
+      }).join(" · ")));
+    }
     const out = el("pre", "output", s.error ? "ERROR: " + s.error : s.output + (s.output_cut ? "\n[... cut; see samples.jsonl]" : ""));
     kv.append(el("dt", "", "output"), el("dd", "", ""));
     kv.lastChild.append(out);
@@ -78,7 +86,8 @@
       if (model && s.model !== model) return false;
       if (task && s.task !== task) return false;
       if (length && s.length !== length) return false;
-      if (outcome === "incorrect" ? s.outcome === "correct" : outcome && s.outcome !== outcome) return false;
+      if (outcome === "incorrect" ? (s.outcome === "correct" || s.outcome === "scored")
+          : outcome && s.outcome !== outcome) return false;
       if (q && (s.id + "\n" + s.output + "\n" + s.expected).toLowerCase().indexOf(q) < 0) return false;
       return true;
     });
