@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from evalkit.report.compare import (
     t_two_sided,
     welch_t,
 )
-from evalkit.report.html import build_report
+from evalkit.report.html import build_index, build_report
 from evalkit.report.tables import format_table
 from evalkit.scoring import aggregate, mean_interval, wilson
 from evalkit.types import Record, Response, RunSummary, Sample, SummaryRow
@@ -204,6 +205,20 @@ def test_a_run_without_lengths_has_no_plots_section(tmp_path: Path) -> None:
                          ("truthfulqa_mc2", "acc"), ("mmlu", "acc")):
         assert f'data-task="{task}" data-metric="{metric}"' in html
     assert "leaderboard-v1" not in html  # no average row of its own: the writer derives it
+
+
+def test_index_lists_a_score_per_task_and_metric(runs: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for run in runs:
+        shutil.copytree(run, results / run.name)
+    html = build_index(results, tmp_path / "idx").read_text()
+    a = runs[0]
+    mmlu = _row(a, "mmlu", "acc")
+    assert f"mmlu acc {mmlu.value:.0%}" in html  # the unweighted mean, not the pooled one
+    for tag in ("arc_challenge acc_norm", "truthfulqa_mc2 acc", "passkey accuracy",
+                "leaderboard-v1 average"):
+        assert tag in html
 
 
 def test_show_prints_every_metric_and_the_leaderboard(runs: tuple[Path, Path]) -> None:
