@@ -67,13 +67,17 @@ def run(
                        help="plan and measure the samples, print their token counts, run nothing")]
     = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="ask the backend every prompt, even those whose answers are in the "
+                           "response cache (~/.cache/evalkit/responses)")] = False,
 ) -> None:
     """Run (or resume) an evaluation and print accuracy by input length."""
     from evalkit import runner
 
     data: dict[str, Any] = load_config_file(find_config(config)) if config else {}
     ov = Overrides(tasks=list(task or []), lengths=lengths, samples=samples, seed=seed,
-                   model=model, backend=backend, template=template, tokenizer=tokenizer)
+                   model=model, backend=backend, template=template, tokenizer=tokenizer,
+                   cache=False if no_cache else None)
     for option, path, kind in (("--corpus", corpus, "topics"), ("--quality", quality, "longqa")):
         if path and task and kind not in task:  # else the file would be dropped in silence
             raise EvalkitError(f"{option} {path} is for the {kind} task, but --task asks for "

@@ -98,8 +98,9 @@ class RunSpec:
     seed: int
     temperature: float
     tasks: tuple[TaskSpec, ...]
-    retries: int = 2
+    retries: int | None = None  # None: the backend's default (evalkit.model.RetryPolicy)
     label: str | None = None  # the model's name in tables; default: its alias or file stem
+    cache: bool = True  # answer from the response cache where it can (evalkit.model)
 
     def to_json(self) -> dict[str, Any]:
         plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))
@@ -112,8 +113,10 @@ class RunSpec:
 
     def spec_hash(self) -> str:
         d = self.to_json()
+        # how the answers are got, not which: a run resumes whatever these say
         d.pop("name")
         d.pop("retries")
+        d.pop("cache")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -159,7 +162,8 @@ class _ConfigFile(BaseModel):
     seed: _Seed = 0
     samples: _Samples = 5
     temperature: _Temperature = 0.0
-    retries: _Retries = 2
+    retries: _Retries | None = None
+    cache: Annotated[bool, Field(strict=True)] = True
     lengths: list[str | int] = list(DEFAULT_LENGTHS)
     tasks: list[str | dict[str, Any]] = ["passkey", "lines", "topics", "longqa"]
     models: list[_ModelEntry] | None = None
@@ -179,6 +183,7 @@ class Overrides:
     template: str | None = None
     tokenizer: str | None = None
     name: str | None = None
+    cache: bool | None = None  # False: --no-cache
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -324,6 +329,7 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
         tokenizer=ov.tokenizer or entry.tokenizer or cfg.tokenizer,
         seed=ov.seed if ov.seed is not None else cfg.seed, temperature=cfg.temperature,
         tasks=tuple(tasks), retries=cfg.retries, label=entry.label,
+        cache=cfg.cache if ov.cache is None else ov.cache,
     )
 
 

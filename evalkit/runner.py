@@ -1,9 +1,10 @@
-"""Plans requests, runs them, appends records, resumes.
+"""Plans requests, runs them through the Model by request kind, appends records, resumes.
 
 A run is a RunSpec. Its samples are regenerated deterministically on every start, so that
 resuming needs nothing but samples.jsonl: the ids already recorded (without error) are
 skipped, the rest run, and each batch's records are fsynced before the next batch starts.
-A crash or Ctrl-C loses at most the batch in flight.
+A crash or Ctrl-C loses at most the batch in flight. Retries, the response cache and
+continuation tokens are the Model's (evalkit/model.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from evalkit import store
-from evalkit.backends import make_backend
 from evalkit.config import RunSpec, TaskSpec
 from evalkit.generators import Plan, get_task, make_params
+from evalkit.model import Model, make_model
 from evalkit.models import model_label
 from evalkit.scoring import aggregate
 from evalkit.templates import Template, make_template
@@ -31,6 +32,7 @@ from evalkit.types import (
     EvalkitError,
     Record,
     Request,
+    RequestKind,
     Response,
     RunSummary,
     Sample,
@@ -165,14 +167,16 @@ def _run_dir(spec: RunSpec, out: Path | None, results_root: Path, log: Log) -> P
 
 
 def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("results"),
-        progress: bool = True, log: Log = print) -> RunResult:
+        progress: bool = True, log: Log = print, cache_dir: Path | None = None) -> RunResult:
     """Run (or resume) a spec; returns where it went and its summary.
 
     The run folder comes first: unless the run is finished and summarized already (then
     nothing is written, and its folder may be read-only), the folder is created and takes
     a probe write before any backend is made, so an unwritable folder or a full disk is
     one line before planning and model load. A folder this call created and that never got
-    a run.json is removed again when the run fails to start."""
+    a run.json is removed again when the run fails to start. The Model answers from the
+    response cache (`cache_dir`, default ~/.cache/evalkit/responses) unless spec.cache is
+    off; a backend that cannot do a task's request kind is one line before planning."""
     label = spec.label or model_label(spec.model)
     run_dir = _run_dir(spec, out, results_root, log)
     fresh = not run_dir.exists()
@@ -180,15 +184,25 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
         if fresh or not _up_to_date(run_dir):
             store.prepare_run_dir(run_dir)
         with store.run_lock(run_dir):
-            backend = make_backend(spec.backend, spec.model, spec.backend_options)
+            model = make_model(spec.backend, spec.model, spec.backend_options,
+                               cache_dir=cache_dir, use_cache=spec.cache, retries=spec.retries,
+                               label=label)
+            for kind in dict.fromkeys(task_kind(t) for t in spec.tasks):
+                model.require(kind)
+            backend = model.backend
             counter = (backend.tokenizer() if spec.tokenizer == "auto"
                        else get_counter(spec.tokenizer))
             samples = _plan_checked(spec, backend, counter, label, progress)
-            return _run_locked(spec, backend, counter, label, samples, run_dir, progress, log)
+            return _run_locked(spec, model, counter, label, samples, run_dir, progress, log)
     except BaseException:
         if fresh:
             store.discard_if_unused(run_dir)
         raise
+
+
+def task_kind(task: TaskSpec) -> RequestKind:
+    """The request kind a task's samples become."""
+    return get_task(task.name).kind
 
 
 def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
@@ -221,8 +235,9 @@ def _up_to_date(run_dir: Path) -> bool:
     return summary.status == "complete" and store.summary_is_current(run_dir, summary)
 
 
-def _run_locked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
+def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
                 samples: list[Sample], run_dir: Path, progress: bool, log: Log) -> RunResult:
+    backend = model.backend
     store.remove_stale_temporaries(run_dir)
     if not (run_dir / store.RUN_JSON).is_file():
         store.write_run(run_dir, {
@@ -238,7 +253,10 @@ def _run_locked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: s
     todo = [s for s in samples if s.id not in done]
     if done:
         log(f"resuming {run_dir}: {len(done)} of {len(samples)} samples already done")
-    _execute(spec, backend, label, run_dir, todo, progress)
+    _execute(spec, model, label, run_dir, todo, progress)
+    if model.cache is not None and model.cache.hits:
+        log(f"{model.cache.hits} of {len(todo)} answers came from the response cache "
+            f"({model.cache.root}; --no-cache asks the backend again)")
     summary = summarize(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, resumed_from=len(done))
 
@@ -247,31 +265,25 @@ def _ids_hash(samples: Sequence[Sample]) -> str:
     return hashlib.sha256("\n".join(s.id for s in samples).encode()).hexdigest()
 
 
-def _execute(spec: RunSpec, backend: Backend, label: str, run_dir: Path,
+def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
              todo: Sequence[Sample], progress: bool) -> None:
     if not todo:
         return
-    templates = {t.name: resolve_template(t, backend) for t in spec.tasks}
-    fingerprint = backend.fingerprint()
-    # backends that retry each request themselves (HTTP: status codes, Retry-After) get no
-    # second layer of retries here, so that a dead server fails in bounded time
-    retries = 0 if getattr(backend, "retries_requests", False) else spec.retries
+    templates = {t.name: resolve_template(t, model.backend) for t in spec.tasks}
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc=f"{label}", unit="sample", smoothing=0.1)
     try:
-        size = max(1, backend.max_batch_size)
+        size = model.max_batch_size
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
             rendered = [templates[s.task].render(s.prompt) for s in batch]
-            requests = [Request(sample_id=s.id, kind="generate", prompt=p,
-                                max_new_tokens=s.max_new_tokens, temperature=spec.temperature,
-                                seed=spec.seed) for s, p in zip(batch, rendered, strict=True)]
-            responses = _generate_with_retries(backend, requests, retries)
+            requests = [request_for(s, p, spec) for s, p in zip(batch, rendered, strict=True)]
+            responses = model.run(requests)
             store.append_records(run_dir, [
-                _record(s, p, r, label, req.cache_key(fingerprint))
+                _record(s, p, r, label, model.cache_key(req))
                 for s, p, r, req in zip(batch, rendered, responses, requests, strict=True)])
             if bar is not None:
                 bar.update(len(batch))
@@ -281,19 +293,16 @@ def _execute(spec: RunSpec, backend: Backend, label: str, run_dir: Path,
             bar.close()
 
 
-def _generate_with_retries(backend: Backend, requests: list[Request],
-                           retries: int) -> list[Response]:
-    """Bounded retries with exponential backoff, only for the requests that failed."""
-    responses = backend.generate(requests)
-    for attempt in range(retries):
-        failed = [i for i, r in enumerate(responses) if r.error is not None]
-        if not failed:
-            break
-        time.sleep(min(8.0, 0.5 * 2 ** attempt))
-        again = backend.generate([requests[i] for i in failed])
-        for i, r in zip(failed, again, strict=True):
-            responses[i] = r
-    return responses
+def request_for(sample: Sample, rendered: str, spec: RunSpec) -> Request:
+    """The request a sample becomes, by its task's kind: a generation of up to
+    max_new_tokens, or the loglikelihood of its first target after the prompt."""
+    if get_task(sample.task).kind == "loglikelihood":
+        # no decoding parameters: the same prompt scores the same under any seed
+        return Request(sample_id=sample.id, kind="loglikelihood", prompt=rendered,
+                       max_new_tokens=0, continuation=sample.targets[0])
+    return Request(sample_id=sample.id, kind="generate", prompt=rendered,
+                   max_new_tokens=sample.max_new_tokens, temperature=spec.temperature,
+                   seed=spec.seed)
 
 
 def _record(sample: Sample, rendered: str, response: Response, label: str,
@@ -302,7 +311,7 @@ def _record(sample: Sample, rendered: str, response: Response, label: str,
     if response.error is not None:
         return Record(sample=sample, response=response, scores={}, model=label,
                       prompt_sha256=prompt_sha, cache_key=cache_key, parsed=None)
-    result = get_task(sample.task).score(sample, response.text)
+    result = get_task(sample.task).score(sample, response)
     return Record(sample=sample, response=response, scores=dict(result.scores), model=label,
                   prompt_sha256=prompt_sha, cache_key=cache_key, parsed=result.parsed)
 

@@ -390,7 +390,8 @@ SAMPLE_SHAPE = {"id": "str", "task": "str", "prompt": "str", "targets": "strs",
                 "max_new_tokens": "int", "meta": "object"}
 RESPONSE_SHAPE = {"text": "str", "logprob": "num?", "is_greedy": "bool?",
                   "input_tokens": "int?", "output_tokens": "int?", "latency_s": "num",
-                  "error": "str?"}
+                  "error": "str?", "retryable": "bool", "retry_after_s": "num?"}
+RESPONSE_MAY_LACK = frozenset({"retryable", "retry_after_s"})  # records before issue 8
 
 
 def _describe(v: Any) -> str:
@@ -524,7 +525,7 @@ def _parse_record(raw: bytes, path: Path, lineno: int) -> Record:
     if problem is None:
         problem = (shape_problem(d["sample"], SAMPLE_SHAPE, "sample", prefix="sample.")
                    or shape_problem(d["response"], RESPONSE_SHAPE, "response",
-                                    prefix="response."))
+                                    prefix="response.", may_lack=RESPONSE_MAY_LACK))
     if problem is None:
         extra = sorted(set(d["response"]) - set(RESPONSE_SHAPE))
         if extra:

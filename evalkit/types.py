@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 SCHEMA_VERSION = 1
 
 RequestKind = Literal["generate", "loglikelihood"]
+MetricKind = Literal["binary", "continuous"]
 
 
 class EvalkitError(Exception):
@@ -24,6 +25,31 @@ class EvalkitError(Exception):
 
 class Unsupported(EvalkitError):
     """A backend cannot do what was asked (for example loglikelihood over a chat-only API)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by the backend (see Backend.capabilities).
+
+    generate: free generation; loglikelihood: log P(continuation | context) over token ids;
+    chat: the model has a chat template (rendered by evalkit, or applied by the server);
+    remote: answers come from a server, so that requests failing past their retries one
+    after another mean the server is down and the run stops sending (evalkit.model)."""
+
+    generate: bool
+    loglikelihood: bool
+    chat: bool
+    remote: bool = False
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A metric a task declares. "binary" scores are 0 or 1 (a proportion: Wilson
+    intervals, proportion tests); "continuous" ones any number (mean intervals, t-tests)."""
+
+    name: str
+    kind: MetricKind
+    higher_is_better: bool = True
 
 
 @dataclass(frozen=True)
@@ -50,7 +76,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class Request:
-    """What a backend is asked: the rendered prompt and the decoding parameters."""
+    """What a backend is asked: the rendered prompt and the decoding parameters.
+
+    loglikelihood: `prompt` is the context text and `continuation` the text scored,
+    log P(continuation | prompt). The Model fills `context_tokens` / `continuation_tokens`
+    (lm-eval's split, see evalkit.model.split_continuation) before a backend sees the
+    request, so every backend scores the same tokens; a request made of token ids alone
+    (loglikelihood_rolling windows) has empty texts. `time_left_s` is set by the Model for
+    one attempt: the rest of the request's time budget (None: no limit); a backend that can
+    bound a call by it does. It is no part of the cache key."""
 
     sample_id: str
     kind: RequestKind
@@ -60,19 +94,29 @@ class Request:
     seed: int = 0
     stop: tuple[str, ...] = ()
     continuation: str = ""  # loglikelihood only: score log P(continuation | prompt)
+    context_tokens: tuple[int, ...] | None = None
+    continuation_tokens: tuple[int, ...] | None = None
+    time_left_s: float | None = None
 
     def cache_key(self, backend_fingerprint: str) -> str:
-        payload = json.dumps(
-            [backend_fingerprint, self.kind, self.prompt, self.continuation,
-             self.max_new_tokens, self.temperature, self.seed, list(self.stop)],
-            ensure_ascii=False,
-        )
+        fields: list[Any] = [backend_fingerprint, self.kind, self.prompt, self.continuation,
+                             self.max_new_tokens, self.temperature, self.seed, list(self.stop)]
+        if self.context_tokens is not None or self.continuation_tokens is not None:
+            # only when the caller gave them: tokens the Model derives from the texts are a
+            # function of the texts and the tokenizer (part of the fingerprint) already
+            fields += [list(self.context_tokens or ()), list(self.continuation_tokens or ())]
+        payload = json.dumps(fields, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
 class Response:
-    """A backend's answer. `error` is a message, never a swallowed exception."""
+    """A backend's answer. `error` is a message, never a swallowed exception.
+
+    A failed answer says, as data, whether another attempt may succeed (`retryable`: a
+    timeout, a dropped connection, HTTP 429 or 5xx, an engine's transient fault) and how
+    long the server asked to wait (`retry_after_s`, from Retry-After). Backends never retry
+    themselves: the Model's one retry policy decides (evalkit.model.RetryPolicy)."""
 
     text: str = ""
     logprob: float | None = None
@@ -81,6 +125,8 @@ class Response:
     output_tokens: int | None = None
     latency_s: float = 0.0
     error: str | None = None
+    retryable: bool = False
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,11 +185,16 @@ class TokenCounter(Protocol):
 
 
 class Backend(Protocol):
-    """One inference engine. Retries, concurrency, caching and the too-long check live
-    in the runner, so that a backend stays small."""
+    """One inference engine: its engine calls and nothing else. Batching, retries and the
+    response cache live in evalkit.model.Model, the too-long check in the runner, so that
+    a backend stays small. A failed request comes back as a Response with `error` (and
+    `retryable`, `retry_after_s`), never as a retry loop of its own. `loglikelihood`
+    receives requests whose context_tokens and continuation_tokens are filled in."""
 
     name: str
     max_batch_size: int
+
+    def capabilities(self) -> Capabilities: ...
 
     def tokenizer(self) -> TokenCounter: ...
 

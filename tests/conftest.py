@@ -36,3 +36,13 @@ def whitespace_plan(task: str, lengths: tuple[int, ...] = (500,), samples: int =
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def response_cache(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own response cache (also for the `evalkit` subprocesses it starts):
+    answers cached by one test must not answer another's prompts, nor land in ~/.cache."""
+    folder = tmp_path_factory.mktemp("response-cache")
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(folder))
+    return folder

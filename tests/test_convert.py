@@ -11,6 +11,7 @@ import pytest
 from servers import require
 
 from evalkit.backends import make_backend
+from evalkit.model import Model
 from evalkit.types import Request
 
 pytestmark = pytest.mark.engine
@@ -55,7 +56,7 @@ def test_folder_answers_as_the_gguf_does(converted: Path) -> None:
     assert folder.chat_template() == gguf.chat_template()
     req = Request(sample_id="p", kind="loglikelihood", prompt=prompt, max_new_tokens=0,
                   continuation="The capital of France is Paris.")
-    [a], [b] = folder.loglikelihood([req]), gguf.loglikelihood([req])
+    [a], [b] = Model(folder).loglikelihood([req]), Model(gguf).loglikelihood([req])
     assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
 
 

@@ -11,6 +11,7 @@ from servers import require
 from evalkit import store
 from evalkit.backends import make_backend
 from evalkit.config import build_spec
+from evalkit.model import Model
 from evalkit.runner import plan_samples, resolve_template, run
 from evalkit.types import EvalkitError, Request
 
@@ -111,13 +112,14 @@ def test_batched_left_padding_equals_unbatched(smollm2) -> None:
 
 
 def test_loglikelihood_prefers_the_true_continuation(smollm2) -> None:
-    paris, berlin, count = smollm2.loglikelihood([
+    model = Model(smollm2)  # which splits context and continuation tokens
+    paris, berlin, count = model.loglikelihood([
         _ll("The capital of France is", " Paris"), _ll("The capital of France is", " Berlin"),
         _ll("One, two, three, four, five, six, seven,", " eight, nine")])
     assert paris.logprob > berlin.logprob + 3  # measured: -0.26 vs -6.9
     assert paris.is_greedy and not berlin.is_greedy
     assert paris.logprob < 0 and count.input_tokens > paris.input_tokens
-    [alone] = smollm2.loglikelihood([_ll("One, two, three, four, five, six, seven,",
+    [alone] = model.loglikelihood([_ll("One, two, three, four, five, six, seven,",
                                          " eight, nine")])
     assert alone.logprob == pytest.approx(count.logprob, abs=1e-3)  # padding changes nothing
 

@@ -13,15 +13,14 @@ require("httpx", "'evalkit[http]'")
 
 from evalkit.backends.counting import PromptCounter  # noqa: E402
 from evalkit.backends.http import (  # noqa: E402
-    MAX_SLEEP_S,
     ApiKey,
     HttpError,
-    RetryPolicy,
     checked_options,
     parse_retry_after,
     retryable_status,
 )
 from evalkit.backends.tgi import parse_generated, parse_prefill, stream_event  # noqa: E402
+from evalkit.model import MAX_SLEEP_S, RetryPolicy  # noqa: E402
 from evalkit.types import EvalkitError, Unsupported  # noqa: E402
 
 

@@ -29,14 +29,8 @@ require("httpx", "'evalkit[http]'")
 from faultproxy import FaultProxy  # noqa: E402
 
 from evalkit.backends import make_backend  # noqa: E402
-from evalkit.backends.http import (  # noqa: E402
-    MAX_SLEEP_S,
-    TRIP_AFTER,
-    ApiKey,
-    RetryPolicy,
-    Secrets,
-    ServerHealth,
-)
+from evalkit.backends.http import ApiKey, Secrets  # noqa: E402
+from evalkit.model import MAX_SLEEP_S, TRIP_AFTER, RetryPolicy, ServerHealth, make_model  # noqa: E402
 from evalkit.types import Request  # noqa: E402
 
 KEY_ENV = "EVALKIT_TEST_FAULTS_KEY"
@@ -192,16 +186,16 @@ def test_sagemaker_stops_calling_an_endpoint_that_keeps_failing(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEVALKITTEST00000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "evalkit-test-secret")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    backend = make_backend("sagemaker", "m", {
-        "endpoint_name": "ep", "region": "eu-west-1", "tokenizer": "whitespace",
-        "concurrency": 1, "max_retries": 1, "backoff_s": 0.01})
     notices: list[str] = []
-    backend.notify = notices.append
-    with Stubber(backend.client) as stub:
+    model = make_model("sagemaker", "m", {
+        "endpoint_name": "ep", "region": "eu-west-1", "tokenizer": "whitespace",
+        "concurrency": 1, "max_retries": 1, "backoff_s": 0.01}, use_cache=False,
+        log=notices.append)
+    with Stubber(model.backend.client) as stub:  # type: ignore[attr-defined]
         for _ in range(TRIP_AFTER * 2):  # two attempts for each request until it trips
             stub.add_client_error("invoke_endpoint", "ServiceUnavailable", "down", 503)
-        answers = backend.generate([Request(sample_id=f"s{i}", kind="generate", prompt="hi",
-                                            max_new_tokens=2) for i in range(4)])
+        answers = model.generate([Request(sample_id=f"s{i}", kind="generate", prompt="hi",
+                                          max_new_tokens=2) for i in range(4)])
         stub.assert_no_pending_responses()  # the last two were never sent
     errors = {a.error for a in answers}
     assert len(errors) == 1 and None not in errors

@@ -23,6 +23,7 @@ from faultproxy import FAULTS, FaultProxy  # noqa: E402
 from evalkit import store  # noqa: E402
 from evalkit.backends import make_backend  # noqa: E402
 from evalkit.config import build_spec  # noqa: E402
+from evalkit.model import Model  # noqa: E402
 from evalkit.models import resolve_gguf  # noqa: E402
 from evalkit.runner import run  # noqa: E402
 from evalkit.types import EvalkitError, Request, Unsupported  # noqa: E402
@@ -154,7 +155,7 @@ def _reference(model: str, cases: list[tuple[str, str]]) -> list[tuple[float, bo
 
 
 def test_loglikelihood_through_echo_matches_the_in_process_reference(gemma: str) -> None:
-    backend = make_backend("openai", "gemma3-270m", {"base_url": gemma})
+    backend = Model(make_backend("openai", "gemma3-270m", {"base_url": gemma}))
     cases = [("The capital of France is", " Paris"), ("The capital of France is", " banana"),
              ("One, two, three,", " four, five")]
     answers = backend.loglikelihood([
@@ -180,14 +181,15 @@ def test_smollm2_loglikelihood_is_refused(smol: str, gemma: str, tmp_path: Path)
     req = Request(sample_id="x", kind="loglikelihood", prompt="The capital of France is",
                   max_new_tokens=0, continuation=" Paris")
     with pytest.raises(Unsupported, match="--logits_all"):
-        make_backend("openai", "smollm2-135m", _opts(smol)).loglikelihood([req])
+        Model(make_backend("openai", "smollm2-135m", _opts(smol))).loglikelihood([req])
     log = tmp_path / "smol-logits.log"
     with llama_server(resolve_gguf("smollm2-135m"), log, n_ctx=512) as url:
         with pytest.raises(Unsupported, match="misaligns"):
-            make_backend("openai", "smollm2-135m", {"base_url": url}).loglikelihood([req])
-    chat = make_backend("openai", "gemma3-270m", {"base_url": gemma, "endpoint": "chat",
-                                                  "chat_template": "mistral-instruct"})
-    with pytest.raises(Unsupported, match="endpoint chat"):
+            Model(make_backend("openai", "smollm2-135m", {"base_url": url})).loglikelihood(
+                [req])
+    chat = Model(make_backend("openai", "gemma3-270m", {
+        "base_url": gemma, "endpoint": "chat", "chat_template": "mistral-instruct"}))
+    with pytest.raises(Unsupported, match="cannot score loglikelihood.*endpoint completions"):
         chat.loglikelihood([req])
 
 

@@ -21,6 +21,7 @@ from botocore.stub import ANY, Stubber  # noqa: E402
 from evalkit.backends import make_backend  # noqa: E402
 from evalkit.backends.tgi import generate_payload  # noqa: E402
 from evalkit.config import build_spec  # noqa: E402
+from evalkit.model import make_model  # noqa: E402
 from evalkit.runner import run  # noqa: E402
 from evalkit.types import EvalkitError, Request  # noqa: E402
 
@@ -40,9 +41,10 @@ def fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def stubbed() -> Iterator[tuple[Any, Stubber]]:
-    backend = make_backend("sagemaker", "mistral-7b", OPTIONS)
-    with Stubber(backend.client) as stub:
-        yield backend, stub
+    """The backend inside a Model, which retries (no response cache), and its stub."""
+    model = make_model("sagemaker", "mistral-7b", OPTIONS, use_cache=False)
+    with Stubber(model.backend.client) as stub:
+        yield model, stub
         stub.assert_no_pending_responses()
 
 

@@ -18,6 +18,7 @@ from faketgi import FakeTgi, word_logprob  # noqa: E402
 
 from evalkit.backends import make_backend  # noqa: E402
 from evalkit.config import build_spec  # noqa: E402
+from evalkit.model import make_model  # noqa: E402
 from evalkit.runner import run  # noqa: E402
 from evalkit.types import EvalkitError, Request, Response, Unsupported  # noqa: E402
 
@@ -31,8 +32,9 @@ def tgi() -> Iterator[FakeTgi]:
 
 
 def _backend(server: FakeTgi, **options: Any) -> Any:
-    return make_backend("tgi", "fake", {"base_url": server.url, "tokenizer": "whitespace",
-                                        "backoff_s": 0.01, **options})
+    """The tgi backend as runs use it: inside a Model, which retries (no response cache)."""
+    return make_model("tgi", "fake", {"base_url": server.url, "tokenizer": "whitespace",
+                                      "backoff_s": 0.01, **options}, use_cache=False)
 
 
 def _req(prompt: str = PROMPT, **kw: Any) -> Request:

@@ -27,6 +27,7 @@ import json, sys
 from evalkit.backends import make_backend
 from evalkit.config import build_spec
 from evalkit.runner import plan_samples, resolve_template
+from evalkit.model import Model
 from evalkit.types import Request
 
 
@@ -40,7 +41,7 @@ def main():
     responses = be.generate([Request(sample_id=s.id, kind="generate", prompt=p,
                                      max_new_tokens=s.max_new_tokens)
                              for s, p in zip(samples, prompts)])
-    scores = be.loglikelihood([
+    scores = Model(be).loglikelihood([  # the Model splits the continuation's tokens
         Request(sample_id=c, kind="loglikelihood", prompt="The capital of France is",
                 max_new_tokens=0, continuation=c) for c in (" Paris", " Berlin")])
     print("RESULT " + json.dumps({

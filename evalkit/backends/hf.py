@@ -24,8 +24,9 @@ from evalkit.backends.hf_common import (
     import_transformers,
     load_tokenizer,
     resolve_hf_model,
+    token_pairs,
 )
-from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter
+from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
 
 OPTIONS: dict[str, type] = {"dtype": str, "device_map": str, "attn_implementation": str,
                             "rope_theta": float, "rope_scaling": dict, "sliding_window": int,
@@ -62,6 +63,10 @@ class HFBackend:
         pad = self._tok.pad_token_id
         self._pad_id: int = pad if pad is not None else (self._eos_ids or [0])[0]
         self._model: Any = None
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(generate=True, loglikelihood=True,
+                            chat=self.chat_template() is not None)
 
     def tokenizer(self) -> TokenCounter:
         return self._counter
@@ -138,8 +143,10 @@ class HFBackend:
                     input_ids=ids, attention_mask=mask, generation_config=gen,
                     tokenizer=self._tok if stop else None)
         except (RuntimeError, ValueError) as exc:  # e.g. out of memory, bad parameters
+            # out of memory (a RuntimeError) may pass; bad parameters will not
             return [Response(error=f"{type(exc).__name__}: {exc}", input_tokens=len(r),
-                             latency_s=time.perf_counter() - start) for r in rows]
+                             latency_s=time.perf_counter() - start,
+                             retryable=isinstance(exc, RuntimeError)) for r in rows]
         latency = time.perf_counter() - start
         out = []
         for req, row, new in zip(reqs, rows, result[:, ids.shape[1]:].tolist(), strict=True):
@@ -154,9 +161,8 @@ class HFBackend:
         return out
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
-        """log P(continuation | prompt) summed over the continuation's tokens, and whether
-        greedy decoding would have produced it. Prompt and continuation are tokenized
-        apart (as lm-eval does), so the continuation's tokens are its own."""
+        """log P(continuation | context) summed over the continuation's tokens, and whether
+        greedy decoding would have produced it, over the token ids the Model split."""
         out = []
         for start in range(0, len(requests), self.max_batch_size):
             out.extend(self._score_batch(requests[start:start + self.max_batch_size]))
@@ -164,13 +170,7 @@ class HFBackend:
 
     def _score_batch(self, reqs: Sequence[Request]) -> list[Response]:
         torch = self._torch
-        pairs = [(self._counter.encode(r.prompt),
-                  list(self._tok(r.continuation, add_special_tokens=False).input_ids))
-                 for r in reqs]
-        bad = [i for i, (ctx, cont) in enumerate(pairs) if not ctx or not cont]
-        if bad:  # no token to condition on, or nothing to score
-            raise EvalkitError(f"hf: request {reqs[bad[0]].sample_id} has an empty prompt "
-                               "(and no BOS) or an empty continuation")
+        pairs = token_pairs(self.name, reqs)
         start = time.perf_counter()
         keep = max(len(cont) for _, cont in pairs) + 1
         try:
@@ -185,7 +185,8 @@ class HFBackend:
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
         except (RuntimeError, ValueError) as exc:
             return [Response(error=f"{type(exc).__name__}: {exc}",
-                             latency_s=time.perf_counter() - start) for _ in reqs]
+                             latency_s=time.perf_counter() - start,
+                             retryable=isinstance(exc, RuntimeError)) for _ in reqs]
         latency = time.perf_counter() - start
         out = []
         for i, (ctx, cont) in enumerate(pairs):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from evalkit.models import resolve_gguf
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, Request
 
 _PIP = "pip install 'evalkit[hf]'"
 
@@ -112,3 +112,18 @@ def apply_overrides(config: Any, options: Mapping[str, Any]) -> None:
         config.standardize_rope_params()
     if "sliding_window" in options:
         config.sliding_window = int(options["sliding_window"])
+
+
+def token_pairs(backend: str, requests: Sequence[Request]) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) of loglikelihood requests, as the Model split them
+    (evalkit.model.split_continuation): every backend scores the same tokens."""
+    pairs = []
+    for r in requests:
+        if r.context_tokens is None or r.continuation_tokens is None:
+            raise EvalkitError(f"{backend}: loglikelihood requests come through "
+                               "evalkit.model.Model, which fills in their tokens")
+        if not r.context_tokens or not r.continuation_tokens:
+            raise EvalkitError(f"{backend}: request {r.sample_id} has no context token (not "
+                               "even a BOS) or nothing to score")
+        pairs.append((list(r.context_tokens), list(r.continuation_tokens)))
+    return pairs

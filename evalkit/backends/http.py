@@ -2,13 +2,12 @@
 
 - `HttpClient`: one httpx.AsyncClient on an event loop of its own (a daemon thread), so
   that the synchronous Backend methods can run a batch of requests concurrently, at most
-  `concurrency` at a time, whatever thread or event loop the caller is in.
-- `RetryPolicy`: which failures are retried and how long to wait, from data alone (the
-  failure's status or its absence, Retry-After, the attempt number, the time spent), so that
-  the one retry policy can later move to the Model layer unchanged.
-- `ServerHealth`: after a server has failed requests past their retries, the rest of the run
-  is not sent (see its docstring): a dead or hung server ends a run in bounded time, and
-  every sample it failed carries the same one-line error.
+  `concurrency` at a time, whatever thread or event loop the caller is in. `call` makes
+  ONE attempt and fails with an HttpError that says, as data, whether to retry (no answer,
+  429, 5xx) and what Retry-After asked; the backends turn it into Response(error=...,
+  retryable=..., retry_after_s=...), and the Model's one retry policy decides
+  (evalkit/model.py: RetryPolicy, ServerHealth). The client's own metadata and tokenize
+  calls, which are no Requests, go through the same policy (evalkit.model.retry_call).
 - `ApiKey` and `Secrets`: the key is read from the environment variable the config names,
   at request time; it is never stored. Every message (errors, retry notices) is redacted
   of it, of a password in base_url and of secret-named values in the options (extra_body).
@@ -19,11 +18,12 @@ Timeouts and their trade-off (the defaults below; every one is a backend option)
   non-streamed answer arrives whole after prefill and generation, so this bounds the
   slowest request: a 32K-token prefill on a GPU takes seconds, on a CPU server minutes.
   Raise it (with total_timeout_s) for long prompts on a slow server.
-- total_timeout_s (600 s): one request across all its attempts and backoff sleeps. A
-  server that accepts connections but never answers costs at most this much per request;
-  after two requests in a row failed that way (or one cheap metadata call), ServerHealth
-  stops the run's traffic, so such a server ends a run in about total_timeout_s with
-  defaults (about METADATA_TIMEOUT_S when the backend asks it for metadata first), not
+- total_timeout_s (600 s): one request across all its attempts and backoff sleeps (the
+  Model hands each attempt the time left, Request.time_left_s). A server that accepts
+  connections but never answers costs at most this much per request; after two requests
+  in a row failed that way (or one cheap metadata call), the Model (ServerHealth) stops
+  the run's traffic, so such a server ends a run in about total_timeout_s with defaults
+  (about METADATA_TIMEOUT_S when the backend asks it for metadata first), not
   max_retries x timeout_s per batch. Every retry prints one line on stderr as it happens.
   Measured with the defaults against a server that accepts and never answers: 64 s to
   exit 2 when it is asked for tokens or metadata first (the usual start), 603 s to exit 3
@@ -39,19 +39,24 @@ import base64
 import json
 import os
 import random
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from evalkit.backends import check_options
+from evalkit.model import (
+    RetryableError,
+    RetryPolicy,
+    ServerHealth,
+    notify_stderr,
+    retry_call,
+)
 from evalkit.redact import MASK, is_secret_key, redact_text, redact_url
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, Response
 
 T = TypeVar("T")
 Notify = Callable[[str], None]
@@ -59,15 +64,10 @@ Notify = Callable[[str], None]
 DEFAULT_CONCURRENCY = 8
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_TIMEOUT_S = 300.0  # silence allowed within one attempt: prefill + generation
-DEFAULT_TOTAL_TIMEOUT_S = 600.0  # one request, all attempts and sleeps
-DEFAULT_MAX_RETRIES = 4
-DEFAULT_BACKOFF_S = 0.5
-MAX_SLEEP_S = 30.0  # no single backoff or Retry-After sleep is longer than this
 # Metadata and probes (/v1/models, /info, /props, tokenizing "Hello world") answer at once
 # on any live server: a longer silence means a hung one. Each attempt gets a third of it.
 METADATA_TIMEOUT_S = 60.0
 SLOW_NOTICE_S = 60.0  # one line when a request has waited this long (once per client)
-TRIP_AFTER = 2  # requests in a row that failed past their retries: the server is down
 MIN_SECRET_CHARS = 4  # see secret_values
 
 # Options every HTTP backend takes (float options also accept ints: YAML writes 30, not 30.0).
@@ -101,106 +101,6 @@ def checked_options(backend: str, options: Mapping[str, Any],
             raise EvalkitError(f"backend {backend}: option '{key}' must be a positive number "
                                "of seconds")
     return out
-
-
-def notify_stderr(message: str) -> None:
-    """One line on stderr, written above a tqdm progress bar when one is showing."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries, decided from data alone. At most `max_retries` retries, and one
-    request never takes longer than `total_timeout_s` in all; the n-th retry waits the
-    server's Retry-After, or else uniformly in [0, backoff_s * 2**n] (full jitter, so that
-    many clients do not retry in step); every wait is capped at MAX_SLEEP_S."""
-
-    max_retries: int = DEFAULT_MAX_RETRIES
-    backoff_s: float = DEFAULT_BACKOFF_S
-    total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S
-
-    @property
-    def attempts(self) -> int:
-        return self.max_retries + 1
-
-    def delay_s(self, attempt: int, rng: random.Random,
-                retry_after_s: float | None = None) -> float:
-        if retry_after_s is not None:
-            return min(max(0.0, retry_after_s), MAX_SLEEP_S)
-        return rng.uniform(0.0, min(MAX_SLEEP_S, self.backoff_s * 2 ** attempt))
-
-    def next_delay_s(self, *, retryable: bool, retry_after_s: float | None, attempt: int,
-                     elapsed_s: float, rng: random.Random) -> float | None:
-        """The wait before the next attempt after attempt number `attempt` (0-based) failed,
-        or None to give up: the failure is not worth another try, the attempts are used up,
-        or the next attempt could not start within total_timeout_s."""
-        if not retryable or attempt + 1 >= self.attempts:
-            return None
-        delay = self.delay_s(attempt, rng, retry_after_s)
-        return delay if elapsed_s + delay < self.total_timeout_s else None
-
-    def with_budget(self, total_timeout_s: float) -> RetryPolicy:
-        return RetryPolicy(self.max_retries, self.backoff_s,
-                           min(self.total_timeout_s, total_timeout_s))
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
-        return cls(int(options.get("max_retries", DEFAULT_MAX_RETRIES)),
-                   float(options.get("backoff_s", DEFAULT_BACKOFF_S)),
-                   float(options.get("total_timeout_s", DEFAULT_TOTAL_TIMEOUT_S)))
-
-
-def gave_up_message(where: str, last: str, attempts: int, budget: str | None) -> str:
-    """The error of a request that failed past its retries (`budget`: the time limit, when
-    that ended it, rather than max_retries). No elapsed times, request names or (when the
-    time ran out, which jitter decides) attempt counts in it: the samples a dead server
-    failed all carry this same line."""
-    how = (f"gave up: {budget} used up" if budget
-           else f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}")
-    return f"{where}: {last} ({how})"
-
-
-class ServerHealth:
-    """Whether a server is still worth sending requests to (thread-safe).
-
-    A request that failed past its retries on a server fault (no answer, 429, 5xx) counts;
-    an answered request resets the count. After TRIP_AFTER such requests in a row, or one
-    metadata call that got no answer at all (those answer at once on a live server), the
-    server is taken as down: every later request of this client fails at once, without
-    being sent, with the error that tripped it. So a server that died or hangs ends the run
-    in bounded time, its failed samples are recorded with one shared line and retried by the
-    next run; a single prompt that fails alone (a server bug on one input) stops nothing.
-    """
-
-    def __init__(self, backend: str, where: str, notify: Notify) -> None:
-        self.backend = backend
-        self.where = where
-        self.notify = notify
-        self._lock = threading.Lock()
-        self._in_a_row = 0
-        self.down: str | None = None  # the error every later request fails with
-
-    def answered(self) -> None:
-        with self._lock:
-            self._in_a_row = 0
-
-    def failed(self, message: str, *, at_once: bool = False) -> str:
-        """Count a request that gave up; returns the error to record for it (the tripping
-        error, once the server is down, so that all of them read the same)."""
-        with self._lock:
-            if self.down is not None:
-                return self.down
-            self._in_a_row += 1
-            if not at_once and self._in_a_row < TRIP_AFTER:
-                return message
-            self.down = message
-        self.notify(f"{self.backend}: {self.where} stopped answering: this run sends it "
-                    "nothing more, every later request fails at once. Check the server (a "
-                    "slow one needs larger timeout_s and total_timeout_s), then run the same "
-                    "command again: finished samples are kept, failed ones retried")
-        return message
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -239,6 +139,12 @@ class HttpError(Exception):
 
     def __str__(self) -> str:
         return self.message  # redacted later, in place, where the key is known
+
+    def response(self, start: float) -> Response:
+        """This failure as the Response of a request that began at perf_counter `start`."""
+        return Response(error=self.message, retryable=self.retryable,
+                        retry_after_s=self.retry_after_s,
+                        latency_s=time.perf_counter() - start)
 
 
 class ApiKey:
@@ -337,7 +243,7 @@ async def read_json(resp: Any) -> Any:
 
 
 class HttpClient:
-    """Bounded-concurrency, retrying JSON client for one server (see the module docstring)."""
+    """Bounded-concurrency JSON client for one server (see the module docstring)."""
 
     def __init__(self, backend: str, base_url: str, options: Mapping[str, Any],
                  notify: Notify = notify_stderr) -> None:
@@ -353,10 +259,13 @@ class HttpClient:
         self.connect_timeout_s = float(options.get("connect_timeout_s",
                                                    DEFAULT_CONNECT_TIMEOUT_S))
         self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
-        self.retry = RetryPolicy.from_options(options)
+        # the policy of the client's own metadata and tokenize calls (requests: the Model's)
+        self.retry = RetryPolicy.from_options(options, remote=True)
         self.key = ApiKey(options.get("api_key_env"), backend)
         self.redact = Secrets(self.key, options)
         self.notify = notify
+        # Tripped by a metadata call that got no answer at all: every later call and
+        # request then fails at once, without being sent (see ServerHealth).
         self.health = ServerHealth(backend, self.where, self._notify)
         self._slow_noticed = False
         self._rng = random.Random()
@@ -394,69 +303,75 @@ class HttpClient:
 
     def get_json(self, path: str, metadata: bool = True) -> Any:
         """GET; a metadata call (the default) has METADATA_TIMEOUT_S in all."""
-        return self.run(self.call("GET", path, metadata=metadata))
+        return self.request_json("GET", path, metadata=metadata)
 
     def post_json(self, path: str, body: Any, label: str | None = None,
                   metadata: bool = False) -> Any:
-        return self.run(self.call("POST", path, body, label=label, metadata=metadata))
+        return self.request_json("POST", path, body, label=label, metadata=metadata)
+
+    def request_json(self, method: str, path: str, body: Any = None, label: str | None = None,
+                     metadata: bool = False) -> Any:
+        """A call of the client's own (metadata, tokenize: no Request), retried by the one
+        policy from the calling thread, each retry announced on one line. A `metadata` call
+        (a cheap one any live server answers at once) has METADATA_TIMEOUT_S in all, and a
+        server silent to it is taken as down. Raises HttpError after the last attempt, or
+        at once when the server is down."""
+        policy = self.retry.with_budget(METADATA_TIMEOUT_S) if metadata else self.retry
+        budget = (f"the {policy.total_timeout_s:g} s a metadata call gets" if metadata
+                  else policy.budget_text())
+        read_s = min(self.timeout_s, METADATA_TIMEOUT_S / 3) if metadata else self.timeout_s
+        what = f"{self.backend}: {method} {path}" + (f" ({label})" if label else "")
+        last: list[HttpError] = []
+
+        def once(time_left_s: float | None) -> Any:
+            try:
+                return self.run(self.call(method, path, body, time_left_s=time_left_s,
+                                          read_s=read_s, budget=budget))
+            except HttpError as exc:
+                last[:] = [exc]
+                raise RetryableError(exc.message, retryable=exc.retryable,
+                                     retry_after_s=exc.retry_after_s) from None
+
+        try:
+            result = retry_call(once, policy, what=what, notify=self._notify, rng=self._rng,
+                                budget=budget)
+        except RetryableError as exc:
+            status = last[0].status if last else None
+            if not exc.retryable:
+                if status is not None:
+                    self.health.answered()  # it answered: this call's fault, not the server's
+                raise HttpError(exc.message, status) from None
+            message = self.health.failed(exc.message, at_once=metadata and status is None)
+            raise HttpError(message, status, retryable=True) from None
+        self.health.answered()
+        return result
 
     async def call(self, method: str, path: str, body: Any = None,
                    read: Callable[[Any], Awaitable[T]] = read_json,
-                   give_up: Callable[[HttpError], bool] | None = None,
-                   label: str | None = None, metadata: bool = False) -> T:
-        """One request, retried per the policy, each retry announced on one line (which
-        request, why, attempt k/n, the wait). `read` turns a 2xx response into the result
-        (it may stream, and may raise HttpError); `give_up` marks errors not worth retrying;
-        `label` names the request in notices (a sample id); a `metadata` call (a cheap one
-        any live server answers at once) has METADATA_TIMEOUT_S in all, and a server silent
-        to it is taken as down. Raises HttpError after the last attempt, or at once when the
-        server is down (ServerHealth)."""
-        policy = self.retry.with_budget(METADATA_TIMEOUT_S) if metadata else self.retry
-        budget = (f"the {policy.total_timeout_s:g} s a metadata call gets" if metadata
-                  else f"total_timeout_s={policy.total_timeout_s:g} s")
-        read_s = min(self.timeout_s, METADATA_TIMEOUT_S / 3) if metadata else self.timeout_s
-        what = f"{method} {path}" + (f" ({label})" if label else "")
-        start = -1.0  # set at the first slot: queueing for one is not the server's time
-        attempt = 0
-        last = HttpError("no attempt made")
-        while True:
-            async with self._slots:  # the sleep below holds no slot
-                if self.health.down is not None:  # checked here: the wait for a slot is long
-                    raise HttpError(self.health.down, last.status, retryable=True)
-                start = time.monotonic() if start < 0 else start
-                remaining_s = policy.total_timeout_s - (time.monotonic() - start)
-                try:
-                    result = await self._attempt(method, path, body, read, what, remaining_s,
-                                                 budget, read_s)
-                except HttpError as exc:
-                    last = exc
-                else:
-                    self.health.answered()
-                    return result
-            if last.status is not None and not last.retryable:
-                self.health.answered()  # it answered: a fault of this request, not the server's
-            elapsed_s = time.monotonic() - start
-            if give_up is not None and give_up(last):
-                raise last
-            delay = policy.next_delay_s(retryable=last.retryable,
-                                        retry_after_s=last.retry_after_s, attempt=attempt,
-                                        elapsed_s=elapsed_s, rng=self._rng)
-            if delay is None:
-                break
-            attempt += 1
-            self._notify(f"{self.backend}: {what} failed: {last.message}; attempt "
-                         f"{attempt}/{policy.attempts}, retrying in {delay:.2g} s")
-            await asyncio.sleep(delay)
-        if not last.retryable:
-            raise last  # this request's own fault (4xx, a bad answer): the server is fine
-        out_of_time = attempt + 1 < policy.attempts
-        message = gave_up_message(self.where, last.message, attempt + 1,
-                                  budget if out_of_time else None)
-        message = self.health.failed(message, at_once=metadata and last.status is None)
-        raise HttpError(message, last.status, retryable=True)
+                   time_left_s: float | None = None, read_s: float | None = None,
+                   budget: str | None = None) -> T:
+        """ONE attempt of a request, at most `concurrency` at a time. `read` turns a 2xx
+        response into the result (it may stream, and may raise HttpError); the attempt ends
+        within `time_left_s` (None: total_timeout_s) of the request's time (`budget`, as the
+        messages name it), the server silent at most `read_s` (default timeout_s). Every
+        failure is an HttpError naming the server, whose `retryable` and `retry_after_s`
+        are the data the retry policy decides on; when the server is down, that at once."""
+        budget = budget or self.retry.budget_text()
+        read_s = self.timeout_s if read_s is None else read_s
+        if time_left_s is None:
+            time_left_s = self.retry.total_timeout_s or float("inf")
+        async with self._slots:
+            if self.health.down is not None:  # checked here: the wait for a slot is long
+                raise HttpError(self.health.down, retryable=False)
+            try:
+                return await self._attempt(method, path, body, read, time_left_s, budget,
+                                           read_s)
+            except HttpError as exc:
+                exc.message = f"{self.where}: {exc.message}"
+                raise
 
     async def _attempt(self, method: str, path: str, body: Any,
-                       read: Callable[[Any], Awaitable[T]], what: str, remaining_s: float,
+                       read: Callable[[Any], Awaitable[T]], remaining_s: float,
                        budget: str, read_s: float) -> T:
         """One attempt within `remaining_s` of the request's time limit (`budget`, as the
         messages name it), the server silent at most `read_s`; every failure comes out as
@@ -464,6 +379,7 @@ class HttpClient:
         httpx = self._httpx
         if remaining_s <= 0:
             raise HttpError(f"{budget} used up", retryable=True)
+        what = f"{method} {path}"
         slow = None
         if not self._slow_noticed and min(read_s, remaining_s) > SLOW_NOTICE_S:
             slow = asyncio.get_running_loop().call_later(SLOW_NOTICE_S, self._slow_notice,

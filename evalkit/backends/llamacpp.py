@@ -4,6 +4,12 @@ The vocabulary loads first (vocab_only, under a second) so that samples can be f
 before the weights are read; the full model is created on the first request with a
 context just large enough for the longest request so far (and re-created, rarely, when a
 longer one comes). Consecutive prompts that share a prefix reuse llama.cpp's KV cache.
+
+Loglikelihood evaluates context + continuation and reads the logits of the positions that
+predict the continuation only (llama.cpp computes logits for the positions a batch marks):
+logits_all=True would keep n_ctx x vocabulary floats (2 GB for Gemma's 262K vocabulary at
+2K tokens). It shares the KV cache with generation, so scoring several continuations of
+one context evaluates the context once.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 from evalkit.backends import check_options, register_backend
 from evalkit.models import resolve_gguf
-from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter, Unsupported
+from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
 
 OPTIONS: dict[str, type] = {"n_threads": int, "n_ctx": int, "n_batch": int,
                             "n_gpu_layers": int, "flash_attn": bool}
@@ -87,6 +93,10 @@ class LlamaCppBackend:
         self._llm: Any = None
         self._n_ctx = 0
 
+    def capabilities(self) -> Capabilities:
+        return Capabilities(generate=True, loglikelihood=True,
+                            chat=self.chat_template() is not None)
+
     def _token_text(self, token: int) -> str:
         return bytes(self._vocab.detokenize([token], special=True)).decode("utf-8", "replace")
 
@@ -134,9 +144,12 @@ class LlamaCppBackend:
                     seed=req.seed, stop=list(req.stop) or None,
                 )
             except (RuntimeError, ValueError, OSError) as exc:
+                # a failed decode or allocation (RuntimeError, OSError) may pass; a bad
+                # parameter (ValueError) will not
                 out.append(Response(error=f"{type(exc).__name__}: {exc}",
                                     latency_s=time.perf_counter() - start,
-                                    input_tokens=len(tokens)))
+                                    input_tokens=len(tokens),
+                                    retryable=not isinstance(exc, ValueError)))
                 continue
             usage = result.get("usage", {})
             out.append(Response(
@@ -147,7 +160,73 @@ class LlamaCppBackend:
         return out
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
-        raise Unsupported("the llamacpp backend does not score loglikelihood yet")
+        """log P(continuation | context) over the token ids the Model split, and whether
+        greedy decoding would have produced the continuation."""
+        out: list[Response] = []
+        for req in requests:
+            ctx, cont = req.context_tokens, req.continuation_tokens
+            if ctx is None or cont is None:
+                raise EvalkitError("llamacpp: loglikelihood requests come through "
+                                   "evalkit.model.Model, which fills in their tokens")
+            if not ctx or not cont:
+                raise EvalkitError(f"llamacpp: request {req.sample_id} has no context token "
+                                   "(not even a BOS) or nothing to score")
+            start = time.perf_counter()
+            try:
+                logprob, greedy = self._score(list(ctx), list(cont))
+            except (RuntimeError, OSError) as exc:
+                out.append(Response(error=f"{type(exc).__name__}: {exc}", retryable=True,
+                                    latency_s=time.perf_counter() - start))
+                continue
+            out.append(Response(logprob=logprob, is_greedy=greedy,
+                                input_tokens=len(ctx) + len(cont), output_tokens=0,
+                                latency_s=time.perf_counter() - start))
+        return out
+
+    def _score(self, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+        """Evaluate ctx + cont after the longest prefix already in the KV cache (but at
+        least the last context token, whose logits predict the first continuation token),
+        marking for logits only the positions that predict a continuation token."""
+        import numpy as np
+
+        tokens = ctx + cont
+        llm = self._ensure_context(len(tokens))
+        first = len(ctx) - 1  # the position whose logits predict cont[0]
+        cached = llm.input_ids[:llm.n_tokens].tolist()
+        keep = 0
+        for a, b in zip(cached, tokens[:first], strict=False):
+            if a != b:
+                break
+            keep += 1
+        if not llm._ctx.kv_cache_seq_rm(-1, keep, -1):  # a cache that cannot drop a tail
+            keep = 0
+            llm._ctx.kv_cache_clear()
+        llm.n_tokens = keep
+        n_vocab = llm.n_vocab()
+        total, greedy = 0.0, True
+        for at in range(keep, len(tokens), llm.n_batch):
+            chunk = tokens[at:at + llm.n_batch]
+            batch = llm._batch
+            batch.set_batch(batch=chunk, n_past=at, logits_all=False)
+            wanted = [i for i in range(len(chunk)) if first <= at + i < len(tokens) - 1]
+            for i in range(len(chunk)):
+                batch.batch.logits[i] = i in wanted
+            if wanted:
+                llm._ctx.decode(batch)
+            else:
+                batch.batch.logits[len(chunk) - 1] = True  # llama.cpp wants one output
+                llm._ctx.decode(batch)
+            for i in wanted:
+                row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(i), shape=(n_vocab,))
+                row = row.astype(np.float64)
+                target = tokens[at + i + 1]
+                top = float(row.max())
+                lse = top + float(np.log(np.exp(row - top).sum()))
+                total += float(row[target]) - lse
+                greedy = greedy and int(row.argmax()) == target
+            llm.input_ids[at:at + len(chunk)] = chunk
+            llm.n_tokens = at + len(chunk)
+        return total, greedy
 
     def fingerprint(self) -> str:
         st = self.path.stat()

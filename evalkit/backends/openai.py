@@ -11,7 +11,9 @@ Token counts come from the server's tokenize endpoint where it has one (vLLM and
 from the local counter named by option tokenizer. The context window comes from vLLM's
 /v1/models max_model_len, llama.cpp's /props n_ctx or /v1/models n_ctx_train, TGI's /info,
 or option context_window (which wins). Loglikelihood uses /v1/completions with echo and
-logprobs (llama.cpp's server needs --logits_all true).
+logprobs (llama.cpp's server needs --logits_all true): the prompt goes as the token ids the
+Model split (context + continuation) to servers that take token prompts and tokenized them
+(vLLM, llama.cpp), else as text, whose last continuation-many echoed tokens are scored.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from evalkit.backends.counting import (
 from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
 from evalkit.redact import redact
 from evalkit.templates import make_template
-from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter, Unsupported
+from evalkit.types import (
+    Backend,
+    Capabilities,
+    EvalkitError,
+    Request,
+    Response,
+    TokenCounter,
+    Unsupported,
+)
 
 OPTIONS: dict[str, type] = {**HTTP_OPTIONS, "model": str, "endpoint": str, "tokenizer": str,
                             "context_window": int, "chat_template": str, "extra_body": dict}
@@ -48,13 +58,15 @@ _TOKENIZERS: tuple[tuple[str, str, Callable[[str, str], Any], Callable[[Any], li
 )
 
 
+_TOKEN_PROMPTS = ("vllm", "llama.cpp")  # servers that take a prompt as token ids
+
+
 def _logprobs_unsupported(err: HttpError) -> bool:
     return "logprobs" in err.message and "not supported" in err.message
 
 
 class OpenAIBackend:
     name = "openai"
-    retries_requests = True  # retries with backoff per request; the runner adds none
 
     def __init__(self, model: str, options: Mapping[str, Any]) -> None:
         self.options = checked_options(self.name, options, OPTIONS)
@@ -79,6 +91,11 @@ class OpenAIBackend:
         self._tokenize_flavour: str | None = None
         self._window: int | None = None
         self._served: dict[str, Any] | None = None
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(generate=True, loglikelihood=self.endpoint == "completions",
+                            chat=self.endpoint == "chat" or self._jinja is not None,
+                            remote=True)
 
     # -- lengths -------------------------------------------------------------------------
     def _prompt_counter(self) -> PromptCounter:
@@ -178,11 +195,11 @@ class OpenAIBackend:
         start = time.perf_counter()
         path, body = self._body(req)
         try:
-            data: Any = await self._http.call("POST", path, body, label=req.sample_id)
+            data: Any = await self._http.call("POST", path, body, time_left_s=req.time_left_s)
             choice = data["choices"][0]
             text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
         except HttpError as exc:
-            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+            return exc.response(start)
         except (KeyError, IndexError, TypeError) as exc:
             return Response(error=f"unexpected answer from {path}: missing {exc}",
                             latency_s=time.perf_counter() - start)
@@ -196,21 +213,35 @@ class OpenAIBackend:
             self._prompt_counter()  # probe the tokenizer here, never on the client's loop
         return self._http.run_all([self._generate_one(r) for r in requests])
 
-    async def _loglikelihood_one(self, req: Request, n_cont: int) -> Response:
+    def _scored_prompt(self, req: Request) -> str | list[int]:
+        """What is sent to be scored: the Model's token ids where the server takes them and
+        made them, else the text (whose tokens are the same, counted by the same server)."""
+        ctx, cont = req.context_tokens, req.continuation_tokens
+        if ctx is None or cont is None:
+            raise EvalkitError("openai: loglikelihood requests come through "
+                               "evalkit.model.Model, which fills in their tokens")
+        if self._tokenize_flavour in _TOKEN_PROMPTS:
+            return list(ctx) + list(cont)
+        if not (req.prompt or req.continuation):
+            raise Unsupported(f"{self._http.where} takes text prompts only "
+                              f"({self._tokenize_flavour or 'a local tokenizer'}): scoring "
+                              "token ids needs vLLM or llama.cpp's server")
+        return self._prompt_counter().server_text(req.prompt + req.continuation)
+
+    async def _loglikelihood_one(self, req: Request, prompt: str | list[int]) -> Response:
         start = time.perf_counter()
-        body = {"model": self.api_model, "prompt": self._prompt_counter().server_text(
-                    req.prompt + req.continuation),
+        n_cont = len(req.continuation_tokens or ())
+        body = {"model": self.api_model, "prompt": prompt,
                 "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
         try:
             data: Any = await self._http.call("POST", "/v1/completions", body,
-                                              give_up=_logprobs_unsupported,
-                                              label=req.sample_id)
+                                              time_left_s=req.time_left_s)
         except HttpError as exc:
             if _logprobs_unsupported(exc):
                 raise Unsupported(f"{self._http.where} does not return prompt logprobs "
                                   f"({exc.message}); llama.cpp's server needs --logits_all "
                                   "true") from None
-            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+            return exc.response(start)
         if not isinstance(data, dict):
             return Response(error="unexpected answer from /v1/completions: not an object",
                             latency_s=time.perf_counter() - start)
@@ -261,12 +292,10 @@ class OpenAIBackend:
         if self.endpoint == "chat":
             raise Unsupported("backend openai with endpoint chat cannot score loglikelihood: "
                               "use endpoint completions")
-        counter = self._prompt_counter()
-        # Continuation length in tokens as the server splits it (BOS cancels out).
-        n_conts = [len(counter.encode(r.prompt + r.continuation)) - len(counter.encode(r.prompt))
-                   for r in requests]
-        return self._http.run_all([self._loglikelihood_one(r, n)
-                                   for r, n in zip(requests, n_conts, strict=True)])
+        self._prompt_counter()  # the server's flavour decides what is sent
+        prompts = [self._scored_prompt(r) for r in requests]
+        return self._http.run_all([self._loglikelihood_one(r, p)
+                                   for r, p in zip(requests, prompts, strict=True)])
 
     def fingerprint(self) -> str:
         # extra_body as redacted: a key in it (rotated at will) is no decoding parameter

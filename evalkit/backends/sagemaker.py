@@ -6,17 +6,17 @@ Options: endpoint_name and region (required), tokenizer (required: an endpoint h
 tokenize route; e.g. mistral-v1), context_window, concurrency, connect_timeout_s,
 timeout_s, total_timeout_s, max_retries, backoff_s, chat_template. Credentials come only
 from AWS's standard chain (environment, ~/.aws, instance or task role), never from options.
-botocore's own retries are off: the same bounded policy as the HTTP backends applies (see
-evalkit/backends/http.py: the timeouts' trade-off, a retry notice per retry on stderr, and
-an endpoint that keeps failing stops the run's traffic), on throttling, 5xx, a model error
-whose container answered 429/5xx, connection errors and timeouts.
+botocore's own retries are off: each call is one attempt, and a failure says as data
+whether it is worth another (throttling, 5xx, a model error whose container answered
+429/5xx, connection errors and timeouts), so that the Model's one retry policy applies as
+for the HTTP backends (evalkit/model.py: a retry notice per retry on stderr, an endpoint
+that keeps failing stops the run's traffic; the timeouts' trade-off: evalkit/backends/http.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,13 +29,8 @@ from evalkit.backends.http import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     RETRY_OPTIONS,
-    Notify,
-    RetryPolicy,
-    ServerHealth,
     checked_options,
     error_detail,
-    gave_up_message,
-    notify_stderr,
     retryable_status,
 )
 from evalkit.backends.tgi import (
@@ -43,8 +38,9 @@ from evalkit.backends.tgi import (
     loglikelihood_payload,
     parse_generated,
     prefill_response,
+    scored_text,
 )
-from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter
+from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
 
 OPTIONS: dict[str, type] = {**RETRY_OPTIONS, "endpoint_name": str, "region": str,
                             "tokenizer": str, "context_window": int, "chat_template": str}
@@ -64,19 +60,20 @@ def _import_boto() -> tuple[Any, Any, Any]:
 
 
 class _Failed(Exception):
-    def __init__(self, message: str, retryable: bool, answered: bool = True) -> None:
+    def __init__(self, message: str, retryable: bool) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
-        self.answered = answered  # False: no answer came (connection, timeout)
+
+    def response(self, start: float) -> Response:
+        return Response(error=self.message, retryable=self.retryable,
+                        latency_s=time.perf_counter() - start)
 
 
 class SageMakerBackend:
     name = "sagemaker"
-    retries_requests = True  # retries with backoff per request; the runner adds none
 
-    def __init__(self, model: str, options: Mapping[str, Any],
-                 notify: Notify = notify_stderr) -> None:
+    def __init__(self, model: str, options: Mapping[str, Any]) -> None:
         self.options = checked_options(self.name, options, OPTIONS)
         for key in ("endpoint_name", "region", "tokenizer"):
             if key not in self.options:
@@ -86,7 +83,6 @@ class SageMakerBackend:
         boto3, config, self._errors = _import_boto()
         self.model = model
         self.max_batch_size = int(self.options.get("concurrency", DEFAULT_CONCURRENCY))
-        self.retry = RetryPolicy.from_options(self.options)
         timeout_s = float(self.options.get("timeout_s", DEFAULT_TIMEOUT_S))
         connect_s = float(self.options.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S))
         # A session of its own, so that the standard chain is read now, not cached from
@@ -97,11 +93,12 @@ class SageMakerBackend:
                                  retries={"total_max_attempts": 1},
                                  max_pool_connections=self.max_batch_size))
         self.where = f"endpoint {self.options['endpoint_name']} ({self.options['region']})"
-        self.notify = notify
-        self.health = ServerHealth(self.name, self.where, lambda m: self.notify(m))
         self._counter = PromptCounter.from_local(self.options["tokenizer"])
         self._fixed, self._jinja = chat_template_source(self.options.get("chat_template"))
-        self._rng = random.Random()
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(generate=True, loglikelihood=True, chat=self._jinja is not None,
+                            remote=True)
 
     def tokenizer(self) -> TokenCounter:
         return self._counter
@@ -116,7 +113,8 @@ class SageMakerBackend:
     def special_tokens(self) -> Mapping[str, str]:
         return {"bos_token": self._counter.bos_text or "", "eos_token": ""}
 
-    def _invoke_once(self, payload: Mapping[str, Any]) -> Any:
+    def _invoke(self, payload: Mapping[str, Any]) -> Any:
+        """One invoke_endpoint; a failure is _Failed naming the endpoint, retryable or not."""
         err = self._errors
         try:
             out = self.client.invoke_endpoint(
@@ -131,55 +129,24 @@ class SageMakerBackend:
             retry = (code in _RETRYABLE_CODES or retryable_status(status)
                      or (original is not None and retryable_status(int(original))))
             where = f", container said {original}" if original is not None else ""
-            raise _Failed(f"{code} (HTTP {status}{where}): "
+            raise _Failed(f"{self.where}: {code} (HTTP {status}{where}): "
                           f"{error_detail(None, str(info.get('Message', '')))}", retry) from None
         except (err.NoCredentialsError, err.PartialCredentialsError) as exc:
             raise EvalkitError(f"sagemaker: {exc}: configure AWS credentials the standard "
                                "way (environment, ~/.aws, or an instance role)") from None
         except (err.ConnectionError, err.HTTPClientError) as exc:  # incl. timeouts
-            raise _Failed(f"connection failed ({type(exc).__name__}: {exc})", True,
-                          answered=False) from None
+            raise _Failed(f"{self.where}: connection failed ({type(exc).__name__}: {exc})",
+                          True) from None
         except ValueError as exc:
-            raise _Failed(f"the endpoint's answer is not JSON ({exc})", False) from None
-
-    def _invoke(self, payload: Mapping[str, Any], label: str) -> Any:
-        """invoke_endpoint per the retry policy (each retry announced on one line); raises
-        _Failed after the last attempt, or at once when the endpoint is down (ServerHealth)."""
-        policy, start = self.retry, time.monotonic()
-        for attempt in range(policy.attempts):
-            if self.health.down is not None:
-                raise _Failed(self.health.down, False)
-            try:
-                out = self._invoke_once(payload)
-            except _Failed as exc:
-                if exc.answered and not exc.retryable:
-                    self.health.answered()
-                    raise
-                delay = policy.next_delay_s(retryable=exc.retryable, retry_after_s=None,
-                                            attempt=attempt,
-                                            elapsed_s=time.monotonic() - start, rng=self._rng)
-                if delay is None:
-                    budget = (f"total_timeout_s={policy.total_timeout_s:g} s"
-                              if attempt + 1 < policy.attempts else None)
-                    raise _Failed(self.health.failed(gave_up_message(
-                        self.where, exc.message, attempt + 1, budget)), False) from None
-                self.notify(f"{self.name}: invoke_endpoint ({label}) failed: {exc.message}; "
-                            f"attempt {attempt + 1}/{policy.attempts}, retrying in "
-                            f"{delay:.2g} s")
-                time.sleep(delay)
-            else:
-                self.health.answered()
-                return out
-        raise AssertionError("unreachable: the loop returns or raises")
+            raise _Failed(f"{self.where}: the answer is not JSON ({exc})", False) from None
 
     def _generate_one(self, req: Request) -> Response:
         start = time.perf_counter()
         try:
-            data = self._invoke(generate_payload(self._counter.server_text(req.prompt), req),
-                                req.sample_id)
+            data = self._invoke(generate_payload(self._counter.server_text(req.prompt), req))
             text, n_out, n_in = parse_generated(data)
         except _Failed as exc:
-            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+            return exc.response(start)
         except (KeyError, ValueError, TypeError) as exc:
             return Response(error=f"unexpected answer from the endpoint: {exc}",
                             latency_s=time.perf_counter() - start)
@@ -197,13 +164,12 @@ class SageMakerBackend:
 
     def _loglikelihood_one(self, req: Request) -> Response:
         start = time.perf_counter()
-        n_cont = (len(self._counter.encode(req.prompt + req.continuation))
-                  - len(self._counter.encode(req.prompt)))
+        text, n_cont = scored_text(req, self._counter.server_text(req.prompt + req.continuation),
+                                   self.where)
         try:
-            data = self._invoke(loglikelihood_payload(
-                self._counter.server_text(req.prompt + req.continuation)), req.sample_id)
+            data = self._invoke(loglikelihood_payload(text))
         except _Failed as exc:
-            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+            return exc.response(start)
         return prefill_response(data, n_cont, start, "the endpoint")
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:

@@ -3,7 +3,12 @@
 It runs no model: it counts whitespace tokens and answers every prompt by a rule:
 `reply: lookup` (reads a pass key, or the asked line's number, back out of the prompt),
 `reply: <any text>` (that text), with an optional `delay_s` per request and
-`fail_every: N` (every N-th request returns an error) to exercise the runner.
+`fail_every: N` (every N-th request returns a retryable error) to exercise the runner.
+
+`loglikelihood: oracle` scores continuations by the same rule, to test the loglikelihood
+path end to end without an engine: a continuation that is the answer `reply: lookup`
+would give (the pass key, the line's number) gets log-probability -0.1 per token and is
+greedy; any other gets -5 per token and is not.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from typing import Any
 
 from evalkit.backends import check_options, register_backend
 from evalkit.tokenizers import WhitespaceCounter
-from evalkit.types import Backend, Request, Response, TokenCounter, Unsupported
+from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
 
 OPTIONS: dict[str, type] = {"reply": str, "delay_s": float, "fail_every": int,
-                            "context_window": int}
+                            "context_window": int, "loglikelihood": str}
 _PASSKEY = re.compile(r"The pass key is (\d+)")
 _ASKED_LINE = re.compile(r"in line (.+?)\? I need the number")
 
@@ -29,9 +34,15 @@ class ScriptedBackend:
 
     def __init__(self, model: str, options: Mapping[str, Any]) -> None:
         check_options(self.name, options, OPTIONS)
+        if options.get("loglikelihood", "oracle") != "oracle":
+            raise EvalkitError("backend scripted: option loglikelihood takes only 'oracle'")
         self.model = model
         self.options = dict(options)
         self._calls = 0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(generate=True, loglikelihood="loglikelihood" in self.options,
+                            chat=False)
 
     def tokenizer(self) -> TokenCounter:
         return WhitespaceCounter()
@@ -57,14 +68,18 @@ class ScriptedBackend:
         key = _PASSKEY.search(prompt)
         return f" {key.group(1)}." if key else " I do not know."
 
+    def _fails(self) -> bool:
+        """Counts a call; whether it is one that fail_every makes fail."""
+        self._calls += 1
+        time.sleep(float(self.options.get("delay_s", 0.0)))
+        every = int(self.options.get("fail_every", 0))
+        return bool(every) and self._calls % every == 0
+
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for req in requests:
-            self._calls += 1
-            time.sleep(float(self.options.get("delay_s", 0.0)))
-            every = int(self.options.get("fail_every", 0))
-            if every and self._calls % every == 0:
-                out.append(Response(error="scripted failure"))
+            if self._fails():
+                out.append(Response(error="scripted failure", retryable=True))
                 continue
             text = self._answer(req.prompt)
             out.append(Response(text=text, input_tokens=len(req.prompt.split()) + 1,
@@ -73,7 +88,20 @@ class ScriptedBackend:
         return out
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
-        raise Unsupported("the scripted backend does not score loglikelihood")
+        out = []
+        for req in requests:
+            if req.context_tokens is None or req.continuation_tokens is None:
+                raise EvalkitError("scripted: loglikelihood requests come through "
+                                   "evalkit.model.Model, which fills in their tokens")
+            if self._fails():
+                out.append(Response(error="scripted failure", retryable=True))
+                continue
+            n = len(req.continuation_tokens)
+            want = self._answer(req.prompt).strip().rstrip(".")
+            right = bool(req.continuation.strip()) and req.continuation.strip() == want
+            out.append(Response(logprob=(-0.1 if right else -5.0) * n, is_greedy=right,
+                                input_tokens=len(req.context_tokens) + n, output_tokens=0))
+        return out
 
     def fingerprint(self) -> str:
         return f"scripted:{self.options.get('reply', 'lookup')}"

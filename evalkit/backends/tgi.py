@@ -26,7 +26,15 @@ from evalkit.backends import register_backend
 from evalkit.backends.counting import PromptCounter, chat_template_source, server_tokenize
 from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
 from evalkit.redact import redact
-from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter, Unsupported
+from evalkit.types import (
+    Backend,
+    Capabilities,
+    EvalkitError,
+    Request,
+    Response,
+    TokenCounter,
+    Unsupported,
+)
 
 OPTIONS: dict[str, type] = {**HTTP_OPTIONS, "tokenizer": str, "context_window": int,
                             "stream": bool, "chat_template": str}
@@ -82,6 +90,19 @@ def parse_prefill(data: Any, n_cont: int) -> tuple[float, int]:
         raise ValueError(f"cannot place a {n_cont}-token continuation in {len(prefill)} "
                          "prefill tokens")
     return float(sum(logprobs)), len(prefill)
+
+
+def scored_text(req: Request, server_text: str, where: str) -> tuple[str, int]:
+    """(the text to send, the number of its last tokens to score) of a loglikelihood
+    request the Model prepared. TGI takes text prompts only: a request of token ids alone
+    (no texts) is refused."""
+    if req.context_tokens is None or req.continuation_tokens is None:
+        raise EvalkitError("loglikelihood requests come through evalkit.model.Model, which "
+                           "fills in their tokens")
+    if not (req.prompt or req.continuation):
+        raise Unsupported(f"{where} takes text prompts only: scoring token ids needs the hf, "
+                          "vllm or llamacpp backend, or openai on vLLM or llama.cpp's server")
+    return server_text, len(req.continuation_tokens)
 
 
 def prefill_response(data: Any, n_cont: int, start: float, source: str) -> Response:
@@ -144,7 +165,6 @@ async def _read_stream(resp: Any) -> tuple[str, int | None, None]:
 
 class TgiBackend:
     name = "tgi"
-    retries_requests = True  # retries with backoff per request; the runner adds none
 
     def __init__(self, model: str, options: Mapping[str, Any]) -> None:
         self.options = checked_options(self.name, options, OPTIONS)
@@ -156,6 +176,10 @@ class TgiBackend:
         self._fixed, self._jinja = chat_template_source(self.options.get("chat_template"))
         self._counter: PromptCounter | None = None
         self._info: dict[str, Any] | None = None
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(generate=True, loglikelihood=True, chat=self._jinja is not None,
+                            remote=True)
 
     def _prompt_counter(self) -> PromptCounter:
         if self._counter is None:
@@ -213,15 +237,15 @@ class TgiBackend:
             if self.options.get("stream"):
                 text, n_out, n_in = await self._http.call("POST", "/generate_stream", payload,
                                                           read=_read_stream,
-                                                          label=req.sample_id)
+                                                          time_left_s=req.time_left_s)
             else:
                 data, headers = await self._http.call("POST", "/generate", payload,
                                                       read=_read_with_headers,
-                                                      label=req.sample_id)
+                                                      time_left_s=req.time_left_s)
                 text, n_out, n_in = parse_generated(data)
                 n_in = n_in or int(headers.get("x-prompt-tokens", 0)) or None
         except HttpError as exc:
-            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+            return exc.response(start)
         except (KeyError, ValueError, TypeError) as exc:
             return Response(error=f"unexpected answer from TGI: {type(exc).__name__}: {exc}",
                             latency_s=time.perf_counter() - start)
@@ -240,23 +264,21 @@ class TgiBackend:
         return self._http.run_all([self._generate_one(r, counter, n)
                                    for r, n in zip(requests, counted, strict=True)])
 
-    async def _loglikelihood_one(self, req: Request, counter: PromptCounter,
-                                 n_cont: int) -> Response:
+    async def _loglikelihood_one(self, req: Request, text: str, n_cont: int) -> Response:
         start = time.perf_counter()
-        payload = loglikelihood_payload(counter.server_text(req.prompt + req.continuation))
         try:
-            data: Any = await self._http.call("POST", "/generate", payload,
-                                              label=req.sample_id)
+            data: Any = await self._http.call("POST", "/generate", loglikelihood_payload(text),
+                                              time_left_s=req.time_left_s)
         except HttpError as exc:
-            return Response(error=exc.message, latency_s=time.perf_counter() - start)
+            return exc.response(start)
         return prefill_response(data, n_cont, start, "TGI")
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
         counter = self._prompt_counter()
-        n_conts = [len(counter.encode(r.prompt + r.continuation)) - len(counter.encode(r.prompt))
-                   for r in requests]
-        return self._http.run_all([self._loglikelihood_one(r, counter, n)
-                                   for r, n in zip(requests, n_conts, strict=True)])
+        scored = [scored_text(r, counter.server_text(r.prompt + r.continuation), self._http.where)
+                  for r in requests]
+        return self._http.run_all([self._loglikelihood_one(r, text, n)
+                                   for r, (text, n) in zip(requests, scored, strict=True)])
 
     def fingerprint(self) -> str:
         info = self.info()

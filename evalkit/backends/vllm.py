@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.backends import check_options, register_backend
-from evalkit.backends.hf_common import HFCounter, check_torchvision
+from evalkit.backends.hf_common import HFCounter, check_torchvision, token_pairs
 from evalkit.convert import cached_hf_folder
 from evalkit.models import resolve_gguf
-from evalkit.types import Backend, EvalkitError, Request, Response, TokenCounter
+from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
 
 # Everything but max_batch_size goes to vllm.LLM as it is; only what is listed here.
 OPTIONS: dict[str, type] = {
@@ -83,6 +83,10 @@ class VLLMBackend:
         self._eos_id: int | None = self._tok.eos_token_id
         self._llm: Any = None
 
+    def capabilities(self) -> Capabilities:
+        return Capabilities(generate=True, loglikelihood=True,
+                            chat=self.chat_template() is not None)
+
     def tokenizer(self) -> TokenCounter:
         return self._counter
 
@@ -138,8 +142,8 @@ class VLLMBackend:
         try:
             outs, latency = self._run(prompts, params)
         except (RuntimeError, ValueError) as exc:  # e.g. a prompt over max_model_len
-            return [Response(error=f"{type(exc).__name__}: {exc}", input_tokens=len(p))
-                    for p in prompts]
+            return [Response(error=f"{type(exc).__name__}: {exc}", input_tokens=len(p),
+                             retryable=isinstance(exc, RuntimeError)) for p in prompts]
         responses = []
         for prompt, out in zip(prompts, outs, strict=True):
             done = out.outputs[0]
@@ -151,21 +155,16 @@ class VLLMBackend:
         return responses
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
-        """log P(continuation | prompt) from vLLM's prompt_logprobs over prompt +
-        continuation (tokenized apart, as lm-eval does); is_greedy: every continuation
-        token was the top-ranked one."""
-        pairs = [(self._counter.encode(r.prompt),
-                  list(self._tok(r.continuation, add_special_tokens=False).input_ids))
-                 for r in requests]
-        if any(not ctx or not cont for ctx, cont in pairs):
-            raise EvalkitError("vllm: a loglikelihood request has an empty prompt (and no "
-                               "BOS) or an empty continuation")
+        """log P(continuation | context) from vLLM's prompt_logprobs over the token ids the
+        Model split; is_greedy: every continuation token was the top-ranked one."""
+        pairs = token_pairs(self.name, requests)
         params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
         try:
             outs, latency = self._run([ctx + cont for ctx, cont in pairs],
                                       [params] * len(pairs))
         except (RuntimeError, ValueError) as exc:
-            return [Response(error=f"{type(exc).__name__}: {exc}") for _ in pairs]
+            return [Response(error=f"{type(exc).__name__}: {exc}",
+                             retryable=isinstance(exc, RuntimeError)) for _ in pairs]
         responses = []
         for (ctx, cont), out in zip(pairs, outs, strict=True):
             ids = ctx + cont

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.fitting import Measure
-from evalkit.types import EvalkitError, Sample
+from evalkit.types import EvalkitError, MetricDef, RequestKind, Response, Sample
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,20 @@ class Score:
 
 
 Generate = Callable[[Any, Plan], Iterator[Sample]]
-Scorer = Callable[[Sample, str], Score]
+Scorer = Callable[[Sample, Response], Score]
+ACCURACY = MetricDef("accuracy", "binary")
 
 
 @dataclass(frozen=True)
 class TaskDef:
+    """A task: how its samples are made, which request each becomes, how it is scored.
+
+    `kind` is the request every sample becomes: "generate" (the model writes up to
+    max_new_tokens) or "loglikelihood" (the model scores the continuation
+    `sample.targets[0]` after the rendered prompt). The scorer receives the whole Response
+    (text, or logprob and is_greedy) and returns scores named as `metrics` declares, which
+    reports and comparisons iterate over."""
+
     name: str
     description: str
     params_type: type
@@ -53,6 +62,8 @@ class TaskDef:
     generate: Generate
     score: Scorer
     fitted: Callable[[Any], bool]  # whether these params fit samples to lengths
+    kind: RequestKind
+    metrics: tuple[MetricDef, ...]
 
 
 _TASKS: dict[str, TaskDef] = {}

@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from evalkit.fitting import fit_growing
-from evalkit.generators.base import Plan, Score, TaskDef, read_words, register_task, sample_rng
+from evalkit.generators.base import (
+    ACCURACY,
+    Plan,
+    Score,
+    TaskDef,
+    read_words,
+    register_task,
+    sample_rng,
+)
 from evalkit.generators.importers import read_case_files, read_longeval_lines
 from evalkit.scoring import last_int_match
-from evalkit.types import EvalkitError, Sample
+from evalkit.types import EvalkitError, Response, Sample
 
 HEADER = (
     "Below is a record of lines I want you to remember. Each line begins with 'line <line index>' "
@@ -145,8 +153,8 @@ def generate(params: LinesParams, plan: Plan) -> Iterator[Sample]:
             yield _case(f"lines/{target}/{plan.seed}/{i}", plan, params, None, target)
 
 
-def score(sample: Sample, output: str) -> Score:
-    ok, parsed = last_int_match(output, sample.targets[0])
+def score(sample: Sample, response: Response) -> Score:
+    ok, parsed = last_int_match(response.text, sample.targets[0])
     return Score({"accuracy": float(ok)}, parsed)
 
 
@@ -156,4 +164,5 @@ TASK = register_task(TaskDef(
     params_type=LinesParams, default_template="chat", max_new_tokens=100,
     generate=generate, score=score,
     fitted=lambda p: not (p.cases or p.num_lines),
+    kind="generate", metrics=(ACCURACY,),
 ))

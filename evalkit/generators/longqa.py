@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from evalkit.fitting import fit_growing
-from evalkit.generators.base import Plan, Score, TaskDef, read_words, register_task, sample_rng
+from evalkit.generators.base import (
+    ACCURACY,
+    Plan,
+    Score,
+    TaskDef,
+    read_words,
+    register_task,
+    sample_rng,
+)
 from evalkit.generators.importers import read_quality
 from evalkit.scoring import choice_match
-from evalkit.types import EvalkitError, Sample
+from evalkit.types import EvalkitError, Response, Sample
 
 LETTERS = "ABCD"
 PROMPT = (
@@ -170,8 +178,8 @@ def generate(params: LongQAParams, plan: Plan) -> Iterator[Sample]:
             yield _synthetic(f"longqa/{target}/{plan.seed}/{i}", target, plan)
 
 
-def score(sample: Sample, output: str) -> Score:
-    ok, parsed = choice_match(output, sample.targets[0], sample.meta["options"])
+def score(sample: Sample, response: Response) -> Score:
+    ok, parsed = choice_match(response.text, sample.targets[0], sample.meta["options"])
     return Score({"accuracy": float(ok)}, parsed)
 
 
@@ -180,4 +188,5 @@ TASK = register_task(TaskDef(
     description="answer a multiple-choice question about a long document (QuALITY or synthetic)",
     params_type=LongQAParams, default_template="chat", max_new_tokens=16,
     generate=generate, score=score, fitted=lambda p: not p.quality,
+    kind="generate", metrics=(ACCURACY,),
 ))

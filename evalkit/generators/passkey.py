@@ -8,14 +8,15 @@ of the haystack; `key_digits` draws keys of that many digits (InfiniteBench uses
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from evalkit.fitting import fit_max
-from evalkit.generators.base import Plan, Score, TaskDef, register_task, sample_rng
+from evalkit.generators.base import ACCURACY, Plan, Score, TaskDef, register_task, sample_rng
 from evalkit.scoring import first_int_match
-from evalkit.types import EvalkitError, Sample
+from evalkit.types import EvalkitError, MetricDef, Response, Sample
 
 TASK_DESCRIPTION = (
     "There is an important info hidden inside a lot of irrelevant text. "
@@ -86,9 +87,26 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
                 )
 
 
-def score(sample: Sample, output: str) -> Score:
-    ok, parsed = first_int_match(output, sample.targets[0])
+def score(sample: Sample, response: Response) -> Score:
+    ok, parsed = first_int_match(response.text, sample.targets[0])
     return Score({"accuracy": float(ok)}, parsed)
+
+
+def generate_ll(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
+    """The passkey samples themselves (the same prompts, keys and depths: each sample's
+    random draws are seeded by its passkey id), with the key as the continuation to score."""
+    for s in generate(params, plan):
+        yield dataclasses.replace(s, id="passkey_ll/" + s.id.removeprefix("passkey/"),
+                                  task="passkey_ll", targets=(f" {s.targets[0]}",))
+
+
+def score_ll(sample: Sample, response: Response) -> Score:
+    """accuracy: the key is what greedy decoding would write; logprob: log P(key | prompt)
+    in nats, a graded measure of retrieval that a base model's wrong guesses still move."""
+    scores = {"accuracy": float(bool(response.is_greedy))}
+    if response.logprob is not None:
+        scores["logprob"] = response.logprob
+    return Score(scores, sample.targets[0].strip() if response.is_greedy else None)
 
 
 TASK = register_task(TaskDef(
@@ -96,4 +114,14 @@ TASK = register_task(TaskDef(
     description="find a pass key hidden in repeated filler text (landmark attention)",
     params_type=PasskeyParams, default_template="raw", max_new_tokens=10,
     generate=generate, score=score, fitted=lambda p: True,
+    kind="generate", metrics=(ACCURACY,),
+))
+
+TASK_LL = register_task(TaskDef(
+    name="passkey_ll",
+    description="passkey scored by loglikelihood: is the key the greedy continuation, and "
+                "its log-probability (no generation; for base models)",
+    params_type=PasskeyParams, default_template="raw", max_new_tokens=8,
+    generate=generate_ll, score=score_ll, fitted=lambda p: True,
+    kind="loglikelihood", metrics=(ACCURACY, MetricDef("logprob", "continuous")),
 ))

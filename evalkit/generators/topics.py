@@ -12,14 +12,22 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from evalkit.fitting import fit_max
-from evalkit.generators.base import Plan, Score, TaskDef, register_task, sample_rng, tasks_dir
+from evalkit.generators.base import (
+    ACCURACY,
+    Plan,
+    Score,
+    TaskDef,
+    register_task,
+    sample_rng,
+    tasks_dir,
+)
 from evalkit.generators.importers import (
     read_case_files,
     read_longeval_topics,
     read_topic_corpus,
 )
 from evalkit.scoring import topic_match
-from evalkit.types import EvalkitError, Sample
+from evalkit.types import EvalkitError, Response, Sample
 
 HEADER = (
     "Below is a record of our previous conversation on {n} different topics. You are the "
@@ -109,8 +117,8 @@ def generate(params: TopicsParams, plan: Plan) -> Iterator[Sample]:
             yield _case(f"topics/{target}/{plan.seed}/{i}", corpus, plan, None, target)
 
 
-def score(sample: Sample, output: str) -> Score:
-    ok, parsed = topic_match(output, sample.targets[0])
+def score(sample: Sample, response: Response) -> Score:
+    ok, parsed = topic_match(response.text, sample.targets[0])
     return Score({"accuracy": float(ok)}, parsed)
 
 
@@ -120,4 +128,5 @@ TASK = register_task(TaskDef(
     params_type=TopicsParams, default_template="chat", max_new_tokens=50,
     generate=generate, score=score,
     fitted=lambda p: not (p.cases or p.num_topics),
+    kind="generate", metrics=(ACCURACY,),
 ))
