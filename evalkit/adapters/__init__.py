@@ -1,0 +1,1 @@
+"""Adapters: evalkit models seen through other harnesses' interfaces (lm-eval)."""
