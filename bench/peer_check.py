@@ -9,6 +9,7 @@ whose chosen answer differs (by the task's headline metric), both accuracies, th
 
     python bench/peer_check.py                      # SmolLM2-135M, --limit 50, 4 MMLU subjects
     python bench/peer_check.py --folder DIR --limit 20 --subjects all
+    python bench/peer_check.py --llamacpp smollm2-135m   # + the GGUF in llama.cpp
 
 The default folder is SmolLM2-135M converted from its GGUF (`evalkit convert-gguf
 smollm2-135m DIR` makes the same; evalkit keeps one under ~/.cache/evalkit/hf). Data come as
@@ -65,6 +66,21 @@ def run_side(lm: Any, unit: lb.Unit, limit: int) -> tuple[dict[int, dict[str, An
     return docs, seconds
 
 
+def interval(values: list[float]) -> tuple[float, float]:
+    """95% interval of a mean: Wilson for 0/1 values, else the normal approximation."""
+    from evalkit.scoring import wilson
+
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    if all(v in (0.0, 1.0) for v in values):
+        return wilson(sum(values), n)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, n - 1))
+    half = 1.96 * sd / math.sqrt(n)
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
 def pick(doc: dict[str, Any], norm: bool) -> int:
     scores = [ll / max(1, len(c)) if norm else ll
               for ll, c in zip(doc["lls"], doc["choices"], strict=True)]
@@ -79,6 +95,10 @@ def main() -> int:
     ap.add_argument("--subjects", default=DEFAULT_SUBJECTS,
                     help="MMLU subjects, comma-separated, or 'all' (57)")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--llamacpp", default=None, metavar="MODEL",
+                    help="also run evalkit's llamacpp backend on this GGUF (alias or path, "
+                         "e.g. smollm2-135m) and say whether its accuracy lies inside the "
+                         "95%% Wilson interval of lm-eval hf's")
     args = ap.parse_args()
 
     from lm_eval.models.huggingface import HFLM
@@ -95,11 +115,17 @@ def main() -> int:
         "hf", str(folder), {"dtype": "float32", "max_batch_size": args.batch_size,
                             "device_map": "cpu"}, use_cache=False, label=folder.name),
         progress=False)
+    gguf = None
+    if args.llamacpp:
+        gguf = EvalkitLM(evalkit_model=make_model("llamacpp", args.llamacpp, {},
+                                                  use_cache=False, label=args.llamacpp),
+                         progress=False)
     print(f"models loaded in {time.perf_counter() - t0:.0f} s", flush=True)
     subjects = lb.MMLU_SUBJECTS if args.subjects == "all" else tuple(
         s for s in args.subjects.split(",") if s)
 
     rows = []
+    gguf_rows: list[tuple[str, float, float, float, bool, float]] = []
     for task in [t for t in args.tasks.split(",") if t]:
         params = lb.parse_params(task, {"subjects": list(subjects)} if task == "mmlu" else {})
         norm = lb.HEADLINE[task] == "acc_norm"
@@ -107,12 +133,17 @@ def main() -> int:
         acc_peer: list[float] = []
         acc_ours: list[float] = []
         max_delta = 0.0
-        secs = [0.0, 0.0]
+        secs = [0.0, 0.0, 0.0]
+        acc_gguf: list[float] = []
         for unit in lb.make_units(task, params):
             a, ta = run_side(peer, unit, args.limit)
             b, tb = run_side(ours, unit, args.limit)
             secs[0] += ta
             secs[1] += tb
+            if gguf is not None:
+                c, tc = run_side(gguf, unit, args.limit)
+                secs[2] += tc
+                acc_gguf.extend(c[d]["metric"] for d in sorted(c))
             for doc_id in sorted(a):
                 da, db = a[doc_id], b[doc_id]
                 n += 1
@@ -127,6 +158,11 @@ def main() -> int:
         mean_ours = sum(acc_ours) / n if n else math.nan
         rows.append((task, lb.HEADLINE[task], n, differ, mean_peer, mean_ours, max_delta,
                      secs[0], secs[1]))
+        if gguf is not None:
+            mean_gguf = sum(acc_gguf) / len(acc_gguf) if acc_gguf else math.nan
+            lo, hi = interval(acc_peer)
+            inside = lo <= mean_gguf <= hi
+            gguf_rows.append((task, mean_gguf, lo, hi, inside, secs[2]))
 
     print()
     print(f"{'task':<16} {'metric':<9} {'docs':>5} {'differ':>6} {'lm-eval hf':>10} "
@@ -134,6 +170,12 @@ def main() -> int:
     for task, metric, n, differ, mp, mo, md, ta, tb in rows:
         print(f"{task:<16} {metric:<9} {n:>5} {differ:>6} {mp:>10.4f} {mo:>10.4f} "
               f"{md:>10.2e} {ta:>7.0f} {tb:>11.0f}")
+    if gguf_rows:
+        print(f"\n{'task':<16} {'llamacpp':>9} {'hf 95% interval':>17} {'inside':>6} "
+              f"{'t s':>6}")
+        for task, mean, lo, hi, inside, secs_c in gguf_rows:
+            print(f"{task:<16} {mean:>9.4f} {f'[{lo:.3f}, {hi:.3f}]':>17} "
+                  f"{'yes' if inside else 'NO':>6} {secs_c:>6.0f}")
     print(f"\n(mmlu: the {len(subjects)} subjects' documents pooled here; the suite's mmlu "
           "score is the unweighted subject mean)")
     return 0
