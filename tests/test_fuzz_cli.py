@@ -62,7 +62,8 @@ def assert_clean(args: tuple[str, ...], code: int, out: str, err: str) -> None:
     assert "Traceback" not in text, where
     assert "internal error" not in err, where
     assert code in (0, 2, 3), where
-    if code == 2 and "Usage:" not in text:  # typer's usage errors and help print a usage block
+    usage = "Usage:" in text or "─ Error ─" in text  # typer's own usage errors and help
+    if code == 2 and not usage:
         lines = [x for x in err.splitlines() if x.strip()]
         assert lines and lines[-1].startswith("error: "), where
         assert sum(x.startswith("error: ") for x in lines) == 1, where
@@ -228,7 +229,7 @@ def _damage(rng: random.Random, run: Path) -> str:
         i = rng.randrange(len(lines)) if target.suffix == ".jsonl" else None
         try:
             obj = json.loads(lines[i]) if i is not None else json.loads(data)
-        except json.JSONDecodeError:  # damaged already: damage it again, otherwise
+        except ValueError:  # not JSON (or not UTF-8) already: damage it another way
             return _damage(rng, run)
         if isinstance(obj, dict) and obj:
             node = obj

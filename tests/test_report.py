@@ -12,9 +12,16 @@ from pathlib import Path
 import pytest
 
 from evalkit.config import build_spec
-from evalkit.report.compare import compare_runs, fisher_exact, format_compare, two_proportion_z
+from evalkit.report.compare import (
+    compare_runs,
+    fisher_exact,
+    format_compare,
+    proportion_test,
+    two_proportion_z,
+)
 from evalkit.report.html import build_index, build_report
 from evalkit.runner import run
+from evalkit.types import SummaryRow
 
 PAYLOAD = ('<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
            '"><svg onload=window.__pwned=3>')
@@ -41,6 +48,21 @@ def test_report_files_and_table(tmp_path: Path) -> None:
     data = (tmp_path / "rep" / "samples.js").read_text()
     rows = json.loads(data.split("=", 1)[1].rstrip(";\n"))
     assert len(rows) == 3 * 2 * 3 + 2 * 3 * 2
+
+
+def test_records_with_a_damaged_meta_or_an_empty_cell_still_report(tmp_path: Path) -> None:
+    """Found by fuzzing: a needle depth of the wrong type broke the heatmap, and a cell with
+    no scored sample divided by zero in compare."""
+    d = _scripted_run(tmp_path, "oracle", tasks=[{"passkey": {"depths": [0.0, 1.0]}}])
+    lines = (d / "samples.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["sample"]["meta"]["depth"] = None
+    (d / "samples.jsonl").write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+    assert build_report([d], tmp_path / "rep").is_file()
+    empty = SummaryRow(model="m", task="passkey", length=1024, subset="all", metric="accuracy",
+                       value=0.0, ci_low=0.0, ci_high=1.0, n=0, n_errors=2,
+                       input_tokens_mean=0.0)
+    assert proportion_test(empty, empty) == (1.0, "none")
 
 
 def test_untrusted_text_is_escaped_in_the_html(tmp_path: Path) -> None:

@@ -87,6 +87,8 @@ def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
 
 def proportion_test(a: SummaryRow, b: SummaryRow) -> tuple[float, str]:
     k1, k2 = round(a.value * a.n), round(b.value * b.n)
+    if a.n == 0 or b.n == 0:
+        return 1.0, "none"  # a cell with no scored sample on one side: nothing to test
     expected = min(a.n, b.n) * min((k1 + k2), (a.n + b.n - k1 - k2)) / (a.n + b.n)
     if expected < 5:
         return fisher_exact(k1, a.n, k2, b.n), "fisher"

@@ -103,8 +103,10 @@ def depth_heatmap(records: Iterable[Record], model: str, base: Path,
         if (r.model != model or s.task != "passkey" or not r.ok or s.target_tokens is None
                 or metric not in r.scores):
             continue
-        cells[(depth_bin(float(s.meta.get("depth", 0.0))), s.target_tokens)].append(
-            r.scores[metric])
+        depth = s.meta.get("depth", 0.0)
+        if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:
+            continue  # meta is free-form: a record without a usable depth is left out here
+        cells[(depth_bin(float(depth)), s.target_tokens)].append(r.scores[metric])
     if not cells:
         return None
     plt = _pyplot()
