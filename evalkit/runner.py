@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit import store
+from evalkit import leaderboard, store
 from evalkit.config import RunSpec, TaskSpec
 from evalkit.generators import Plan, get_task, make_params
 from evalkit.model import Model, make_model
@@ -94,7 +94,7 @@ def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
     """Every sample of the run, in a stable order, measured with `counter`. `backend` is
     only read for the model's chat template (None: every template is a fixed one)."""
     samples: list[Sample] = []
-    for task in spec.tasks:
+    for task in long_context_tasks(spec):
         tdef = get_task(task.name)
         template = resolve_template(task, backend)
 
@@ -111,6 +111,22 @@ def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
     if len(set(ids)) != len(ids):
         raise EvalkitError("two tasks made samples with the same id: list each task once")
     return samples
+
+
+def long_context_tasks(spec: RunSpec) -> list[TaskSpec]:
+    """The run's generated tasks (planned and sent here); the others are leaderboard tasks
+    (run by lm-eval, evalkit.leaderboard)."""
+    return [t for t in spec.tasks if not leaderboard.is_leaderboard_task(t.name)]
+
+
+def leaderboard_tasks(spec: RunSpec) -> list[TaskSpec]:
+    return [t for t in spec.tasks if leaderboard.is_leaderboard_task(t.name)]
+
+
+def plan_leaderboard(spec: RunSpec) -> dict[str, list[str]]:
+    """The sample ids each leaderboard task of the run will record (its data, no model)."""
+    return {t.name: leaderboard.plan_lm_eval_task(t, spec.limit)
+            for t in leaderboard_tasks(spec)}
 
 
 def _expected_count(task: TaskSpec, params: Any) -> int | None:
@@ -193,7 +209,9 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
             counter = (backend.tokenizer() if spec.tokenizer == "auto"
                        else get_counter(spec.tokenizer))
             samples = _plan_checked(spec, backend, counter, label, progress)
-            return _run_locked(spec, model, counter, label, samples, run_dir, progress, log)
+            planned = plan_leaderboard(spec)
+            return _run_locked(spec, model, counter, label, samples, planned, run_dir,
+                               progress, log)
     except BaseException:
         if fresh:
             store.discard_if_unused(run_dir)
@@ -201,7 +219,10 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
 
 
 def task_kind(task: TaskSpec) -> RequestKind:
-    """The request kind a task's samples become."""
+    """The request kind a task's samples become (lm-eval's leaderboard tasks: the
+    loglikelihood of each choice)."""
+    if leaderboard.is_leaderboard_task(task.name):
+        return "loglikelihood"
     return get_task(task.name).kind
 
 
@@ -236,33 +257,40 @@ def _up_to_date(run_dir: Path) -> bool:
 
 
 def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
-                samples: list[Sample], run_dir: Path, progress: bool, log: Log) -> RunResult:
+                samples: list[Sample], planned: Mapping[str, list[str]], run_dir: Path,
+                progress: bool, log: Log) -> RunResult:
     backend = model.backend
     store.remove_stale_temporaries(run_dir)
+    ids = [s.id for s in samples] + [i for task_ids in planned.values() for i in task_ids]
     if not (run_dir / store.RUN_JSON).is_file():
         store.write_run(run_dir, {
             "run_id": run_dir.name, "spec": spec.redacted(), "spec_hash": spec.spec_hash(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_label": label,
             "backend": dict(backend.describe()), "tokenizer": counter.name,
             "templates": {t.name: resolve_template(t, backend).name for t in spec.tasks},
-            "n_samples": len(samples), "sample_ids_sha256": _ids_hash(samples),
+            "n_samples": len(ids), "sample_ids_sha256": _ids_hash(ids),
             "git_sha": _git_sha(), "versions": _versions(), "argv": sys.argv[1:],
         })
     store.repair_tail(run_dir)
     done = {r.sample.id for r in store.read_records(run_dir) if r.ok}
     todo = [s for s in samples if s.id not in done]
     if done:
-        log(f"resuming {run_dir}: {len(done)} of {len(samples)} samples already done")
+        log(f"resuming {run_dir}: {len(done)} of {len(ids)} samples already done")
     _execute(spec, model, label, run_dir, todo, progress)
+    for task in leaderboard_tasks(spec):
+        if all(i in done for i in planned[task.name]):
+            continue
+        leaderboard.run_lm_eval_task(spec, task, model, run_dir, spec.limit, log,
+                                     progress=progress)
     if model.cache is not None and model.cache.hits:
-        log(f"{model.cache.hits} of {len(todo)} answers came from the response cache "
+        log(f"{model.cache.hits} answers came from the response cache "
             f"({model.cache.root}; --no-cache asks the backend again)")
     summary = summarize(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, resumed_from=len(done))
 
 
-def _ids_hash(samples: Sequence[Sample]) -> str:
-    return hashlib.sha256("\n".join(s.id for s in samples).encode()).hexdigest()
+def _ids_hash(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
 def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
@@ -320,10 +348,13 @@ def summary_of(run_dir: Path, info: Mapping[str, Any], records: Sequence[Record]
     """The summary of a run's run.json (`info`) and records: pure, writes nothing."""
     n_ok = sum(1 for r in records if r.ok)
     n_planned = int(info.get("n_samples", len(records)))
+    scored_once = [r for r in records if leaderboard.is_leaderboard_task(r.sample.task)]
+    by_length = [r for r in records if not leaderboard.is_leaderboard_task(r.sample.task)]
     return RunSummary(
         run_id=str(info.get("run_id", Path(run_dir).name)),
         status="complete" if n_ok >= n_planned else "partial",
-        rows=tuple(aggregate(records)), n_samples=n_planned, n_done=n_ok,
+        rows=(*aggregate(by_length), *leaderboard.leaderboard_rows(scored_once)),
+        n_samples=n_planned, n_done=n_ok,
         n_errors=len(records) - n_ok,
     )
 

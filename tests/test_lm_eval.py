@@ -427,7 +427,7 @@ def _rec(task: str, i: int, scores: dict[str, float], subject: str | None = None
          model: str = "m") -> Record:
     meta: dict[str, Any] = {"bin": f"{lb.PROTOCOLS[task].num_fewshot}-shot"}
     if subject:
-        meta["subject"] = subject
+        meta["subsets"] = [subject]
     sid = f"{task}/{subject + '/' if subject else ''}test/{i}"
     return Record(sample=Sample(id=sid, task=task, prompt="p", targets=("a",),
                                 target_tokens=None, input_tokens=10, template="raw",
@@ -496,30 +496,137 @@ def test_a_rerun_records_only_what_is_missing_and_asks_the_model_nothing(
     assert sorted(r.sample.id for r in recs) == sorted(first.sample_ids)
 
 
+# ---- the suite through `evalkit run` -----------------------------------------------------------
+
+SUITE_CONFIG = """
+name: lb
+model: m
+backend: scripted
+backend_options: {loglikelihood: oracle}
+lengths: [300]
+samples: 2
+limit: 3
+tasks:
+  - passkey
+  - arc_challenge
+  - hellaswag
+  - truthfulqa_mc2
+  - mmlu: {subjects: [anatomy, virology]}
+"""
+
+
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from evalkit.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@needs_olmo
+def test_evalkit_run_puts_the_suite_beside_the_long_context_tasks(
+        tmp_path: Path, no_caches: Path) -> None:
+    cfg = tmp_path / "lb.yaml"
+    cfg.write_text(SUITE_CONFIG)
+    out = tmp_path / "run"
+    first = _cli("run", str(cfg), "--out", str(out), "--no-progress")
+    assert first.exit_code == 0, first.output
+    info = store.read_run(out)
+    recs = store.read_records(out)
+    # passkey 2 samples; 3 documents of each task and of each MMLU subject
+    assert info["n_samples"] == len(recs) == 2 + 3 + 3 + 3 + 2 * 3
+    assert info["templates"]["arc_challenge"] == "raw" and info["spec"]["limit"] == 3
+    summary = store.read_summary(out)
+    assert summary is not None and summary.status == "complete"
+    rows = {(r.task, r.subset, r.metric): r for r in summary.rows}
+    mmlu = rows[("mmlu", "all", "acc")]
+    subjects = [rows[("mmlu", s, "acc")].value for s in ("anatomy", "virology")]
+    assert mmlu.value == pytest.approx(sum(subjects) / 2)  # unweighted over subjects
+    heads = [rows[(t, "all", lb.HEADLINE[t])].value for t in lb.TASKS]
+    assert rows[(lb.AVERAGE_TASK, "all", "average")].value == pytest.approx(sum(heads) / 4)
+    assert rows[("passkey", "all", "accuracy")].value == 1.0  # the oracle's lookup
+    assert "accuracy by length" in first.output and "leaderboard-v1   average" in first.output
+    # a finished run: a re-run writes nothing, `show` prints the same tables
+    before = (out / store.SAMPLES).stat().st_mtime_ns
+    again = _cli("run", str(cfg), "--out", str(out), "--no-progress")
+    assert again.exit_code == 0 and (out / store.SAMPLES).stat().st_mtime_ns == before
+    shown = _cli("show", str(out))
+    assert shown.exit_code == 0 and "leaderboard-v1   average" in shown.output
+    # records lost from the tail: the re-run records them again, answered from the cache
+    lines = (out / store.SAMPLES).read_text().splitlines(keepends=True)
+    (out / store.SAMPLES).write_text("".join(lines[:-4]))
+    resumed = _cli("run", str(cfg), "--out", str(out), "--no-progress")
+    assert resumed.exit_code == 0, resumed.output
+    assert "answers came from the response cache" in resumed.output
+    assert sorted(r.sample.id for r in store.read_records(out)) == sorted(
+        r.sample.id for r in recs)
+    # --task narrows the config to one task and --limit overrides its limit: another run
+    one = _cli("run", str(cfg), "--task", "hellaswag", "--limit", "2", "--results",
+               str(tmp_path / "results"), "--no-progress")
+    assert one.exit_code == 0, one.output
+    (folder,) = (tmp_path / "results").iterdir()
+    assert [r.sample.id for r in store.read_records(folder)] == [
+        "hellaswag/validation/0", "hellaswag/validation/1"]
+
+
+@needs_olmo
+def test_a_dry_run_counts_the_documents_and_loads_no_model(tmp_path: Path,
+                                                           no_caches: Path) -> None:
+    out = _cli("run", "--task", "arc_challenge", "--task", "truthfulqa_mc2", "--limit", "7",
+               "--backend", "no-such-backend", "--dry-run")
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert any(line.split() == ["arc_challenge", "25-shot", "7"] for line in lines)
+    assert any(line.split() == ["truthfulqa_mc2", "0-shot", "7"] for line in lines)
+
+
+@pytest.mark.parametrize("args,config,message", [
+    (["--task", "hellaswag", "--limit", "0"], None, "limit"),
+    (["--task", "passkey", "--limit", "5"], None, "limit applies to the leaderboard tasks"),
+    ([], "tasks: [{arc_challenge: {lengths: [1k]}}]\n", "arc_challenge.lengths"),
+    ([], "tasks: [{mmlu: {subjects: [astrology]}}]\n", "unknown subject 'astrology'"),
+    ([], "tasks: [hellaswag]\nlimit: -1\n", "limit"),
+    (["--task", "helaswag"], None, "hellaswag, truthfulqa_mc2, mmlu"),
+])
+def test_bad_suite_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                                config: str | None, message: str) -> None:
+    argv = ["run", *args, "--backend", "scripted", "--model", "m", "--results",
+            str(tmp_path / "results")]
+    if config is not None:
+        (tmp_path / "c.yaml").write_text(config)
+        argv.insert(1, str(tmp_path / "c.yaml"))
+    out = subprocess.run([sys.executable, "-c", "from evalkit.cli import main; main()", *argv],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert out.stdout == "" and not (tmp_path / "results").exists()
+
+
 # ---- the engine -------------------------------------------------------------------------------
 
 @pytest.mark.engine
 @needs_olmo
 def test_leaderboard_suite_on_smollm2(tmp_path: Path, no_caches: Path) -> None:
-    """All four tasks on SmolLM2-135M in llama.cpp, 5 documents each and 2 MMLU subjects:
-    records, rows, and the average of the four. (llama.cpp keeps the KV cache of the last
-    request, so the choices after the first of a document cost almost nothing.)"""
+    """All four tasks on SmolLM2-135M in llama.cpp through the runner, 5 documents each and
+    2 MMLU subjects: records, rows, and the average of the four. (llama.cpp keeps the KV
+    cache of the last request, so the choices after the first of a document cost little.)"""
     require("llama_cpp", "'evalkit[llamacpp]'")
-    model = make_model("llamacpp", "smollm2-135m", {}, use_cache=False, label="smollm2-135m")
+    from evalkit import runner
+
     spec = RunSpec(name="lb", model="smollm2-135m", backend="llamacpp", backend_options={},
-                   tokenizer="auto", seed=0, temperature=0.0, tasks=())
-    total = 0
-    for name, params in (("arc_challenge", {}), ("hellaswag", {}), ("truthfulqa_mc2", {}),
-                         ("mmlu", {"subjects": ["marketing", "sociology"]})):
-        out = lb.run_lm_eval_task(spec, task_spec(name, **params), model, tmp_path, 5, print,
-                                  progress=False)
-        total += out.written
-    assert total == 5 * 5
-    recs = store.read_records(tmp_path)
+                   tokenizer="auto", seed=0, temperature=0.0, limit=5, tasks=(
+                       task_spec("arc_challenge"), task_spec("hellaswag"),
+                       task_spec("truthfulqa_mc2"),
+                       task_spec("mmlu", subjects=["marketing", "sociology"])))
+    result = runner.run(spec, out=tmp_path / "run", progress=False)
+    assert result.summary.status == "complete" and result.summary.n_done == 5 * 5
+    recs = store.read_records(result.run_dir)
     assert all(r.ok and r.sample.meta["logprobs"] for r in recs)
     assert all(all(lp < 0 for lp in r.sample.meta["logprobs"]) for r in recs)
-    rows = lb.leaderboard_rows(recs)
-    scores = lb.headline_scores(rows)["smollm2-135m"]
+    # the record's response is the gold choice's: its logprob is the one lm-eval scored
+    for r in recs:
+        assert r.response.logprob == r.sample.meta["logprobs"][r.sample.meta["gold"]]
+    scores = lb.headline_scores(result.summary.rows)["smollm2-135m"]
     assert set(scores) == {*lb.TASKS, "average"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     print("SmolLM2-135M, limit 5:", {k: round(v, 3) for k, v in scores.items()})

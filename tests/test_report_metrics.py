@@ -3,8 +3,8 @@
 The runs here are written through evalkit.store as a leaderboard run writes them: records
 whose scores carry acc and acc_norm (0/1), or TruthfulQA's mc2 score, which lm-eval names
 "acc" too but is continuous; MMLU subjects as subsets; each task at its few-shot bin; and
-summary rows that hold what only the writer can derive (MMLU's unweighted mean over
-subjects, the average of the four tasks), beside a long-context task with lengths.
+summary rows as the runner derives them (evalkit.runner.summary_of: MMLU's unweighted mean
+over subjects, the average of the four tasks), beside a long-context task with lengths.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 import random
 import shutil
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,8 +31,9 @@ from evalkit.report.compare import (
 )
 from evalkit.report.html import build_index, build_report
 from evalkit.report.tables import format_table
+from evalkit.runner import summary_of
 from evalkit.scoring import aggregate, mean_interval, wilson
-from evalkit.types import Record, Response, RunSummary, Sample, SummaryRow
+from evalkit.types import Record, Response, Sample, SummaryRow
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 SUBJECTS = [f"subject_{i:02d}" for i in range(57)]
@@ -88,32 +88,6 @@ def _records(model: str, skill: float, seed: int) -> list[Record]:
     return out
 
 
-def _leaderboard_rows(model: str, rows: list[SummaryRow]) -> list[SummaryRow]:
-    """What the leaderboard writer adds: mmlu's row as the unweighted mean over subjects,
-    and the average of the four tasks' leaderboard metrics."""
-    subjects = [r for r in rows if r.task == "mmlu" and r.subset != "all"]
-    pooled = next(r for r in rows if r.task == "mmlu" and r.subset == "all")
-    mean = statistics.fmean(r.value for r in subjects)
-    se = math.sqrt(sum(r.value * (1 - r.value) / r.n for r in subjects)) / len(subjects)
-    mmlu = SummaryRow(model=model, task="mmlu", length="5-shot", subset="all", metric="acc",
-                      value=mean, ci_low=mean - 1.96 * se, ci_high=mean + 1.96 * se,
-                      n=pooled.n, n_errors=0, input_tokens_mean=pooled.input_tokens_mean)
-    out = [mmlu if r is pooled else r for r in rows]
-
-    def value(task: str, metric: str) -> SummaryRow:
-        return next(r for r in out if (r.task, r.metric, r.subset) == (task, metric, "all"))
-
-    four = [value("arc_challenge", "acc_norm"), value("hellaswag", "acc_norm"),
-            value("truthfulqa_mc2", "acc"), mmlu]
-    avg = statistics.fmean(r.value for r in four)
-    half = math.sqrt(sum(((r.ci_high - r.ci_low) / 2) ** 2 for r in four)) / 4
-    out.append(SummaryRow(model=model, task="leaderboard-v1", length="all", subset="all",
-                          metric="average", value=avg, ci_low=avg - half,
-                          ci_high=avg + half, n=sum(r.n for r in four), n_errors=0,
-                          input_tokens_mean=0.0))
-    return out
-
-
 def write_run(folder: Path, model: str, skill: float, seed: int) -> Path:
     """A finished run folder, written through evalkit.store as the runner writes one."""
     records = _records(model, skill, seed)
@@ -122,10 +96,7 @@ def write_run(folder: Path, model: str, skill: float, seed: int) -> Path:
                              "n_samples": len(records), "model_label": model,
                              "spec": {"model": model, "backend": "scripted", "seed": seed}})
     store.append_records(folder, records)
-    rows = _leaderboard_rows(model, aggregate(records))
-    store.write_summary(folder, RunSummary(run_id=folder.name, status="complete",
-                                           rows=tuple(rows), n_samples=len(records),
-                                           n_done=len(records), n_errors=0))
+    store.write_summary(folder, summary_of(folder, store.read_run(folder), records))
     return folder
 
 
@@ -168,8 +139,8 @@ def test_html_report_renders_every_metric_and_the_leaderboard(runs: tuple[Path, 
               x.split('data-metric="', 1)[1].split('"', 1)[0])
              for x in lb.split("<tr")[2:]]
     assert lines == [("arc_challenge", "acc"), ("arc_challenge", "acc_norm"),
-                     ("hellaswag", "acc"), ("hellaswag", "acc_norm"), ("mmlu", "acc"),
-                     ("truthfulqa_mc2", "acc"), ("leaderboard-v1", "average")]
+                     ("hellaswag", "acc"), ("hellaswag", "acc_norm"),
+                     ("truthfulqa_mc2", "acc"), ("mmlu", "acc"), ("leaderboard-v1", "average")]
     assert 'class="average"' in lb
     mmlu, avg = _row(a, "mmlu", "acc"), _row(a, "leaderboard-v1", "average")
     assert f"<b>{mmlu.value:.4f}</b>" in lb  # the unweighted mean, as the summary gives it
@@ -204,7 +175,10 @@ def test_a_run_without_lengths_has_no_plots_section(tmp_path: Path) -> None:
     for task, metric in (("arc_challenge", "acc"), ("arc_challenge", "acc_norm"),
                          ("truthfulqa_mc2", "acc"), ("mmlu", "acc")):
         assert f'data-task="{task}" data-metric="{metric}"' in html
-    assert "leaderboard-v1" not in html  # no average row of its own: the writer derives it
+    # rows rebuilt from the records are the writer's: the unweighted MMLU mean, the average
+    rows = summary_of(folder, store.read_run(folder), records).rows
+    avg = next(r for r in rows if (r.task, r.metric) == ("leaderboard-v1", "average"))
+    assert f"{avg.value:.4f}" in html and 'data-task="leaderboard-v1"' in html
 
 
 def test_index_lists_a_score_per_task_and_metric(runs: tuple[Path, Path],
@@ -316,30 +290,19 @@ def test_welch_when_the_samples_do_not_pair(tmp_path: Path) -> None:
 
 
 def test_rows_of_the_leaderboard_writer_render_and_compare(tmp_path: Path) -> None:
-    """The same, with the summary rows evalkit.leaderboard derives (its record shape: each
-    MMLU record names its subject in meta, the average is a task of the suite's name)."""
-    leaderboard = pytest.importorskip("evalkit.leaderboard")
+    """A leaderboard-only run of each model, summarized by the runner: the score table ends
+    in the average, MMLU is its unweighted mean, compare tests every cell (subjects too)."""
+    from evalkit import leaderboard
+
     folders = []
     for name, skill, seed in (("lb-a", 0.5, 8), ("lb-b", 0.8, 9)):
-        records = []
-        for r in _records(name, skill, seed):
-            if r.sample.task == "passkey":
-                continue
-            meta = {k: v for k, v in r.sample.meta.items() if k != "subsets"}
-            if r.sample.task == "mmlu":
-                meta["subject"] = r.sample.id.split("/")[1]
-            records.append(Record(sample=replace(r.sample, meta=meta), response=r.response,
-                                  scores=r.scores, model=name, prompt_sha256=r.prompt_sha256,
-                                  cache_key=r.cache_key, parsed="0"))
-        rows = leaderboard.leaderboard_rows(records)
+        records = [r for r in _records(name, skill, seed) if r.sample.task != "passkey"]
         folder = tmp_path / name
         store.prepare_run_dir(folder)
         store.write_run(folder, {"run_id": name, "spec_hash": f"{seed:012d}",
                                  "n_samples": len(records), "model_label": name, "spec": {}})
         store.append_records(folder, records)
-        store.write_summary(folder, RunSummary(run_id=name, status="complete", rows=tuple(rows),
-                                               n_samples=len(records), n_done=len(records),
-                                               n_errors=0))
+        store.write_summary(folder, summary_of(folder, store.read_run(folder), records))
         folders.append(folder)
     html = build_report(folders, tmp_path / "rep").read_text()
     lb = html.split('<table class="results leaderboard">', 1)[1].split("</table>", 1)[0]
@@ -357,6 +320,7 @@ def test_rows_of_the_leaderboard_writer_render_and_compare(tmp_path: Path) -> No
     assert tests[("mmlu", "all", "acc")] == "z-ci"
     assert tests[("arc_challenge", "all", "acc_norm")] == "z"
     assert tests[(leaderboard.AVERAGE_TASK, "all", leaderboard.AVERAGE_METRIC)] == "z-ci"
+    assert sum(1 for task, subset, _ in tests if task == "mmlu" and subset != "all") == 57
 
 
 # ---- the statistics, against scipy where it is installed -------------------------------

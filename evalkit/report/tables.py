@@ -1,8 +1,8 @@
 """Tables from summary rows, for every metric the rows carry.
 
 Rows are laid out by their shape, never by a task's or a metric's name:
-- tasks with a length axis (a length in tokens was asked for, or the natural-length cases
-  fall in several bins): one table per metric, a line per (task, subset, length);
+- tasks with a length axis (evalkit's long-context tasks, or any task whose rows have a
+  length in tokens or several length bins): one table per metric, a line per (task, subset, length);
 - tasks scored once over all their data (leaderboard tasks such as arc_challenge or mmlu,
   a single natural-length bin): the score table, a line per (task, metric) with the task's
   subsets (MMLU's subjects, say) folded under it. Its "all" line is the task's own row,
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from evalkit.generators import task_names
 from evalkit.types import SummaryRow
 
 
@@ -55,12 +56,15 @@ def models_of(rows: Iterable[SummaryRow]) -> list[str]:
 
 
 def length_tasks(rows: Sequence[SummaryRow]) -> set[str]:
-    """Tasks that have a length axis: a length in tokens asked for, or several length bins."""
+    """Tasks that have a length axis: evalkit's long-context tasks (even a run of one
+    natural-length bin, such as LongEval's published 200-line cases), and any task with a
+    length in tokens or several length bins."""
     bins: dict[str, set[int | str]] = {}
     for r in rows:
         bins.setdefault(r.task, set()).add(r.length)
+    generated = set(task_names())
     return {t for t, lengths in bins.items()
-            if len(lengths) > 1 or any(isinstance(x, int) for x in lengths)}
+            if t in generated or len(lengths) > 1 or any(isinstance(x, int) for x in lengths)}
 
 
 def split_rows(rows: Iterable[SummaryRow]) -> tuple[list[SummaryRow], list[SummaryRow]]:
