@@ -124,6 +124,31 @@ def test_loglikelihood_prefers_the_true_continuation(smollm2) -> None:
     assert alone.logprob == pytest.approx(count.logprob, abs=1e-3)  # padding changes nothing
 
 
+def test_answers_that_differ_in_their_last_token_share_one_forward_pass(
+        smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMLU's shape: one context, four one-token answers. They share a row (one pass of one
+    row, not four rows) and score exactly as each scored alone."""
+    model = Model(smollm2)
+    question = "Q: Which planet is closest to the Sun?\nA. Venus\nB. Mercury\nC. Mars\n" \
+               "D. Earth\nAnswer:"
+    reqs = [_ll(question, f" {c}") for c in "ABCD"]
+    passes: list[int] = []
+    score_rows = smollm2._score_rows
+
+    def counted(rows, conts):
+        passes.append(len(rows))
+        return score_rows(rows, conts)
+
+    monkeypatch.setattr(smollm2, "_score_rows", counted)
+    shared = model.loglikelihood(reqs)
+    assert passes == [1]
+    alone = [model.loglikelihood([r])[0] for r in reqs]
+    assert [r.logprob for r in shared] == pytest.approx([r.logprob for r in alone], abs=1e-4)
+    assert [r.is_greedy for r in shared] == [r.is_greedy for r in alone]
+    assert sum(r.is_greedy for r in shared) <= 1
+    assert len({r.input_tokens for r in shared}) == 1
+
+
 def test_options_are_checked_and_overrides_applied() -> None:
     with pytest.raises(EvalkitError, match="unknown option 'rope_thta'"):
         make_backend("hf", "smollm2-135m", {"rope_thta": 1.0})

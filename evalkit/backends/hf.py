@@ -162,21 +162,35 @@ class HFBackend:
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
         """log P(continuation | context) summed over the continuation's tokens, and whether
-        greedy decoding would have produced it, over the token ids the Model split."""
-        out = []
-        for start in range(0, len(requests), self.max_batch_size):
-            out.extend(self._score_batch(requests[start:start + self.max_batch_size]))
-        return out
+        greedy decoding would have produced it, over the token ids the Model split.
 
-    def _score_batch(self, reqs: Sequence[Request]) -> list[Response]:
+        The forward pass reads context + continuation without its last token (the last
+        token is predicted, never a predictor), so requests that differ only in their last
+        token share one row: MMLU's four one-token answers cost one pass, as in lm-eval."""
+        pairs = token_pairs(self.name, requests)
+        rows: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, cont) in enumerate(pairs):
+            rows.setdefault((*ctx, *cont[:-1]), []).append(i)
+        out: list[Response | None] = [None] * len(requests)
+        keys = list(rows)
+        for start in range(0, len(keys), self.max_batch_size):
+            chunk = keys[start:start + self.max_batch_size]
+            for key, scored in zip(chunk, self._score_rows(
+                    chunk, [[pairs[i][1] for i in rows[key]] for key in chunk]), strict=True):
+                for i, resp in zip(rows[key], scored, strict=True):
+                    out[i] = resp
+        return [r if r is not None else Response(error="not run") for r in out]
+
+    def _score_rows(self, rows: Sequence[tuple[int, ...]],
+                    conts: Sequence[Sequence[list[int]]]) -> list[list[Response]]:
+        """One forward pass over `rows`; per row, the responses of its continuations."""
         torch = self._torch
-        pairs = token_pairs(self.name, reqs)
         start = time.perf_counter()
-        keep = max(len(cont) for _, cont in pairs) + 1
+        keep = max(len(c) for cs in conts for c in cs)
         try:
-            # Left padding, as in generation: every continuation ends at the last column,
-            # so only the last `keep` positions' logits are computed (not width x vocab).
-            ids, mask = self._batch([ctx + cont for ctx, cont in pairs])
+            # Left padding, as in generation: every row ends at the last column, so only the
+            # last `keep` positions' logits are computed (not width x vocab).
+            ids, mask = self._batch([list(r) for r in rows])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
                 logits = self._ensure_model()(input_ids=ids, attention_mask=mask,
@@ -184,20 +198,23 @@ class HFBackend:
                                               logits_to_keep=keep).logits
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
         except (RuntimeError, ValueError) as exc:
-            return [Response(error=f"{type(exc).__name__}: {exc}",
+            error = Response(error=f"{type(exc).__name__}: {exc}",
                              latency_s=time.perf_counter() - start,
-                             retryable=isinstance(exc, RuntimeError)) for _ in reqs]
+                             retryable=isinstance(exc, RuntimeError))
+            return [[error] * len(cs) for cs in conts]
         latency = time.perf_counter() - start
         out = []
-        for i, (ctx, cont) in enumerate(pairs):
-            # column c predicts the token at c + 1: the continuation's last token is at the
-            # last column, so its predictors are the len(cont) columns before it
-            rows = logprobs[i, keep - 1 - len(cont):keep - 1]
-            target = torch.tensor(cont, device=rows.device)
-            out.append(Response(
-                logprob=float(rows.gather(1, target[:, None]).sum()),
-                is_greedy=bool((rows.argmax(-1) == target).all()),
-                input_tokens=len(ctx) + len(cont), output_tokens=0, latency_s=latency))
+        for i, (row, cs) in enumerate(zip(rows, conts, strict=True)):
+            scored = []
+            for cont in cs:
+                # the last len(cont) columns predict the continuation's tokens
+                preds = logprobs[i, keep - len(cont):]
+                target = torch.tensor(cont, device=preds.device)
+                scored.append(Response(
+                    logprob=float(preds.gather(1, target[:, None]).sum()),
+                    is_greedy=bool((preds.argmax(-1) == target).all()),
+                    input_tokens=len(row) + 1, output_tokens=0, latency_s=latency))
+            out.append(scored)
         return out
 
     def fingerprint(self) -> str:
