@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit import store
-from evalkit.scoring import wilson
+from evalkit.scoring import Z95, interval
 from evalkit.types import EvalkitError, Record, Request, Response, Sample, SummaryRow
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ TASKS: tuple[str, ...] = ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu"
 HEADLINE: dict[str, str] = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm",
                             "truthfulqa_mc2": "acc", "mmlu": "acc"}
 AVERAGE_TASK, AVERAGE_METRIC = SUITE, "average"
-Z95 = 1.959963984540054
 
 MMLU_SUBJECTS: tuple[str, ...] = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
@@ -499,15 +498,31 @@ def task_manager() -> Any:
     return _TASK_MANAGER[0]
 
 
+@contextlib.contextmanager
+def data_errors(unit: Unit) -> Iterator[None]:
+    """lm-eval failing on a unit's data (a missing field, a value its templates cannot
+    render) is one line naming the task and where its data came from."""
+    import jinja2
+
+    try:
+        yield
+    except (KeyError, ValueError, IndexError, jinja2.TemplateError) as exc:
+        what = " ".join(str(exc).split())[:200]
+        raise EvalkitError(f"{unit.lm_eval_task}: lm-eval cannot use the data in "
+                           f"{unit.data.where} ({type(exc).__name__}: {what}): give "
+                           f"{unit.task}'s dataset in its own format (fields and splits as on "
+                           f"the Hub: {PROTOCOLS[unit.task].hf_path})") from exc
+
+
 def build_task(unit: Unit) -> Any:
     """The lm-eval Task object of a unit (its data loaded)."""
-    with lean_lm_eval():
+    with lean_lm_eval(), data_errors(unit):
         loaded = task_manager().load([dict(unit.config)])
     return loaded["tasks"][unit.lm_eval_task]
 
 
-def doc_count(task_obj: Any, limit: int | None) -> int:
-    with lean_lm_eval():  # eval_docs runs the task's process_docs (a datasets map)
+def doc_count(unit: Unit, task_obj: Any, limit: int | None) -> int:
+    with lean_lm_eval(), data_errors(unit):  # eval_docs runs process_docs (a datasets map)
         n = len(task_obj.eval_docs)
     return n if limit is None else min(n, limit)
 
@@ -532,7 +547,7 @@ def plan_lm_eval_task(task: TaskSpec, limit: int | None) -> list[str]:
     params = parse_params(task.name, task.params)
     ids: list[str] = []
     for unit in make_units(task.name, params):
-        ids.extend(unit.sample_id(i) for i in range(doc_count(build_task(unit), limit)))
+        ids.extend(unit.sample_id(i) for i in range(doc_count(unit, build_task(unit), limit)))
     return ids
 
 
@@ -574,7 +589,7 @@ def run_lm_eval_task(spec: RunSpec, task: TaskSpec, model: LmModel, run_dir: Pat
     written = 0
     for unit in units:
         task_obj = build_task(unit)
-        unit_ids = [unit.sample_id(i) for i in range(doc_count(task_obj, limit))]
+        unit_ids = [unit.sample_id(i) for i in range(doc_count(unit, task_obj, limit))]
         ids.extend(unit_ids)
         if all(i in done for i in unit_ids):
             continue
@@ -627,7 +642,7 @@ def evaluate_unit(unit: Unit, task_obj: Any, lm: EvalkitLM, label: str,
     """lm_eval.simple_evaluate on one unit; its logged samples as evalkit records."""
     import lm_eval
 
-    with lean_lm_eval():
+    with lean_lm_eval(), data_errors(unit):
         results = lm_eval.simple_evaluate(model=lm, tasks=[task_obj], limit=limit,
                                           task_manager=task_manager(), log_samples=True,
                                           bootstrap_iters=0, apply_chat_template=False)
@@ -639,9 +654,12 @@ def evaluate_unit(unit: Unit, task_obj: Any, lm: EvalkitLM, label: str,
             for s in sorted(samples, key=lambda s: int(s["doc_id"]))]
 
 
-def _choice_pick(lls: Sequence[float], choices: Sequence[str], norm: bool) -> int:
-    """lm-eval's argmax: acc by logprob, acc_norm by logprob per character of the choice."""
-    scores = [ll / max(1, len(c)) if norm else ll for ll, c in zip(lls, choices, strict=True)]
+def _choice_pick(lls: Sequence[float], choices: Sequence[str], norm: bool,
+                 delimiter: str = " ") -> int:
+    """lm-eval's argmax: acc by logprob, acc_norm by logprob per character of the choice
+    (the choice as the task gives it: without the delimiter the request puts before it)."""
+    scores = [ll / max(1, len(c.removeprefix(delimiter))) if norm else ll
+              for ll, c in zip(lls, choices, strict=True)]
     return max(range(len(scores)), key=lambda i: scores[i])
 
 
@@ -662,8 +680,9 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
     gold = target if isinstance(target, int) else (
         choices.index(target) if target in choices else 0)
     scores = {m: float(s[m]) for m in s["metrics"] if isinstance(s.get(m), (int, float))}
+    delimiter = str(unit.config.get("target_delimiter", " "))
     pick = _choice_pick(lls, choices, norm=False)
-    pick_norm = _choice_pick(lls, choices, norm=True)
+    pick_norm = _choice_pick(lls, choices, norm=True, delimiter=delimiter)
     answer = pick_norm if HEADLINE[unit.task] == "acc_norm" else pick  # the headline's pick
     meta: dict[str, Any] = {
         "bin": f"{unit.num_fewshot}-shot", "suite": SUITE, "lm_eval_task": unit.lm_eval_task,
@@ -704,16 +723,8 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
 # ---- summary rows ------------------------------------------------------------------------
 
 def _mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and a 95% interval: Wilson for 0/1 scores, else the normal approximation."""
-    n = len(values)
     mean = statistics.fmean(values) if values else float("nan")
-    if n == 0:
-        return mean, float("nan"), float("nan")
-    if all(v in (0.0, 1.0) for v in values):
-        lo, hi = wilson(sum(values), n)
-        return mean, lo, hi
-    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
-    return mean, max(0.0, mean - Z95 * se), min(1.0, mean + Z95 * se)
+    return (mean, *interval(values))
 
 
 def _se(row: SummaryRow) -> float:
@@ -733,14 +744,16 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
     """The summary rows of leaderboard records (other records are passed over): every
     metric of each task with a 95% interval; mmlu per subject (subset = the subject) and
     its unweighted mean over the subjects present (subset "all", normal-approximation
-    interval from the subjects' standard errors); and, where a model has all four tasks, the
-    average of the four headline metrics (task "leaderboard-v1", metric "average")."""
+    interval from the subjects' standard errors); and, where a model has all four tasks and
+    all 57 MMLU subjects, the average of the four headline metrics (task "leaderboard-v1",
+    metric "average")."""
     groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for r in records:
         if r.sample.task in PROTOCOLS:
             groups[(r.model, r.sample.task)].append(r)
     rows: list[SummaryRow] = []
     headline: dict[str, dict[str, SummaryRow]] = defaultdict(dict)
+    mmlu_subjects: dict[str, set[str]] = defaultdict(set)
     for (model, task), recs in sorted(groups.items(),
                                       key=lambda kv: (kv[0][0], TASKS.index(kv[0][1]))):
         ok = [r for r in recs if r.ok]
@@ -759,6 +772,7 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
                 sub_rows.append(_row(model, task, length, subject, "acc", mean, lo, hi,
                                      len(values), 0, statistics.fmean(
                                          r.sample.input_tokens for r in by_subject[subject])))
+            mmlu_subjects[model].update(by_subject)
             if sub_rows:
                 k = len(sub_rows)
                 mean = statistics.fmean(r.value for r in sub_rows)
@@ -780,7 +794,9 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
             if metric == HEADLINE[task]:
                 headline[model][task] = row
     for model, got in sorted(headline.items()):
-        if all(t in got for t in TASKS):
+        # the leaderboard's average, not one over some MMLU subjects (subjects: or a run cut
+        # short): that mmlu row stands alone, its subjects counted beside it
+        if all(t in got for t in TASKS) and mmlu_subjects[model] >= set(MMLU_SUBJECTS):
             parts = [got[t] for t in TASKS]
             mean = statistics.fmean(p.value for p in parts)
             half = Z95 * math.sqrt(sum(_se(p) ** 2 for p in parts)) / len(parts)

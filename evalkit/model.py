@@ -11,7 +11,9 @@
   request's cache key, so that a re-run of the same prompts on the same backend costs
   nothing; `--no-cache` (or `cache: false`) bypasses it;
 - continuation tokenization for loglikelihood (`split_continuation`), lm-eval's way, so
-  that every backend scores the same tokens;
+  that every backend scores the same tokens (the in-process ones and vllm/openai are fed
+  those ids; TGI and SageMaker take text only: the whole text is sent and its last as many
+  tokens as the continuation has are scored);
 - capabilities: asking a backend for what it cannot do is one `Unsupported` line naming
   the backends that can.
 
@@ -54,7 +56,6 @@ DEFAULT_BACKOFF_S = 0.5
 DEFAULT_TOTAL_TIMEOUT_S = 600.0  # one remote request, all attempts and waits
 MAX_SLEEP_S = 30.0  # no single backoff or Retry-After wait is longer than this
 TRIP_AFTER = 2  # requests in a row that failed past their retries: the server is down
-RETRY_OPTIONS = ("max_retries", "backoff_s", "total_timeout_s")  # backend options read here
 CACHE_ENV = "EVALKIT_CACHE_DIR"
 CACHE_FILE = "responses.jsonl"
 CACHE_VERSION = 1
@@ -370,7 +371,7 @@ def split_continuation(counter: TokenCounter, context: str, continuation: str,
     continuation itself starts with that token, its first token is the context instead.
     `counter` encodes as the model reads a text (a BOS first where the model adds one)."""
     if context == "":
-        cont = _without_auto_tokens(counter, continuation)
+        cont = without_auto_tokens(counter, continuation)
         prefix = prefix_token()
         if cont and cont[0] == prefix:
             return cont[:1], cont[1:]
@@ -384,7 +385,7 @@ def split_continuation(counter: TokenCounter, context: str, continuation: str,
     return ctx, whole[len(ctx):]
 
 
-def _without_auto_tokens(counter: TokenCounter, text: str) -> list[int]:
+def without_auto_tokens(counter: TokenCounter, text: str) -> list[int]:
     """`text` encoded without the tokens the counter puts before every text (a BOS)."""
     auto = counter.encode("")
     ids = counter.encode(text)
@@ -396,7 +397,7 @@ def prefix_token_id(counter: TokenCounter, special_tokens: Mapping[str, str]) ->
     for name in ("bos_token", "eos_token"):
         text = special_tokens.get(name) or ""
         if text:
-            ids = _without_auto_tokens(counter, text) or counter.encode(text)
+            ids = without_auto_tokens(counter, text) or counter.encode(text)
             if len(ids) == 1:
                 return ids[0]
     auto = counter.encode("")
@@ -465,7 +466,12 @@ class Model:
         return self._fingerprint
 
     def cache_key(self, request: Request) -> str:
-        return request.cache_key(self.fingerprint())
+        """The request's key in the response cache (and on its record). A loglikelihood
+        answer also depends on the context window, which cuts a context too long for it."""
+        fingerprint = self.fingerprint()
+        if request.kind == "loglikelihood":
+            fingerprint += f"/window={self.context_window()}"
+        return request.cache_key(fingerprint)
 
     def require(self, kind: RequestKind) -> None:
         """Unsupported (one line naming the backends that can) unless the backend does `kind`."""
@@ -507,7 +513,7 @@ class Model:
 
     def split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """The context and continuation tokens of a loglikelihood request (lm-eval's split)."""
-        return split_continuation(self.tokenizer(), context, continuation, self._prefix_token)
+        return split_continuation(self.tokenizer(), context, continuation, self.prefix_token)
 
     # -- inside ---------------------------------------------------------------------------------
     def _check(self, kind: RequestKind, requests: Sequence[Request]) -> None:
@@ -521,7 +527,8 @@ class Model:
             raise EvalkitError(f"request {wrong[0].sample_id} is a {wrong[0].kind} request, "
                                f"not {kind}: use Model.run to mix kinds")
 
-    def _prefix_token(self) -> int:
+    def prefix_token(self) -> int:
+        """lm-eval's prefix token (BOS, else EOS): what an empty context is."""
         if self._prefix is None:
             self._prefix = prefix_token_id(self.tokenizer(), self.backend.special_tokens())
         return self._prefix
@@ -544,7 +551,7 @@ class Model:
                                    f"({window} tokens) with any context")
             ctx = ctx[cut:]
         if not ctx:
-            ctx = [self._prefix_token()]
+            ctx = [self.prefix_token()]
         return dataclasses.replace(req, context_tokens=tuple(ctx),
                                    continuation_tokens=tuple(cont))
 
@@ -557,7 +564,7 @@ class Model:
         misses = list(range(len(requests)))
         if self.cache is not None and requests:
             fingerprint = self.fingerprint()
-            keys = [r.cache_key(fingerprint) for r in requests]
+            keys = [self.cache_key(r) for r in requests]
             misses = []
             for i, key in enumerate(keys):
                 hit = self.cache.get(fingerprint, key)
@@ -565,7 +572,7 @@ class Model:
                     misses.append(i)
                 else:
                     out[i] = hit
-        for batch in _chunks(misses, self.max_batch_size):
+        for batch in chunks(misses, self.max_batch_size):
             todo = [prepare(requests[i]) if prepare else requests[i] for i in batch]
             answers = self._with_retries(call, todo)
             for i, resp in zip(batch, answers, strict=True):
@@ -645,7 +652,7 @@ class Model:
         return dataclasses.replace(resp, error=message, retryable=True)
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
+def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield list(items[start:start + size])
 

@@ -3,8 +3,11 @@
 A run is a RunSpec. Its samples are regenerated deterministically on every start, so that
 resuming needs nothing but samples.jsonl: the ids already recorded (without error) are
 skipped, the rest run, and each batch's records are fsynced before the next batch starts.
-A crash or Ctrl-C loses at most the batch in flight. Retries, the response cache and
-continuation tokens are the Model's (evalkit/model.py).
+A crash or Ctrl-C loses at most the batch in flight. Leaderboard tasks (evalkit.leaderboard)
+are run by lm-eval, which scores a task (an MMLU subject) as a whole: their records are
+appended per task, and a task cut short replays the answers it had from the response cache
+(with the cache off, it is asked again). Retries, the response cache and continuation
+tokens are the Model's (evalkit/model.py).
 """
 
 from __future__ import annotations

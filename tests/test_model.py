@@ -325,6 +325,28 @@ def test_errors_are_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert calls.n == 9 and second.summary.n_errors == 0
 
 
+def test_a_loglikelihood_answer_is_cached_for_its_context_window(tmp_path: Path) -> None:
+    """A context too long for the window loses its oldest tokens, so the same request under
+    another window is another answer: its key differs; a generation's does not."""
+    cache = ResponseCache(tmp_path / "cache")
+
+    def model(window: int) -> Model:
+        return Model(ScriptedBackend("m", {"loglikelihood": "oracle",
+                                           "context_window": window}), cache=cache)
+
+    long_ctx = " ".join(f"w{i}" for i in range(20)) + " The pass key is 7. The pass key is"
+    ll = Request(sample_id="a", kind="loglikelihood", prompt=long_ctx, continuation=" 7",
+                 max_new_tokens=0)
+    gen = Request(sample_id="b", kind="generate", prompt=long_ctx, max_new_tokens=4)
+    wide, narrow = model(64), model(8)
+    assert wide.cache_key(ll) != narrow.cache_key(ll)
+    assert wide.cache_key(gen) == narrow.cache_key(gen)
+    [first] = wide.loglikelihood([ll])
+    [second] = narrow.loglikelihood([ll])
+    assert narrow.backend_calls == 1 and cache.hits == 0  # asked, not served from the cache
+    assert first.input_tokens != second.input_tokens
+
+
 def _response(i: int) -> Response:
     return Response(text=f"answer {i}", input_tokens=i, output_tokens=2, latency_s=0.5)
 

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from evalkit import store
 from evalkit.cli import app
+from evalkit.leaderboard import MMLU_SUBJECTS
 from evalkit.report.compare import (
     betainc,
     compare_runs,
@@ -36,7 +37,7 @@ from evalkit.scoring import aggregate, mean_interval, wilson
 from evalkit.types import Record, Response, Sample, SummaryRow
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
-SUBJECTS = [f"subject_{i:02d}" for i in range(57)]
+SUBJECTS = list(MMLU_SUBJECTS)
 
 
 SHOTS = {"arc_challenge": 25, "hellaswag": 10, "truthfulqa_mc2": 0, "mmlu": 5}
@@ -147,7 +148,7 @@ def test_html_report_renders_every_metric_and_the_leaderboard(runs: tuple[Path, 
     assert f"<b>{avg.value:.4f}</b>" in lb
     mc2 = _row(a, "truthfulqa_mc2", "acc")
     assert not math.isnan(mc2.ci_low) and f"[{mc2.ci_low:.4f}, {mc2.ci_high:.4f}]" in lb
-    assert "57 subsets" in lb and html.count("<td>subject_") == 57
+    assert "57 subsets" in lb and all(f"<td>{s}</td>" in html for s in SUBJECTS)
     # no plot for a task without a length axis; the long-context task keeps its own
     plots = sorted(p.name for p in (tmp_path / "rep" / "plots").iterdir())
     assert plots == ["accuracy_passkey.png", "accuracy_passkey.svg", "passkey_depth_0.png",
@@ -179,6 +180,21 @@ def test_a_run_without_lengths_has_no_plots_section(tmp_path: Path) -> None:
     rows = summary_of(folder, store.read_run(folder), records).rows
     avg = next(r for r in rows if (r.task, r.metric) == ("leaderboard-v1", "average"))
     assert f"{avg.value:.4f}" in html and 'data-task="leaderboard-v1"' in html
+
+
+def test_a_metric_outside_0_1_is_shown_as_a_number_not_a_percentage(tmp_path: Path) -> None:
+    """passkey_ll's logprob (a mean log-probability) beside its accuracy."""
+    records = [_record("m", "passkey_ll", f"passkey_ll/1024/{i}",
+                       {"accuracy": 1.0, "logprob": -3.0 - i}, target_tokens=1024)
+               for i in range(3)]
+    folder = tmp_path / "ll"
+    store.prepare_run_dir(folder)
+    store.write_run(folder, {"run_id": "ll", "spec_hash": "y" * 12, "n_samples": 3,
+                             "model_label": "m", "spec": {}})
+    store.append_records(folder, records)
+    html = build_report([folder], tmp_path / "rep").read_text()
+    assert "<b>-4.00</b>" in html and "%" not in html.split('data-metric="logprob"', 1)[1][:600]
+    assert "<b>100%</b>" in html
 
 
 def test_index_lists_a_score_per_task_and_metric(runs: tuple[Path, Path],
@@ -249,7 +265,7 @@ def test_compare_gives_deltas_per_metric_with_fitting_tests(runs: tuple[Path, Pa
     assert cells[("truthfulqa_mc2", "all", "acc")].kind == "continuous"
     assert cells[("arc_challenge", "all", "acc")].kind == "binary"
     # a small MMLU subject is binary with few samples: Fisher's exact test
-    small = cells[("mmlu", "subject_00", "acc")]
+    small = cells[("mmlu", SUBJECTS[0], "acc")]
     assert small.test == "fisher" and small.kind == "binary"
     # the long-context task keeps its plot; the leaderboard tasks get none
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
@@ -268,7 +284,7 @@ def test_compare_cli_prints_deltas_per_metric(runs: tuple[Path, Path]) -> None:
     a, b = runs
     res = CliRunner().invoke(app, ["compare", str(a), str(b)])
     assert res.exit_code == 0, res.output
-    for needle in ("acc_norm", "truthfulqa_mc2", "paired-t", "z-ci", "mmlu:subject_56",
+    for needle in ("acc_norm", "truthfulqa_mc2", "paired-t", "z-ci", f"mmlu:{SUBJECTS[56]}",
                    "leaderboard-v1"):
         assert needle in res.output, needle
     assert "welch-t = Welch's t-test" in res.output  # the legend names every test

@@ -27,13 +27,15 @@ again resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from evalkit.model import chunks, without_auto_tokens
 from evalkit.types import (
     Backend,
     EvalkitError,
@@ -75,6 +77,8 @@ class LmModel(Protocol):
 
     def require(self, kind: RequestKind) -> None: ...
 
+    def prefix_token(self) -> int: ...
+
     def tokenizer(self) -> TokenCounter: ...
 
     def context_window(self) -> int | None: ...
@@ -103,11 +107,6 @@ class Answer:
 
     request: Request
     response: Response
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _instance_id(inst: Any, k: int) -> str:
@@ -208,7 +207,7 @@ class EvalkitLM(_LM):  # type: ignore[misc]
         out: list[Response] = []
         with tqdm(total=len(items), desc=f"evalkit {desc}", unit="req",
                   disable=disable_tqdm or not self.progress, leave=False) as bar:
-            for chunk in _chunks(items, CHUNK):
+            for chunk in chunks(items, CHUNK):
                 got = call(chunk)
                 if len(got) != len(chunk):
                     raise EvalkitError(f"evalkit {desc}: the model answered {len(got)} of "
@@ -243,25 +242,10 @@ class EvalkitLM(_LM):  # type: ignore[misc]
         self.model.require("loglikelihood")
 
     def _prefix_and_plain(self) -> tuple[int, Callable[[str], list[int]]]:
-        """lm-eval's rolling windows start from one prefix token (BOS, else EOS) and score
-        every token of the text itself. The model's tokenizer adds its BOS (if it has one)
-        to every text; that BOS is the prefix, and is cut from the text's tokens."""
+        """lm-eval's rolling windows start from its prefix token (BOS, else EOS) and score
+        every token of the text itself, without the BOS the tokenizer puts before a text."""
         counter = self.model.tokenizer()
-        empty = counter.encode("")
-        if len(empty) == 1:
-            bos = empty[0]
-
-            def plain(text: str) -> list[int]:
-                ids = counter.encode(text)
-                return ids[1:] if ids[:1] == [bos] else ids
-
-            return bos, plain
-        eos_text = self.model.backend.special_tokens().get("eos_token", "")
-        eos = counter.encode(eos_text) if eos_text else []
-        if len(eos) != 1:
-            raise EvalkitError(f"loglikelihood_rolling: the tokenizer of {self.model.label} "
-                               "has neither a BOS nor a one-token EOS to start a window with")
-        return eos[0], counter.encode
+        return self.model.prefix_token(), functools.partial(without_auto_tokens, counter)
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False
                               ) -> list[float]:
@@ -275,7 +259,9 @@ class EvalkitLM(_LM):  # type: ignore[misc]
         for i, inst in enumerate(requests):
             windows = utils.get_rolling_token_windows(
                 token_list=plain(inst.args[0]), prefix_token=prefix,
-                max_seq_len=self.max_length, context_len=1)
+                # a window is its prefix token and max_seq_len tokens: all of it must fit
+                # (lm-eval's vllm model does the same; its hf model feeds one token less)
+                max_seq_len=self.max_length - 1, context_len=1)
             for window in windows:
                 ctx, pred = utils.make_disjoint_window(window)
                 pairs.append((list(ctx), list(pred)))
@@ -286,9 +272,9 @@ class EvalkitLM(_LM):  # type: ignore[misc]
                        prompt="", max_new_tokens=0) for i in owner]
         _failed("loglikelihood_rolling", ids, responses)
         totals = [0.0] * len(requests)
-        for i, resp in zip(owner, responses, strict=True):
+        for i, req, resp in zip(owner, ids, responses, strict=True):
             if resp.logprob is None:
-                raise EvalkitError(f"{ids[0].sample_id}: the {self.model.backend.name} backend "
+                raise EvalkitError(f"{req.sample_id}: the {self.model.backend.name} backend "
                                    "returned no logprob")
             totals[i] += float(resp.logprob)
         for inst, total in zip(requests, totals, strict=True):

@@ -174,8 +174,9 @@ class LlamaCppBackend:
             start = time.perf_counter()
             try:
                 logprob, greedy = self._score(list(ctx), list(cont))
-            except (RuntimeError, OSError) as exc:
-                out.append(Response(error=f"{type(exc).__name__}: {exc}", retryable=True,
+            except (RuntimeError, OSError, ValueError) as exc:  # ValueError: no context
+                out.append(Response(error=f"{type(exc).__name__}: {exc}",
+                                    retryable=not isinstance(exc, ValueError),
                                     latency_s=time.perf_counter() - start))
                 continue
             out.append(Response(logprob=logprob, is_greedy=greedy,

@@ -23,12 +23,11 @@ from pathlib import Path
 
 from evalkit import store
 from evalkit.report.html import load_runs
-from evalkit.report.metrics import MetricInfo, MetricKind, cell_values, metric_info
+from evalkit.report.metrics import MetricInfo, cell_values, metric_info
 from evalkit.report.plots import length_plot
 from evalkit.report.tables import fmt_length, is_mean_of_tasks, length_tables, split_rows
-from evalkit.types import SummaryRow
-
-Z95 = 1.959963984540054
+from evalkit.scoring import Z95
+from evalkit.types import MetricKind, SummaryRow
 
 LEGEND = ("delta = B - A; sig: p < 0.05. Tests: z = two-proportion z-test, fisher = Fisher's "
           "exact test (0/1 scores, small counts);\npaired-t = paired t-test on the sample ids "

@@ -92,6 +92,7 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = _pct
+    env.filters["value"] = _value
     env.filters["score"] = _score
     env.filters["length"] = _length_label
     env.filters["shade"] = _shade
@@ -100,6 +101,15 @@ def _env() -> jinja2.Environment:
 
 def _pct(v: float | None) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.0%}"
+
+
+def _value(v: float | None, like: float | None = None) -> str:
+    """A by-length cell: a percentage where its value is a score in [0, 1], else the number
+    itself (a mean log-probability, say); `like` is the value whose scale a bound takes."""
+    ref = v if like is None else like
+    if v is None or math.isnan(v) or ref is None or math.isnan(ref) or 0.0 <= ref <= 1.0:
+        return _pct(v)
+    return f"{v:.2f}"
 
 
 def _score(v: float | None) -> str:

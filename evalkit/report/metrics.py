@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from evalkit.scoring import length_key
-from evalkit.types import Record, SummaryRow
-
-MetricKind = Literal["binary", "continuous"]
+from evalkit.types import MetricKind, Record, SummaryRow
 
 # (task, length, subset, metric) -> {sample id: score}
 CellKey = tuple[str, int | str, str, str]
