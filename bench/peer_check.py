@@ -82,9 +82,8 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 
 def pick(doc: dict[str, Any], norm: bool) -> int:
-    scores = [ll / max(1, len(c)) if norm else ll
-              for ll, c in zip(doc["lls"], doc["choices"], strict=True)]
-    return max(range(len(scores)), key=lambda i: scores[i])
+    """The chosen answer, as lm-eval chooses it (evalkit.leaderboard's rule)."""
+    return lb.choice_pick(doc["lls"], doc["choices"], norm)
 
 
 def main() -> int:

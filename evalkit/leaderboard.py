@@ -654,7 +654,7 @@ def evaluate_unit(unit: Unit, task_obj: Any, lm: EvalkitLM, label: str,
             for s in sorted(samples, key=lambda s: int(s["doc_id"]))]
 
 
-def _choice_pick(lls: Sequence[float], choices: Sequence[str], norm: bool,
+def choice_pick(lls: Sequence[float], choices: Sequence[str], norm: bool,
                  delimiter: str = " ") -> int:
     """lm-eval's argmax: acc by logprob, acc_norm by logprob per character of the choice
     (the choice as the task gives it: without the delimiter the request puts before it)."""
@@ -681,8 +681,8 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
         choices.index(target) if target in choices else 0)
     scores = {m: float(s[m]) for m in s["metrics"] if isinstance(s.get(m), (int, float))}
     delimiter = str(unit.config.get("target_delimiter", " "))
-    pick = _choice_pick(lls, choices, norm=False)
-    pick_norm = _choice_pick(lls, choices, norm=True, delimiter=delimiter)
+    pick = choice_pick(lls, choices, norm=False)
+    pick_norm = choice_pick(lls, choices, norm=True, delimiter=delimiter)
     answer = pick_norm if HEADLINE[unit.task] == "acc_norm" else pick  # the headline's pick
     meta: dict[str, Any] = {
         "bin": f"{unit.num_fewshot}-shot", "suite": SUITE, "lm_eval_task": unit.lm_eval_task,

@@ -440,6 +440,12 @@ def _rec(task: str, i: int, scores: dict[str, float], subject: str | None = None
                   prompt_sha256="0", cache_key="0")
 
 
+def test_acc_norm_divides_by_the_choice_without_its_delimiter() -> None:
+    # lm-eval: logprob / len(doc_to_choice) -- " a" counts 1 character, " abc" 3
+    assert lb.choice_pick([-2.0, -5.0], [" a", " abc"], norm=True) == 1
+    assert lb.choice_pick([-2.0, -5.0], [" a", " abc"], norm=False) == 0
+
+
 def test_mmlu_is_the_unweighted_mean_of_subjects_and_the_average_of_four() -> None:
     recs = [_rec("mmlu", i, {"acc": 1.0}, "anatomy") for i in range(10)]
     recs += [_rec("mmlu", i, {"acc": 0.0}, "virology") for i in range(2)]
