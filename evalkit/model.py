@@ -558,7 +558,8 @@ class Model:
     def _answer(self, requests: Sequence[Request],
                 call: Callable[[Sequence[Request]], list[Response]],
                 prepare: Callable[[Request], Request] | None = None) -> list[Response]:
-        """Cache lookups, then the misses in batches through the retry policy."""
+        """Cache lookups, then the misses in batches through the retry policy (answers in
+        the requests' order)."""
         out: list[Response | None] = [None] * len(requests)
         keys: list[str] = []
         misses = list(range(len(requests)))
@@ -572,8 +573,15 @@ class Model:
                     misses.append(i)
                 else:
                     out[i] = hit
+        ready = {i: prepare(requests[i]) if prepare else requests[i] for i in misses}
+        if prepare is not None:
+            # longest contexts first, as lm-eval orders them: a batch's rows are about one
+            # length (little padding), and the requests of one context stay side by side
+            # (an engine that keeps its last prefix, llama.cpp, computes that context once)
+            misses.sort(key=lambda i: (-len(ready[i].context_tokens or ()),
+                                       ready[i].context_tokens or ()))
         for batch in chunks(misses, self.max_batch_size):
-            todo = [prepare(requests[i]) if prepare else requests[i] for i in batch]
+            todo = [ready[i] for i in batch]
             answers = self._with_retries(call, todo)
             for i, resp in zip(batch, answers, strict=True):
                 out[i] = resp

@@ -347,6 +347,29 @@ def test_a_loglikelihood_answer_is_cached_for_its_context_window(tmp_path: Path)
     assert first.input_tokens != second.input_tokens
 
 
+def test_loglikelihood_batches_go_longest_context_first_one_context_together() -> None:
+    backend = ScriptedBackend("m", {"loglikelihood": "oracle"})
+    backend.max_batch_size = 3
+    sent: list[list[str]] = []
+    inner = backend.loglikelihood
+
+    def spy(requests: Sequence[Request]) -> list[Response]:
+        sent.append([r.sample_id for r in requests])
+        return inner(requests)
+
+    backend.loglikelihood = spy  # type: ignore[method-assign]
+    short, long = "The pass key is 7. The pass key is", "a b c d e f. The pass key is 9. " \
+        "The pass key is"
+    reqs = [Request(sample_id=f"{name}{k}", kind="loglikelihood", prompt=ctx,
+                    continuation=f" {k}", max_new_tokens=0)
+            for k in (7, 9, 12) for name, ctx in (("s", short), ("l", long))]
+    out = Model(backend).loglikelihood(reqs)
+    assert [r.sample_id for r in reqs] == ["s7", "l7", "s9", "l9", "s12", "l12"]
+    assert sent == [["l7", "l9", "l12"], ["s7", "s9", "s12"]]
+    # answers still in the requests' order: the oracle knows each context's key
+    assert [r.is_greedy for r in out] == [True, False, False, True, False, False]
+
+
 def _response(i: int) -> Response:
     return Response(text=f"answer {i}", input_tokens=i, output_tokens=2, latency_s=0.5)
 
