@@ -189,6 +189,19 @@ def test_the_console_script_is_lm_evals_cli_with_evalkit() -> None:
     assert extras["lmeval"] == ["lm-eval==0.4.13"]
 
 
+def test_lm_evals_cli_offline_without_the_data_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "ds")}
+    out = subprocess.run(
+        [sys.executable, "-m", "evalkit.adapters.lm_eval", "--model", "evalkit",
+         "--model_args", "backend=scripted,model=m,loglikelihood=oracle",
+         "--tasks", "truthfulqa_mc2", "--limit", "1"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "truthful_qa" in last and "Traceback" not in out.stderr
+
+
 def test_lm_evals_own_cli_runs_the_evalkit_model(tmp_path: Path) -> None:
     """`python -m evalkit.adapters.lm_eval` is lm-eval's command line (same flags) with
     `evalkit` registered; the task here is an lm-eval YAML on local JSON lines

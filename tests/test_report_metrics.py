@@ -33,7 +33,7 @@ from evalkit.report.compare import (
 from evalkit.report.html import build_index, build_report
 from evalkit.report.tables import format_table
 from evalkit.runner import summary_of
-from evalkit.scoring import aggregate, mean_interval, wilson
+from evalkit.scoring import aggregate, interval, mean_interval, wilson
 from evalkit.types import Record, Response, Sample, SummaryRow
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -378,6 +378,9 @@ def test_intervals_of_continuous_scores() -> None:
     by_metric = {r.metric: r for r in rows}
     assert (by_metric["acc"].ci_low, by_metric["acc"].ci_high) == wilson(2, 3)
     assert by_metric["mc2"].ci_low == pytest.approx(mean_interval([0.2, 0.7, 0.9])[0])
+    # a mean of probabilities keeps its interval inside [0, 1]; a mean logprob does not
+    assert interval([0.0, 0.05, 0.2]) == (0.0, pytest.approx(mean_interval([0.0, 0.05, 0.2])[1]))
+    assert interval([-3.0, -2.0, -9.0]) == mean_interval([-3.0, -2.0, -9.0])
 
 
 # ---- in the browser -------------------------------------------------------------------

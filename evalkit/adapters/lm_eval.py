@@ -338,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EvalkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:  # a task's dataset is neither cached nor reachable
+        print(f"error: {exc}: lm-eval's tasks load their data from the Hugging Face Hub; run "
+              "once online (the datasets cache keeps it), or use `evalkit run` with the "
+              "leaderboard tasks' offline data", file=sys.stderr)
+        return 2
     return 0
 
 
