@@ -149,7 +149,9 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path, sig: int)
     import yaml
 
     cfg = tmp_path / "crash.yaml"
-    cfg.write_text(yaml.safe_dump(_spec(delay=0.03, samples=6)))
+    # 0.15 s a request: the 28 samples after the first batch take seconds, so the signal
+    # lands mid-run even on a loaded machine
+    cfg.write_text(yaml.safe_dump(_spec(delay=0.15, samples=6)))
     out = tmp_path / "killed"
     proc = _start(cfg, out)
     _wait_for_records(out, 8, proc)
