@@ -221,16 +221,16 @@ def tasks() -> None:
 
 
 @app.command()
-def show(run_dir: Annotated[Path, typer.Argument(help="a run folder under results/")]) -> None:
-    """Print a run's tables again, every metric (computed from samples.jsonl if there is
-    no summary.json). Reads only: writes nothing into the run folder."""
-    from evalkit import runner
+def show(run_dir: Annotated[Path, typer.Argument(
+        help="a run folder under results/, or a summary.json")]) -> None:
+    """Print a run's tables again, every metric (computed from samples.jsonl). Reads only:
+    writes nothing into the run folder."""
+    from evalkit.analysis import read_run
 
-    info = store.read_run(run_dir)
-    summary = store.read_summary(run_dir) or runner.build_summary(run_dir)
-    typer.echo(f"{info.get('run_id')}  model={info.get('model_label')}  "
-               f"status={summary.status} ({summary.n_done}/{summary.n_samples})")
-    typer.echo(format_table(summary.rows))
+    run = read_run(run_dir)
+    typer.echo(f"{run.info.get('run_id', run.path.name)}  model={run.label}  "
+               f"status={run.status} ({run.n_done}/{run.n_samples})")
+    typer.echo(format_table(run.rows))
 
 
 @app.command()
@@ -275,6 +275,66 @@ def compare(
     if out is not None:
         page = build_report([run_a, run_b], out, f"{label_a} vs {label_b}")
         typer.echo(f"report: {page}")
+
+
+@app.command()
+def gate(
+    baseline: Annotated[Path, typer.Option(
+        help="the baseline: a run folder, or a summary.json alone (a committed baseline)")],
+    candidate: Annotated[Path, typer.Option(help="the candidate run folder")],
+    margin: Annotated[float, typer.Option(
+        help="the loss to tolerate, in the metric's units (0.05 = five points of accuracy); "
+             "a cell fails only when it is significantly worse by more than this")] = 0.0,
+    alpha: Annotated[float, typer.Option(
+        help="the chance of a false alarm over the whole suite (Holm over every cell)")]
+    = 0.05,
+    metric: Annotated[list[str] | None, typer.Option(
+        help="gate only this metric (repeat); default: every metric")] = None,
+    junit: Annotated[Path | None, typer.Option(help="write JUnit XML here")] = None,
+    markdown: Annotated[Path | None, typer.Option(
+        help="write the markdown summary here (it is also appended to "
+             "$GITHUB_STEP_SUMMARY when that is set)")] = None,
+) -> None:
+    """Fail (exit 1) when the candidate is significantly worse than the baseline.
+
+    Per cell (task, length, subset, metric) a one-sided test of "the candidate is worse by
+    more than --margin": where both runs scored the same sample ids, exact McNemar on the
+    discordant pairs (Tango's score test above margin 0; a paired t-test for continuous
+    scores); where they did not (another seed, a summary.json baseline), Fisher's exact
+    test (Farrington-Manning above margin 0; Welch's t-test for continuous scores); a
+    z-test on the 95% intervals for derived values such as MMLU's mean. Holm's correction
+    over the cells keeps the suite's false-alarm rate at --alpha. It assumes a cell's
+    samples are independent test cases. Also exit 1 when the candidate lacks a cell of
+    the baseline, has errored samples in one, or is not complete; exit 0 otherwise; exit 2
+    on bad input. See docs/ci.md for sample counts per cell and CI examples.
+    """
+    import os
+
+    from evalkit.gate import format_gate, junit_xml
+    from evalkit.gate import gate as run_gate
+    from evalkit.gate import markdown as markdown_text
+
+    result = run_gate(baseline, candidate, margin=margin, alpha=alpha, metrics=metric or ())
+    typer.echo(format_gate(result))
+    md = markdown_text(result)
+    outputs = [(junit, junit_xml(result), "w"), (markdown, md, "w")]
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        outputs.append((Path(step_summary), md, "a"))
+    for path, text, mode in outputs:
+        if path is None:
+            continue
+        if (path.parent / store.RUN_JSON).exists() and mode == "w":
+            raise EvalkitError(f"{path} is inside a run folder: write it elsewhere (the gate "
+                               "never writes into a run)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open(mode, encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise EvalkitError(f"cannot write {path}: {exc.strerror or exc}: pass another "
+                               "path") from None
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("convert-gguf")

@@ -55,8 +55,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit import store
-from evalkit.scoring import Z95, interval
-from evalkit.types import EvalkitError, Record, Request, Response, Sample, SummaryRow
+from evalkit.scoring import Z95, mean_row
+from evalkit.types import (
+    EvalkitError,
+    MetricKind,
+    Record,
+    Request,
+    Response,
+    Sample,
+    SummaryRow,
+)
 
 if TYPE_CHECKING:
     from evalkit.adapters.lm_eval import EvalkitLM, LmModel
@@ -69,6 +77,10 @@ TASKS: tuple[str, ...] = ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu"
 HEADLINE: dict[str, str] = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm",
                             "truthfulqa_mc2": "acc", "mmlu": "acc"}
 AVERAGE_TASK, AVERAGE_METRIC = SUITE, "average"
+# what lm-eval scores these tasks with: acc and acc_norm are 0/1 per document, mc2 is the
+# probability mass on the true answers
+METRIC_KINDS: dict[str, MetricKind] = {"acc": "binary", "acc_norm": "binary",
+                                       "mc2": "continuous"}
 
 MMLU_SUBJECTS: tuple[str, ...] = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
@@ -722,22 +734,23 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
 
 # ---- summary rows ------------------------------------------------------------------------
 
-def _mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    mean = statistics.fmean(values) if values else float("nan")
-    return (mean, *interval(values))
-
-
 def _se(row: SummaryRow) -> float:
     """A standard error read off a row's 95% interval (0 where it has none)."""
     width = row.ci_high - row.ci_low
     return 0.0 if math.isnan(width) else width / (2 * Z95)
 
 
-def _row(model: str, task: str, length: str, subset: str, metric: str, value: float,
-         lo: float, hi: float, n: int, n_errors: int, tokens: float) -> SummaryRow:
-    return SummaryRow(model=model, task=task, length=length, subset=subset, metric=metric,
-                      value=value, ci_low=lo, ci_high=hi, n=n, n_errors=n_errors,
-                      input_tokens_mean=round(tokens, 1))
+def _derived_row(model: str, task: str, length: str, metric: str, parts: Sequence[SummaryRow],
+                 n_errors: int, tokens: float) -> SummaryRow:
+    """The unweighted mean of `parts` (MMLU's subjects, the four tasks of the average), its
+    normal interval from each part's standard error (read off its interval, not p(1-p)/n,
+    which is 0 for a part answered all right or all wrong)."""
+    mean = statistics.fmean(p.value for p in parts)
+    half = Z95 * math.sqrt(sum(_se(p) ** 2 for p in parts)) / len(parts)
+    return SummaryRow(model=model, task=task, length=length, subset="all", metric=metric,
+                      value=mean, ci_low=max(0.0, mean - half), ci_high=min(1.0, mean + half),
+                      n=sum(p.n for p in parts), n_errors=n_errors,
+                      input_tokens_mean=round(tokens, 1), kind=parts[0].kind, derived=True)
 
 
 def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
@@ -765,31 +778,22 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
             for r in ok:
                 subsets = r.sample.meta.get("subsets") or ["?"]
                 by_subject[str(subsets[0])].append(r)
-            sub_rows = []
-            for subject in sorted(by_subject):
-                values = [r.scores["acc"] for r in by_subject[subject] if "acc" in r.scores]
-                mean, lo, hi = _mean_interval(values)
-                sub_rows.append(_row(model, task, length, subject, "acc", mean, lo, hi,
-                                     len(values), 0, statistics.fmean(
-                                         r.sample.input_tokens for r in by_subject[subject])))
+            sub_rows = [mean_row(model, task, length, subject, "acc",
+                                 [r.scores["acc"] for r in subj if "acc" in r.scores], 0,
+                                 statistics.fmean(r.sample.input_tokens for r in subj),
+                                 METRIC_KINDS.get("acc"))
+                        for subject, subj in sorted(by_subject.items())]
             mmlu_subjects[model].update(by_subject)
             if sub_rows:
-                k = len(sub_rows)
-                mean = statistics.fmean(r.value for r in sub_rows)
-                # each subject's standard error read off its Wilson interval (not p(1-p)/n,
-                # which is 0 for a subject answered all right or all wrong)
-                half = Z95 * math.sqrt(sum(_se(r) ** 2 for r in sub_rows)) / k
-                top = _row(model, task, length, "all", "acc", mean, max(0.0, mean - half),
-                           min(1.0, mean + half), sum(r.n for r in sub_rows), n_errors, tokens)
+                top = _derived_row(model, task, length, "acc", sub_rows, n_errors, tokens)
                 rows.append(top)
                 headline[model][task] = top
                 rows.extend(sub_rows)
             continue
         for metric in sorted({m for r in ok for m in r.scores}):
             values = [r.scores[metric] for r in ok if metric in r.scores]
-            mean, lo, hi = _mean_interval(values)
-            row = _row(model, task, length, "all", metric, mean, lo, hi, len(values),
-                       n_errors, tokens)
+            row = mean_row(model, task, length, "all", metric, values, n_errors, tokens,
+                           METRIC_KINDS.get(metric))
             rows.append(row)
             if metric == HEADLINE[task]:
                 headline[model][task] = row
@@ -798,12 +802,9 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
         # short): that mmlu row stands alone, its subjects counted beside it
         if all(t in got for t in TASKS) and mmlu_subjects[model] >= set(MMLU_SUBJECTS):
             parts = [got[t] for t in TASKS]
-            mean = statistics.fmean(p.value for p in parts)
-            half = Z95 * math.sqrt(sum(_se(p) ** 2 for p in parts)) / len(parts)
-            rows.append(_row(model, AVERAGE_TASK, "all", "all", AVERAGE_METRIC, mean,
-                             max(0.0, mean - half), min(1.0, mean + half),
-                             sum(p.n for p in parts), sum(p.n_errors for p in parts),
-                             statistics.fmean(p.input_tokens_mean for p in parts)))
+            rows.append(_derived_row(model, AVERAGE_TASK, "all", AVERAGE_METRIC, parts,
+                                     sum(p.n_errors for p in parts),
+                                     statistics.fmean(p.input_tokens_mean for p in parts)))
     return rows
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from evalkit import leaderboard, store
+from evalkit.analysis import build_summary
 from evalkit.config import RunSpec, TaskSpec
 from evalkit.generators import Plan, get_task, make_params
 from evalkit.model import Model, make_model
 from evalkit.models import model_label
-from evalkit.scoring import aggregate
 from evalkit.templates import Template, make_template
 from evalkit.tokenizers import get_counter
 from evalkit.types import (
@@ -345,26 +345,6 @@ def _record(sample: Sample, rendered: str, response: Response, label: str,
     result = get_task(sample.task).score(sample, response)
     return Record(sample=sample, response=response, scores=dict(result.scores), model=label,
                   prompt_sha256=prompt_sha, cache_key=cache_key, parsed=result.parsed)
-
-
-def summary_of(run_dir: Path, info: Mapping[str, Any], records: Sequence[Record]) -> RunSummary:
-    """The summary of a run's run.json (`info`) and records: pure, writes nothing."""
-    n_ok = sum(1 for r in records if r.ok)
-    n_planned = int(info.get("n_samples", len(records)))
-    scored_once = [r for r in records if leaderboard.is_leaderboard_task(r.sample.task)]
-    by_length = [r for r in records if not leaderboard.is_leaderboard_task(r.sample.task)]
-    return RunSummary(
-        run_id=str(info.get("run_id", Path(run_dir).name)),
-        status="complete" if n_ok >= n_planned else "partial",
-        rows=(*aggregate(by_length), *leaderboard.leaderboard_rows(scored_once)),
-        n_samples=n_planned, n_done=n_ok,
-        n_errors=len(records) - n_ok,
-    )
-
-
-def build_summary(run_dir: Path) -> RunSummary:
-    """A run's summary computed from samples.jsonl in memory, for readers: writes nothing."""
-    return summary_of(run_dir, store.read_run(run_dir), store.read_records(run_dir))
 
 
 def summarize(run_dir: Path) -> RunSummary:

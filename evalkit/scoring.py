@@ -11,9 +11,9 @@ import re
 import statistics
 import string
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from evalkit.types import Record, SummaryRow
+from evalkit.types import MetricKind, Record, SummaryRow
 
 _INT = re.compile(r"\d+")
 
@@ -136,10 +136,33 @@ def length_key(record: Record) -> int | str:
     return str(s.meta.get("bin", "all"))
 
 
-def aggregate(records: Iterable[Record]) -> list[SummaryRow]:
+def metric_kind(values: Sequence[float]) -> MetricKind:
+    """binary when every score is 0 or 1, else continuous (for a metric no task declares)."""
+    return "binary" if all(v in (0.0, 1.0) for v in values) else "continuous"
+
+
+def mean_row(model: str, task: str, length: int | str, subset: str, metric: str,
+             values: Sequence[float], n_errors: int, tokens: float,
+             kind: MetricKind | None = None) -> SummaryRow:
+    """The summary row of a plain mean of sample scores: its 95% interval, and for a binary
+    metric the success count (None where a score is not 0 or 1)."""
+    kind = kind or metric_kind(values)
+    value = statistics.fmean(values) if values else float("nan")
+    lo, hi = interval(values)
+    successes = (int(sum(values)) if kind == "binary" and metric_kind(values) == "binary"
+                 else None)
+    return SummaryRow(model=model, task=task, length=length, subset=subset, metric=metric,
+                      value=value, ci_low=lo, ci_high=hi, n=len(values), n_errors=n_errors,
+                      input_tokens_mean=round(tokens, 1), kind=kind, successes=successes)
+
+
+def aggregate(records: Iterable[Record],
+              kinds: Mapping[tuple[str, str], MetricKind] | None = None) -> list[SummaryRow]:
     """Mean of each score by (model, task, length, subset), with Wilson intervals for
     0/1 scores and normal ones for continuous scores. Errored samples are counted apart and
-    left out of the mean."""
+    left out of the mean. `kinds` gives (task, metric) -> the kind a task declares; a metric
+    it lacks is binary when every score is 0 or 1."""
+    kinds = kinds or {}
     groups: dict[tuple[str, str, int | str, str], list[Record]] = defaultdict(list)
     for r in records:
         subsets = ["all", *r.sample.meta.get("subsets", [])]
@@ -153,12 +176,8 @@ def aggregate(records: Iterable[Record]) -> list[SummaryRow]:
         metrics = sorted({m for r in ok for m in r.scores}) or ["accuracy"]
         for metric in metrics:
             values = [r.scores[metric] for r in ok if metric in r.scores]
-            n = len(values)
-            value = statistics.fmean(values) if values else float("nan")
-            lo, hi = interval(values)
-            rows.append(SummaryRow(model=model, task=task, length=length, subset=subset,
-                                   metric=metric, value=value, ci_low=lo, ci_high=hi, n=n,
-                                   n_errors=n_errors, input_tokens_mean=round(tokens, 1)))
+            rows.append(mean_row(model, task, length, subset, metric, values, n_errors, tokens,
+                                 kinds.get((task, metric))))
     rows.sort(key=lambda r: (r.model, r.task, r.subset != "all", r.subset, _length_order(r.length),
                              r.metric))
     return rows

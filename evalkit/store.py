@@ -348,7 +348,8 @@ _RECORD_FIX = ("remove or restore that line (a removed sample runs again when th
                "resumed)")
 _RUN_FIX = ("restore it from a copy, or start the run afresh with another --out (run.json "
             "is written once, when a run starts)")
-_SUMMARY_FIX = "delete it: it is rebuilt from samples.jsonl"
+_SUMMARY_FIX = ("delete it: a run rebuilds it from samples.jsonl (a summary.json kept alone, "
+                "such as a committed baseline, is restored from a copy instead)")
 
 
 def _num(v: Any) -> bool:
@@ -381,7 +382,9 @@ SUMMARY_SHAPE = {"schema_version": "int", "run_id": "str", "status": "str", "row
                  "n_samples": "int", "n_done": "int", "n_errors": "int"}
 ROW_SHAPE = {"model": "str", "task": "str", "length": "length", "subset": "str",
              "metric": "str", "value": "num", "ci_low": "num", "ci_high": "num", "n": "int",
-             "n_errors": "int", "input_tokens_mean": "num"}
+             "n_errors": "int", "input_tokens_mean": "num", "kind": "str",
+             "successes": "int?", "derived": "bool"}
+ROW_MAY_LACK = frozenset({"kind", "successes", "derived"})  # version-1 rows
 RECORD_SHAPE = {"schema_version": "int", "sample": "object", "response": "object",
                 "scores": "scores", "model": "str", "prompt_sha256": "str",
                 "cache_key": "str", "parsed": "str?"}
@@ -498,13 +501,18 @@ def read_summary(run_dir: Path) -> RunSummary | None:
         problem = ("field 'status' should be \"complete\" or \"partial\", got "
                    f"{_describe(d['status'])}")
     for i, row in enumerate(d["rows"] if problem is None else []):
-        problem = shape_problem(row, ROW_SHAPE, f"rows[{i}]", prefix=f"rows[{i}].")
+        problem = shape_problem(row, ROW_SHAPE, f"rows[{i}]", prefix=f"rows[{i}].",
+                                may_lack=ROW_MAY_LACK)
+        if problem is None and row.get("kind", "binary") not in ("binary", "continuous"):
+            problem = (f"field 'rows[{i}].kind' should be \"binary\" or \"continuous\", "
+                       f"got {_describe(row['kind'])}")
         if problem:
             break
     if problem:
         raise EvalkitError(f"{path}: {problem}: {_SUMMARY_FIX}")
     return RunSummary(run_id=d["run_id"], status=d["status"],
-                      rows=tuple(SummaryRow(**{k: r[k] for k in ROW_SHAPE}) for r in d["rows"]),
+                      rows=tuple(SummaryRow(**{k: r[k] for k in ROW_SHAPE if k in r})
+                                 for r in d["rows"]),
                       n_samples=d["n_samples"], n_done=d["n_done"], n_errors=d["n_errors"],
                       schema_version=d["schema_version"])
 

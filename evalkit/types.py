@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-SCHEMA_VERSION = 1
+# 2: summary rows carry the metric's kind, the success count and whether the value is a
+# mean of means (`kind`, `successes`, `derived`). Version-1 files are read too.
+SCHEMA_VERSION = 2
 
 RequestKind = Literal["generate", "loglikelihood"]
 MetricKind = Literal["binary", "continuous"]
@@ -149,7 +151,12 @@ class Record:
 @dataclass(frozen=True)
 class SummaryRow:
     """One cell of the accuracy table. `length` is target_tokens, or a bin label for
-    natural-length cases; `input_tokens_mean` is what the model actually read."""
+    natural-length cases; `input_tokens_mean` is what the model actually read.
+
+    `kind` is the metric's (binary: every score 0 or 1; continuous). `successes` is the
+    count of samples scored 1 where `value` is successes / n (a binary metric's plain
+    mean), else None. `derived` marks a value that is not a mean of its samples (a mean of
+    subset means such as MMLU's, an average over tasks): tests read it by its interval."""
 
     model: str
     task: str
@@ -162,6 +169,9 @@ class SummaryRow:
     n: int
     n_errors: int
     input_tokens_mean: float
+    kind: MetricKind = "binary"
+    successes: int | None = None
+    derived: bool = False
 
 
 @dataclass(frozen=True)

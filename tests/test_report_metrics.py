@@ -3,7 +3,7 @@
 The runs here are written through evalkit.store as a leaderboard run writes them: records
 whose scores carry acc and acc_norm (0/1), or TruthfulQA's mc2 score, which lm-eval names
 "acc" too but is continuous; MMLU subjects as subsets; each task at its few-shot bin; and
-summary rows as the runner derives them (evalkit.runner.summary_of: MMLU's unweighted mean
+summary rows as the runner derives them (evalkit.analysis.summary_of: MMLU's unweighted mean
 over subjects, the average of the four tasks), beside a long-context task with lengths.
 """
 
@@ -20,19 +20,13 @@ import pytest
 from typer.testing import CliRunner
 
 from evalkit import store
+from evalkit.analysis import summary_of
 from evalkit.cli import app
+from evalkit.gate import paired_t, welch
 from evalkit.leaderboard import MMLU_SUBJECTS
-from evalkit.report.compare import (
-    betainc,
-    compare_runs,
-    format_compare,
-    paired_t,
-    t_two_sided,
-    welch_t,
-)
+from evalkit.report.compare import compare_runs, format_compare
 from evalkit.report.html import build_index, build_report
 from evalkit.report.tables import format_table
-from evalkit.runner import summary_of
 from evalkit.scoring import aggregate, interval, mean_interval, wilson
 from evalkit.types import Record, Response, Sample, SummaryRow
 
@@ -247,8 +241,8 @@ def test_compare_gives_deltas_per_metric_with_fitting_tests(runs: tuple[Path, Pa
     assert {m for (_, _, m) in cells} == {"acc", "acc_norm", "accuracy", "average"}
     assert sum(1 for (t, s, _) in cells if t == "mmlu" and s != "all") == 57
     for key, test in (
-        (("arc_challenge", "all", "acc_norm"), "z"),          # 0/1 scores: proportions
-        (("hellaswag", "all", "acc"), "z"),
+        (("arc_challenge", "all", "acc_norm"), "mcnemar"),    # 0/1 scores, same ids
+        (("hellaswag", "all", "acc"), "mcnemar"),
         (("truthfulqa_mc2", "all", "acc"), "paired-t"),       # continuous, same sample ids
         (("mmlu", "all", "acc"), "z-ci"),                     # unweighted mean of means
         (("leaderboard-v1", "all", "average"), "z-ci"),       # derived: no samples of its own
@@ -264,9 +258,9 @@ def test_compare_gives_deltas_per_metric_with_fitting_tests(runs: tuple[Path, Pa
     # "acc" is 0/1 for arc but a continuous score for truthfulqa_mc2: kinds are per task
     assert cells[("truthfulqa_mc2", "all", "acc")].kind == "continuous"
     assert cells[("arc_challenge", "all", "acc")].kind == "binary"
-    # a small MMLU subject is binary with few samples: Fisher's exact test
+    # a small MMLU subject is binary and paired: exact McNemar, whatever its size
     small = cells[("mmlu", SUBJECTS[0], "acc")]
-    assert small.test == "fisher" and small.kind == "binary"
+    assert small.test == "mcnemar" and small.kind == "binary"
     # the long-context task keeps its plot; the leaderboard tasks get none
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "compare_passkey.png", "compare_passkey.svg"]
@@ -303,6 +297,9 @@ def test_welch_when_the_samples_do_not_pair(tmp_path: Path) -> None:
     mc2 = next(r for r in rows if (r.task, r.subset, r.metric) == ("truthfulqa_mc2", "all",
                                                                     "acc"))
     assert mc2.test == "welch-t" and mc2.p_value is not None and 0.0 <= mc2.p_value <= 1.0
+    arc = next(r for r in rows if (r.task, r.subset, r.metric) == ("arc_challenge", "all",
+                                                                    "acc_norm"))
+    assert arc.test == "fisher"  # 0/1 scores that do not pair
 
 
 def test_rows_of_the_leaderboard_writer_render_and_compare(tmp_path: Path) -> None:
@@ -334,38 +331,19 @@ def test_rows_of_the_leaderboard_writer_render_and_compare(tmp_path: Path) -> No
     tests = {(r.task, r.subset, r.metric): r.test for r in rows}
     assert tests[("truthfulqa_mc2", "all", "acc")] == "paired-t"
     assert tests[("mmlu", "all", "acc")] == "z-ci"
-    assert tests[("arc_challenge", "all", "acc_norm")] == "z"
+    assert tests[("arc_challenge", "all", "acc_norm")] == "mcnemar"
     assert tests[(leaderboard.AVERAGE_TASK, "all", leaderboard.AVERAGE_METRIC)] == "z-ci"
     assert sum(1 for task, subset, _ in tests if task == "mmlu" and subset != "all") == 57
 
 
-# ---- the statistics, against scipy where it is installed -------------------------------
-
-def test_t_distribution_and_tests_match_scipy() -> None:
-    scipy_stats = pytest.importorskip("scipy.stats")
-    special = pytest.importorskip("scipy.special")
-    for a, b, x in ((0.5, 0.5, 0.3), (2.0, 0.5, 0.9), (40.0, 0.5, 0.97), (3.5, 7.0, 0.2),
-                    (500.0, 0.5, 0.999)):
-        assert betainc(a, b, x) == pytest.approx(float(special.betainc(a, b, x)), rel=1e-9)
-    for t, df in ((0.0, 5), (1.0, 1), (2.2, 3), (-4.0, 12.5), (1.96, 1e4), (8.0, 30)):
-        want = 2 * float(scipy_stats.t.sf(abs(t), df))
-        assert t_two_sided(t, df) == pytest.approx(want, rel=1e-8, abs=1e-15)
-    rng = random.Random(7)
-    xs = [rng.gauss(0.4, 0.2) for _ in range(30)]
-    ys = [x + rng.gauss(0.05, 0.1) for x in xs]
-    zs = [rng.gauss(0.5, 0.3) for _ in range(17)]
-    assert welch_t(xs, zs) == pytest.approx(
-        float(scipy_stats.ttest_ind(zs, xs, equal_var=False).pvalue), rel=1e-8)
-    assert paired_t(xs, ys) == pytest.approx(float(scipy_stats.ttest_rel(ys, xs).pvalue),
-                                             rel=1e-8)
-
+# ---- degenerate cells ---------------------------------------------------------------------
 
 def test_degenerate_samples_have_defined_p_values() -> None:
-    assert paired_t([0.5, 0.5], [0.5, 0.5]) == 1.0
-    assert paired_t([0.25, 0.5], [0.75, 1.0]) == 0.0  # the same shift on every sample
-    assert welch_t([1.0, 1.0], [1.0, 1.0]) == 1.0
-    assert math.isnan(welch_t([0.5], [0.4, 0.6]))
-    assert t_two_sided(float("inf"), 3) == 0.0
+    assert paired_t([0.0, 0.0], 0.0, "two-sided") == 1.0
+    assert paired_t([0.25, 0.25], 0.0, "two-sided") == 0.0  # the same shift on every sample
+    assert paired_t([0.25, 0.25], 0.3) == 1.0  # ... but within the margin
+    assert welch([1.0, 1.0], [1.0, 1.0], 0.0, "two-sided") == 1.0
+    assert math.isnan(welch([0.5], [0.4, 0.6], 0.0))
 
 
 def test_intervals_of_continuous_scores() -> None:

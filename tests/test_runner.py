@@ -15,6 +15,7 @@ import pytest
 from evalkit import store
 from evalkit.config import build_spec
 from evalkit.runner import run, summarize
+from evalkit.types import SCHEMA_VERSION
 
 CONFIG = """
 name: crash
@@ -48,7 +49,7 @@ def test_run_writes_the_layout_and_scores(tmp_path: Path) -> None:
         "run.json", "samples.jsonl", "summary.json", "table.csv"}
     assert result.summary.status == "complete" and result.summary.n_done == 18
     recs = _lines(d)
-    assert len(recs) == 18 and all(r["schema_version"] == 1 for r in recs)
+    assert len(recs) == 18 and all(r["schema_version"] == SCHEMA_VERSION for r in recs)
     # the scripted backend reads the needle back: passkey and lines right, longqa wrong
     acc = {(r.task, r.length): r.value for r in result.summary.rows}
     assert acc[("passkey", 1000)] == 1.0 and acc[("lines", 2000)] == 1.0

@@ -24,7 +24,6 @@ import json
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,13 @@ from typing import Any
 import jinja2
 
 from evalkit import store
-from evalkit.report.metrics import loglikelihood_tasks, metric_kinds, primary_metrics
+from evalkit.analysis import (
+    Run,
+    load_runs,
+    loglikelihood_tasks,
+    metric_kinds,
+    primary_metrics,
+)
 from evalkit.report.plots import depth_heatmap, length_plot
 from evalkit.report.tables import (
     LengthLine,
@@ -41,50 +46,11 @@ from evalkit.report.tables import (
     score_lines,
     split_rows,
 )
-from evalkit.runner import summary_of
 from evalkit.scoring import length_key
-from evalkit.types import EvalkitError, Record, RunSummary, SummaryRow
+from evalkit.types import EvalkitError, Record, SummaryRow
 
 PROMPT_CHUNK = 50       # prompts per lazily loaded file
 OUTPUT_CHARS = 4000     # model output kept in the browser per sample (the record has it all)
-
-
-@dataclass(frozen=True)
-class RunData:
-    run_dir: Path
-    info: dict[str, Any]
-    label: str
-    records: list[Record]
-    status: str
-    rows: list[SummaryRow]
-
-
-def run_summary(run_dir: Path, info: dict[str, Any], records: list[Record]) -> RunSummary:
-    """The run's summary.json when it matches the records (same counts of scored and
-    errored samples), else the summary rebuilt from the records, in memory."""
-    built = summary_of(run_dir, info, records)
-    saved = store.read_summary(run_dir)
-    if saved is not None and (saved.n_done, saved.n_errors) == (built.n_done, built.n_errors):
-        return replace(saved, status=built.status)
-    return built
-
-
-def load_runs(run_dirs: list[Path]) -> list[RunData]:
-    """Runs with display labels that tell them apart (the model, or model@run-id). Reads
-    only: the status comes from the records, in memory; nothing is written into a run."""
-    raw = []
-    for d in run_dirs:
-        info = store.read_run(d)
-        records = store.read_records(d)
-        raw.append((d, info, records, run_summary(d, info, records)))
-    labels = [str(info.get("model_label", d.name)) for d, info, _, _ in raw]
-    out = []
-    for (d, info, records, summary), label in zip(raw, labels, strict=True):
-        if labels.count(label) > 1:
-            label = f"{label}@{d.name}"
-        out.append(RunData(d, info, label, [replace(r, model=label) for r in records],
-                           summary.status, [replace(r, model=label) for r in summary.rows]))
-    return out
 
 
 def _env() -> jinja2.Environment:
@@ -159,7 +125,7 @@ def _outcome(r: Record, metric: str | None, kind: str, loglikelihood: bool) -> s
     return "wrong" if chose else "unparsed"
 
 
-def _write_samples(out: Path, runs: list[RunData]) -> int:
+def _write_samples(out: Path, runs: list[Run]) -> int:
     rows: list[dict[str, Any]] = []
     prompts: list[str] = []
     for run in runs:
@@ -202,7 +168,7 @@ def _results(rows: list[SummaryRow]) -> tuple[list[tuple[str, list[LengthLine]]]
     return length_tables(by_length), score_lines(once)
 
 
-def _run_meta(run: RunData) -> dict[str, Any]:
+def _run_meta(run: Run) -> dict[str, Any]:
     info = run.info
     spec = info.get("spec", {})
     backend = info.get("backend", {})
@@ -242,7 +208,7 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     return _render_report(load_runs(run_dirs), out, title)
 
 
-def _render_report(runs: list[RunData], out: Path, title: str | None) -> Path:
+def _render_report(runs: list[Run], out: Path, title: str | None) -> Path:
     try:
         return _write_report(runs, out, title)
     except OSError as exc:
@@ -250,7 +216,7 @@ def _render_report(runs: list[RunData], out: Path, title: str | None) -> Path:
                            "space or pass another --out") from None
 
 
-def _write_report(runs: list[RunData], out: Path, title: str | None) -> Path:
+def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     records = [r for run in runs for r in run.records]
     rows = [r for run in runs for r in run.rows]
@@ -292,7 +258,7 @@ def _write_report(runs: list[RunData], out: Path, title: str | None) -> Path:
     return index
 
 
-def _task_scores(run: RunData) -> dict[str, float]:
+def _task_scores(run: Run) -> dict[str, float]:
     """"task metric" -> one number per task and metric for the index: the mean over all
     samples for a task with a length axis, the task's own row for one scored once (which
     may be a mean of subset means, as MMLU's is)."""

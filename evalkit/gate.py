@@ -1,0 +1,495 @@
+"""The regression gate: is the candidate worse than the baseline, cell by cell?
+
+A cell is (task, length, subset, metric) of the baseline's summary. For each, one
+one-sided test of H0 "the candidate loses at most `margin`" against H1 "the candidate is
+worse by more than `margin`" (the loss is baseline - candidate, or the reverse for a metric
+where lower is better), chosen by what the two cells hold:
+
+- the samples pair (both runs scored the same sample ids, as runs of one suite and seed
+  do), binary metric: exact McNemar on the discordant pairs (a one-sided binomial test of
+  the pairs the candidate lost against those it won) at margin 0; above 0, Tango's score
+  test for a paired difference of proportions;
+- the samples pair, continuous metric (TruthfulQA mc2, a log-probability): a one-sided
+  paired t-test of the per-sample losses against the margin;
+- the samples do not pair (another seed, a summary.json without samples), binary metric:
+  Fisher's exact test at margin 0; above 0, the Farrington-Manning score test;
+- continuous, not paired: Welch's t-test against the margin;
+- a value that is not a plain mean of its samples (MMLU's mean of subjects, the
+  leaderboard average), or a continuous cell known by its summary only: a z-test on the
+  difference with each standard error read off the 95% interval.
+
+Holm's correction runs over every tested cell, so a suite of many cells does not trip by
+chance more often than `alpha` in all (the family-wise error rate). Assumptions: the
+samples of a cell are independent draws of its task (a sample id names one test case);
+paired tests assume the pairing is by test case, which sample ids guarantee (a changed
+prompt under the same id, from a template change, is still paired, and reported). A cell
+of a few samples can only catch a large drop: docs/ci.md has the sample counts a wanted
+sensitivity needs.
+
+The gate fails (exit 1) on a significant drop, on a baseline cell the candidate lacks,
+on a candidate cell with errored samples, and on a candidate run that is not complete; it
+passes (exit 0) otherwise. Nothing here writes into a run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from scipy import stats
+
+from evalkit.analysis import CELL, MetricInfo, Run, paired_frame, read_run, records_frame, row_info
+from evalkit.scoring import Z95
+from evalkit.types import EvalkitError, MetricKind, SummaryRow
+
+Alternative = Literal["worse", "two-sided"]
+Status = Literal["pass", "fail", "missing", "errors", "untested", "new"]
+FAILING: frozenset[str] = frozenset({"fail", "missing", "errors"})
+
+
+# ---- the tests ---------------------------------------------------------------------------
+# Each returns a p-value. "worse": H1 is loss > margin (one-sided); "two-sided": H1 is
+# loss != 0 (compare). `loss` is oriented so that positive means the candidate is worse.
+
+def mcnemar_exact(n_lost: int, n_won: int, alternative: Alternative = "worse") -> float:
+    """Exact McNemar: of the discordant pairs, those the candidate lost are Binomial(d, 1/2)
+    under H0."""
+    d = n_lost + n_won
+    if d == 0:
+        return 1.0
+    alt = "greater" if alternative == "worse" else "two-sided"
+    return float(stats.binomtest(n_lost, d, 0.5, alternative=alt).pvalue)
+
+
+def tango_score(n_lost: int, n_won: int, n: int, margin: float) -> float:
+    """One-sided p of Tango's (1998) score test of H0: p_lost - p_won <= margin for paired
+    binary outcomes of n pairs, n_lost pairs right in the baseline only, n_won in the
+    candidate only. The variance is taken at the maximum-likelihood p_won under H0's
+    boundary (the root of 2n x^2 - B x - C = 0); at margin 0 this is McNemar's z."""
+    if n == 0:
+        return 1.0
+    c = n - n_lost - n_won
+    b = n_lost * (1 - margin) + n_won * (1 - 3 * margin) - 2 * c * margin
+    cc = n_won * margin * (1 - margin)
+    x = (b + math.sqrt(b * b + 8 * n * cc)) / (4 * n)
+    var = n * (2 * x + margin - margin * margin)
+    diff = n_lost - n_won - n * margin
+    if var <= 0:
+        return 0.0 if diff > 0 else 1.0
+    return float(stats.norm.sf(diff / math.sqrt(var)))
+
+
+def paired_t(losses: Sequence[float], margin: float,
+             alternative: Alternative = "worse") -> float:
+    """The paired t-test on per-sample losses: mean > margin (worse) or != 0 (two-sided)."""
+    if len(losses) < 2:
+        return math.nan
+    centre = margin if alternative == "worse" else 0.0
+    mean = statistics.fmean(losses)
+    if statistics.pstdev(losses) == 0:  # no spread: the difference is known exactly
+        if alternative == "worse":
+            return 0.0 if mean > centre else 1.0
+        return 0.0 if mean != centre else 1.0
+    alt = "greater" if alternative == "worse" else "two-sided"
+    return float(stats.ttest_1samp(losses, centre, alternative=alt).pvalue)
+
+
+def two_proportions(k_a: int, n_a: int, k_b: int, n_b: int, margin: float,
+                    alternative: Alternative = "worse") -> float:
+    """Unpaired proportions, a = baseline, b = candidate, loss = p_a - p_b: Fisher's exact
+    test at margin 0 (one-sided or two-sided); the Farrington-Manning score test of
+    loss > margin above 0."""
+    if n_a == 0 or n_b == 0:
+        return math.nan
+    if alternative == "two-sided" or margin == 0:
+        alt = "greater" if alternative == "worse" else "two-sided"
+        return float(stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]],
+                                        alternative=alt).pvalue)
+    from statsmodels.stats.proportion import test_proportions_2indep
+
+    res = test_proportions_2indep(k_a, n_a, k_b, n_b, value=margin, method="score",
+                                  compare="diff", alternative="larger")
+    return float(res.pvalue)
+
+
+def welch(losses_a: Sequence[float], losses_b: Sequence[float], margin: float,
+          alternative: Alternative = "worse") -> float:
+    """Welch's t-test, unpaired continuous scores oriented as losses: a holds the baseline's
+    values, b the candidate's (each times the metric's sign); H1: mean(a) - mean(b) > margin."""
+    if len(losses_a) < 2 or len(losses_b) < 2:
+        return math.nan
+    shifted = [x - margin for x in losses_a] if alternative == "worse" else list(losses_a)
+    if statistics.pvariance(shifted) + statistics.pvariance(losses_b) == 0:
+        diff = statistics.fmean(shifted) - statistics.fmean(losses_b)
+        return (0.0 if diff > 0 else 1.0) if alternative == "worse" else float(diff == 0)
+    alt = "greater" if alternative == "worse" else "two-sided"
+    return float(stats.ttest_ind(shifted, losses_b, equal_var=False, alternative=alt).pvalue)
+
+
+def interval_z(a: SummaryRow, b: SummaryRow, sign: int, margin: float,
+               alternative: Alternative = "worse") -> float:
+    """A z-test on the difference, each standard error read off its 95% interval (for
+    values that are not a plain mean of samples, or are known by their summary only)."""
+    se = math.sqrt(sum(((r.ci_high - r.ci_low) / (2 * Z95)) ** 2 for r in (a, b)))
+    loss = sign * (a.value - b.value)
+    if not math.isfinite(se):
+        return math.nan
+    if se == 0:
+        if alternative == "worse":
+            return 0.0 if loss > margin else 1.0
+        return 0.0 if loss != 0 else 1.0
+    if alternative == "worse":
+        return float(stats.norm.sf((loss - margin) / se))
+    return float(2 * stats.norm.sf(abs(loss) / se))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given)."""
+    if not p_values:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(p) for p in multipletests(list(p_values), method="holm")[1]]
+
+
+# ---- one cell ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CellTest:
+    test: str            # mcnemar, tango, paired-t, fisher, score, welch-t, z-ci; "" none
+    p: float | None
+    n_pairs: int = 0
+    prompts_changed: int = 0
+
+
+def cell_test(a: SummaryRow, b: SummaryRow, info: MetricInfo, pairs: pd.DataFrame | None,
+              values_a: Sequence[float], values_b: Sequence[float], margin: float = 0.0,
+              alternative: Alternative = "worse") -> CellTest:
+    """The test fitting one cell (see the module docstring). `pairs` are the cell's rows of
+    analysis.paired_frame (None: the runs cannot pair, one has no samples); `values_*` each
+    side's scored values (empty for a summary alone)."""
+    sign = 1 if info.higher_is_better else -1
+    plain = not a.derived and not b.derived
+    n_pairs = 0 if pairs is None else len(pairs)
+    changed = 0 if pairs is None else int(pairs["prompt_changed"].sum())
+    if plain and n_pairs >= 1 and n_pairs == len(values_a) == len(values_b) == a.n == b.n:
+        losses = [sign * (x - y) for x, y in zip(pairs["value_a"], pairs["value_b"],
+                                                  strict=True)]
+        if info.kind == "binary":
+            lost, won = sum(1 for x in losses if x > 0), sum(1 for x in losses if x < 0)
+            if margin > 0 and alternative == "worse":
+                return CellTest("tango", tango_score(lost, won, n_pairs, margin), n_pairs,
+                                changed)
+            return CellTest("mcnemar", mcnemar_exact(lost, won, alternative), n_pairs, changed)
+        p = paired_t(losses, margin, alternative)
+        return CellTest("paired-t", None if math.isnan(p) else p, n_pairs, changed)
+    if plain and info.kind == "binary" and a.successes is not None and b.successes is not None:
+        ka, kb, na, nb = a.successes, b.successes, a.n, b.n
+        if sign < 0:  # lower is better: count failures as the successes
+            ka, kb = na - ka, nb - kb
+        p = two_proportions(ka, na, kb, nb, margin, alternative)
+        name = "fisher" if margin == 0 or alternative == "two-sided" else "score"
+        return CellTest(name, None if math.isnan(p) else p, n_pairs, changed)
+    if plain and values_a and values_b:
+        p = welch([sign * v for v in values_a], [sign * v for v in values_b], margin,
+                  alternative)
+        return CellTest("welch-t", None if math.isnan(p) else p, n_pairs, changed)
+    p = interval_z(a, b, sign, margin, alternative)
+    return CellTest("z-ci", None if math.isnan(p) else p, n_pairs, changed)
+
+
+# ---- two runs ----------------------------------------------------------------------------
+
+CellKey = tuple[str, int | str, str, str]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Two runs' rows of one cell, with what the test needs."""
+
+    key: CellKey
+    baseline: SummaryRow | None
+    candidate: SummaryRow | None
+    info: MetricInfo
+    test: CellTest | None = None
+
+
+def paired_cells(base: Run, cand: Run, margin: float,
+                 alternative: Alternative) -> list[Cell]:
+    """Every cell of either run, tested where both have it (with values)."""
+    infos = row_info([*base.rows, *cand.rows], [*base.records, *cand.records])
+    rows_a = {(r.task, r.length, r.subset, r.metric): r for r in base.rows}
+    rows_b = {(r.task, r.length, r.subset, r.metric): r for r in cand.rows}
+    values_a = _values(records_frame(base.records))
+    values_b = _values(records_frame(cand.records))
+    pairs = (_values(paired_frame(base, cand), keep_frame=True)
+             if base.has_samples and cand.has_samples else {})
+    out = []
+    for key in [*rows_a, *(k for k in rows_b if k not in rows_a)]:
+        a, b = rows_a.get(key), rows_b.get(key)
+        info = infos.get((key[0], key[3]), MetricInfo("binary"))
+        test = None
+        if a is not None and b is not None and a.n and b.n and _finite(a.value, b.value):
+            test = cell_test(a, b, info, pairs.get(key) if pairs else None,
+                             values_a.get(key, []), values_b.get(key, []), margin,
+                             alternative)
+        out.append(Cell(key, a, b, info, test))
+    return out
+
+
+def _values(frame: pd.DataFrame, keep_frame: bool = False) -> dict:  # type: ignore[type-arg]
+    out = {}
+    for key, group in frame.groupby(CELL, sort=False):
+        k = (str(key[0]), key[1], str(key[2]), str(key[3]))
+        out[k] = group if keep_frame else list(group["value"])
+    return out
+
+
+def _finite(*xs: float) -> bool:
+    return all(math.isfinite(x) for x in xs)
+
+
+# ---- the gate ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    task: str
+    length: int | str
+    subset: str
+    metric: str
+    kind: MetricKind
+    higher_is_better: bool
+    baseline: SummaryRow | None
+    candidate: SummaryRow | None
+    status: Status
+    reason: str
+    test: str = ""
+    p: float | None = None
+    p_holm: float | None = None
+    n_pairs: int = 0
+    prompts_changed: int = 0
+
+    @property
+    def delta(self) -> float | None:
+        """candidate - baseline (in the metric's own direction)."""
+        if self.baseline is None or self.candidate is None:
+            return None
+        if not _finite(self.baseline.value, self.candidate.value):
+            return None
+        return self.candidate.value - self.baseline.value
+
+    @property
+    def name(self) -> str:
+        return self.task if self.subset == "all" else f"{self.task}:{self.subset}"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    baseline: str
+    candidate: str
+    margin: float
+    alpha: float
+    verdicts: list[Verdict]
+    problems: list[str] = field(default_factory=list)  # run-level reasons to fail
+
+    @property
+    def failed(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.status in FAILING]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed and not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+def _check(margin: float, alpha: float) -> None:
+    if not (math.isfinite(margin) and margin >= 0):
+        raise EvalkitError(f"--margin {margin}: give a loss to tolerate, 0 or more, in the "
+                           "metric's units (0.05 = five points of accuracy)")
+    if not 0 < alpha < 1:
+        raise EvalkitError(f"--alpha {alpha}: give a significance level between 0 and 1, "
+                           "such as 0.05")
+
+
+def gate(baseline: Path, candidate: Path, margin: float = 0.0, alpha: float = 0.05,
+         metrics: Sequence[str] = ()) -> GateResult:
+    """Gate `candidate` against `baseline` (run folders, or summary.json files): the verdict
+    per cell, Holm-corrected over every tested cell. Reads only."""
+    _check(margin, alpha)
+    base, cand = read_run(baseline), read_run(candidate)
+    if not base.rows:
+        raise EvalkitError(f"the baseline {baseline} has no results: pass a finished run "
+                           "(or its summary.json)")
+    if metrics:
+        known = {r.metric for r in base.rows}
+        unknown = [m for m in metrics if m not in known]
+        if unknown:
+            raise EvalkitError(f"--metric {unknown[0]}: the baseline has no such metric; it "
+                               f"has {', '.join(sorted(known))}")
+    cells = [c for c in paired_cells(base, cand, margin, "worse")
+             if not metrics or c.key[3] in metrics]
+    verdicts = [_verdict(c) for c in cells]
+    tested = [i for i, v in enumerate(verdicts) if v.p is not None]
+    adjusted = holm([verdicts[i].p for i in tested])  # type: ignore[misc]
+    for i, p_holm in zip(tested, adjusted, strict=True):
+        v = verdicts[i]
+        status: Status = "fail" if p_holm < alpha else "pass"
+        reason = (f"worse by more than {margin:g}" if margin else "worse") if status == "fail" \
+            else v.reason
+        if status == "fail" and v.prompts_changed:
+            reason += f" (prompt changed in {v.prompts_changed} of {v.n_pairs} pairs)"
+        verdicts[i] = _with(v, status=status, reason=reason, p_holm=p_holm)
+    problems = []
+    if cand.status != "complete":
+        problems.append(f"the candidate run is partial ({cand.n_done} of {cand.n_samples} "
+                        "samples scored): finish it (run the same command again) and gate "
+                        "again")
+    return GateResult(str(baseline), str(candidate), margin, alpha, verdicts, problems)
+
+
+def _with(v: Verdict, **changes: object) -> Verdict:
+    from dataclasses import replace
+
+    return replace(v, **changes)  # type: ignore[arg-type]
+
+
+def _verdict(cell: Cell) -> Verdict:
+    task, length, subset, metric = cell.key
+    a, b, t = cell.baseline, cell.candidate, cell.test
+    kind = (a or b).kind if (a or b) else "binary"  # type: ignore[union-attr]
+
+    def make(status: Status, reason: str) -> Verdict:
+        return Verdict(task, length, subset, metric, kind, cell.info.higher_is_better, a, b,
+                       status, reason, t.test if t else "", t.p if t else None, None,
+                       t.n_pairs if t else 0, t.prompts_changed if t else 0)
+
+    if a is None:
+        return make("new", "not in the baseline")
+    if b is None:
+        return make("missing", "the candidate has no such cell")
+    if b.n_errors:
+        return make("errors", f"{b.n_errors} of {b.n + b.n_errors} samples errored")
+    if not a.n:
+        return make("untested", "the baseline has no scored sample here")
+    if t is None or t.p is None:
+        return make("untested", "too few samples for a test")
+    note = f"prompt changed in {t.prompts_changed} of {t.n_pairs} pairs" \
+        if t.prompts_changed else ""
+    return make("pass", note)
+
+
+# ---- output ------------------------------------------------------------------------------
+
+def _cell(r: SummaryRow | None) -> str:
+    if r is None:
+        return "-"
+    if not _finite(r.value):
+        return f"- n={r.n}"
+    return f"{r.value:.3f} n={r.n}"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def _length(length: int | str) -> str:
+    from evalkit.report.tables import fmt_length
+
+    return fmt_length(length)
+
+
+COLUMNS = ("cell", "length", "metric", "baseline", "candidate", "delta", "test", "p", "p_holm",
+           "verdict")
+
+
+def table_rows(result: GateResult) -> list[tuple[str, ...]]:
+    return [(v.name, _length(v.length), v.metric, _cell(v.baseline), _cell(v.candidate),
+             "-" if v.delta is None else f"{v.delta:+.3f}", v.test or "-", _p(v.p),
+             _p(v.p_holm), v.status.upper() + (f": {v.reason}" if v.reason else ""))
+            for v in result.verdicts]
+
+
+def headline(result: GateResult) -> str:
+    counts = {s: sum(1 for v in result.verdicts if v.status == s)
+              for s in ("pass", "fail", "missing", "errors", "untested", "new")}
+    said = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    word = "PASS" if result.passed else "FAIL"
+    margin = f"margin {result.margin:g}, " if result.margin else ""
+    return (f"gate {word}: {said} ({margin}one-sided alpha {result.alpha:g}, Holm over "
+            f"{sum(1 for v in result.verdicts if v.p is not None)} tested cells)")
+
+
+def format_gate(result: GateResult) -> str:
+    rows = [COLUMNS, *table_rows(result)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+                     + "  " + r[-1])
+        if j == 0:
+            lines.append("-" * len(lines[0]))
+    lines += ["", *[f"FAIL: {p}" for p in result.problems], headline(result)]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """A table cell's text for markdown: no pipes, no line breaks, no raw HTML."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("|", "\\|").replace("\n", " ").replace("\r", " "))
+
+
+def markdown(result: GateResult) -> str:
+    """The verdict as GitHub-flavoured markdown (for $GITHUB_STEP_SUMMARY)."""
+    out = [f"### evalkit gate: {'PASS' if result.passed else 'FAIL'}", "",
+           f"Baseline `{_md(result.baseline)}`, candidate `{_md(result.candidate)}`.", "",
+           _md(headline(result)), ""]
+    out += [f"- **FAIL**: {_md(p)}" for p in result.problems]
+    if result.problems:
+        out.append("")
+    out.append("| " + " | ".join(COLUMNS) + " |")
+    out.append("|" + "---|" * len(COLUMNS))
+    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in table_rows(result)]
+    return "\n".join(out) + "\n"
+
+
+def junit_xml(result: GateResult) -> str:
+    """JUnit XML: a test case per cell (failed, skipped for an untested one), and one for
+    each run-level problem."""
+    suite = ET.Element("testsuite", name="evalkit gate")
+    failures = skipped = 0
+    for v, row in zip(result.verdicts, table_rows(result), strict=True):
+        case = ET.SubElement(suite, "testcase", classname=f"evalkit.gate.{v.task}",
+                             name=f"{v.name} {row[1]} {v.metric}")
+        detail = "; ".join(f"{k}={c}" for k, c in zip(COLUMNS, row, strict=True))
+        if v.status in FAILING:
+            failures += 1
+            ET.SubElement(case, "failure", message=row[-1], type=v.status).text = detail
+        elif v.status in ("untested", "new"):
+            skipped += 1
+            ET.SubElement(case, "skipped", message=row[-1])
+        else:
+            ET.SubElement(case, "system-out").text = detail
+    for problem in result.problems:
+        failures += 1
+        case = ET.SubElement(suite, "testcase", classname="evalkit.gate", name="candidate run")
+        ET.SubElement(case, "failure", message=problem, type="run")
+    suite.set("tests", str(len(result.verdicts) + len(result.problems)))
+    suite.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
+    suite.set("errors", "0")
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
