@@ -338,7 +338,7 @@ def gate(baseline: Path, candidate: Path, margin: float = 0.0, alpha: float = 0.
     cells = [c for c in paired_cells(base, cand, margin, "worse")
              if not metrics or c.key[3] in metrics]
     verdicts = [_verdict(c) for c in cells]
-    tested = [i for i, v in enumerate(verdicts) if v.p is not None]
+    tested = [i for i, v in enumerate(verdicts) if v.status == "pass" and v.p is not None]
     adjusted = holm([verdicts[i].p for i in tested])  # type: ignore[misc]
     for i, p_holm in zip(tested, adjusted, strict=True):
         v = verdicts[i]
