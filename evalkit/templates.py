@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -155,3 +156,17 @@ def make_template(name: str, chat_template: str | None = None,
     raise EvalkitError(
         f"unknown template '{name}': use one of {', '.join(TEMPLATE_NAMES)}"
     )
+
+
+def chat_template_source(value: str | None) -> tuple[str | None, str | None]:
+    """A backend's option chat_template -> (fixed template name, jinja source): the name of
+    a fixed template, or a jinja file, which is read."""
+    if value is None:
+        return None, None
+    if value in FIXED_TEMPLATES:
+        return value, None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise EvalkitError(f"chat_template: {value} is neither a file nor one of "
+                           f"{', '.join(FIXED_TEMPLATES)}")
+    return None, path.read_text(encoding="utf-8")

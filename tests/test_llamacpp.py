@@ -114,3 +114,21 @@ def test_longeval_published_rows_import_and_run(tmp_path: Path) -> None:
                "--tokenizer", "mistral-v1", "--template", "mistrallite", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert "mistral-v1" in dry.stdout and "200 lines" in dry.stdout
+
+
+def test_rope_base_and_chat_template_options_reach_the_engine(gemma, tmp_path: Path) -> None:
+    """The serving knobs a regression comes from: RoPE's frequency base (what MistralLite
+    changed) and a replaced chat template. Both change the answers, so the base changes the
+    fingerprint (the response cache must not answer for the model with its own base)."""
+    tpl = tmp_path / "cut.jinja"
+    tpl.write_text("{{ messages[0]['content'][:10] }}")
+    be = make_backend("llamacpp", "gemma3-270m", {"rope_freq_base": 10000,
+                                                  "chat_template": str(tpl)})
+    assert be.chat_template() == tpl.read_text()
+    assert be.fingerprint() != gemma.fingerprint()
+    assert make_backend("llamacpp", "gemma3-270m", {}).fingerprint() == gemma.fingerprint()
+    llm = be._ensure_context(64)
+    assert llm.context_params.rope_freq_base == 10000.0
+    assert gemma._ensure_context(64).context_params.rope_freq_base == 0.0  # the GGUF's own
+    with pytest.raises(EvalkitError, match="fixed template"):
+        make_backend("llamacpp", "gemma3-270m", {"chat_template": "raw"})

@@ -52,6 +52,8 @@ def check_options(backend: str, options: Mapping[str, Any], known: Mapping[str, 
             raise EvalkitError(f"unknown option '{key}' for backend {backend}: known are "
                                f"{', '.join(sorted(known))}")
         want = known[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            continue  # YAML writes 10000.0 as 10000: a whole number is a float too
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise EvalkitError(f"backend {backend}: option '{key}' must be a "
                                f"{want.__name__}, got {value!r}")

@@ -13,11 +13,9 @@ import hashlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from evalkit.backends.http import HttpClient, HttpError
-from evalkit.templates import FIXED_TEMPLATES
 from evalkit.tokenizers import get_counter
 from evalkit.types import EvalkitError, TokenCounter
 
@@ -156,16 +154,3 @@ class ChatCounter:
 
     def encode(self, text: str) -> list[int]:
         return self._base.encode_templated(self._render(text))
-
-
-def chat_template_source(value: str | None) -> tuple[str | None, str | None]:
-    """Option chat_template -> (fixed template name, jinja source); a path is read."""
-    if value is None:
-        return None, None
-    if value in FIXED_TEMPLATES:
-        return value, None
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise EvalkitError(f"chat_template: {value} is neither a file nor one of "
-                           f"{', '.join(FIXED_TEMPLATES)}")
-    return None, path.read_text(encoding="utf-8")

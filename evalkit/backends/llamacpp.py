@@ -25,10 +25,15 @@ from typing import Any
 
 from evalkit.backends import check_options, register_backend
 from evalkit.models import resolve_gguf
+from evalkit.templates import chat_template_source
 from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
 
+# rope_freq_base / rope_freq_scale override the GGUF's RoPE settings (llama.cpp's
+# --rope-freq-base / --rope-freq-scale); chat_template is a jinja file that replaces the
+# GGUF's own (llama.cpp server's --chat-template-file)
 OPTIONS: dict[str, type] = {"n_threads": int, "n_ctx": int, "n_batch": int,
-                            "n_gpu_layers": int, "flash_attn": bool}
+                            "n_gpu_layers": int, "flash_attn": bool, "rope_freq_base": float,
+                            "rope_freq_scale": float, "chat_template": str}
 
 
 def _import_llama() -> Any:
@@ -92,6 +97,10 @@ class LlamaCppBackend:
         self._counter = LlamaCppCounter(self._vocab, self._bos_text, add_bos)
         self._llm: Any = None
         self._n_ctx = 0
+        fixed, self._chat_template = chat_template_source(self.options.get("chat_template"))
+        if fixed:
+            raise EvalkitError(f"llamacpp: chat_template {fixed} is a fixed template: set "
+                               f"template: {fixed} instead (chat_template takes a jinja file)")
 
     def capabilities(self) -> Capabilities:
         return Capabilities(generate=True, loglikelihood=True,
@@ -110,7 +119,7 @@ class LlamaCppBackend:
         return int(cap) if cap else self._ctx_train
 
     def chat_template(self) -> str | None:
-        return self._metadata.get("tokenizer.chat_template")
+        return self._chat_template or self._metadata.get("tokenizer.chat_template")
 
     def special_tokens(self) -> dict[str, str]:
         return {"bos_token": self._bos_text, "eos_token": self._eos_text}
@@ -128,6 +137,8 @@ class LlamaCppBackend:
                 n_batch=self.options.get("n_batch", 512),
                 n_gpu_layers=self.options.get("n_gpu_layers", 0),
                 flash_attn=self.options.get("flash_attn", False),
+                rope_freq_base=self.options.get("rope_freq_base", 0.0),  # 0: the GGUF's
+                rope_freq_scale=self.options.get("rope_freq_scale", 0.0),
             )
         self._n_ctx = n_ctx
         return self._llm
@@ -232,6 +243,11 @@ class LlamaCppBackend:
     def fingerprint(self) -> str:
         st = self.path.stat()
         ident = f"{self.path.name}:{st.st_size}:{int(st.st_mtime)}"
+        # options that change what the model answers (a cached answer of the model with
+        # its own RoPE settings must not stand for one with others)
+        for key in ("rope_freq_base", "rope_freq_scale"):
+            if self.options.get(key):
+                ident += f":{key}={float(self.options[key])!r}"
         return "llamacpp:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:

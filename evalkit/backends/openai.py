@@ -28,12 +28,11 @@ from evalkit.backends import register_backend
 from evalkit.backends.counting import (
     ChatCounter,
     PromptCounter,
-    chat_template_source,
     server_tokenize,
 )
 from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
 from evalkit.redact import redact
-from evalkit.templates import make_template
+from evalkit.templates import chat_template_source, make_template
 from evalkit.types import (
     Backend,
     Capabilities,

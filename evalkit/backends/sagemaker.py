@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from evalkit.backends import register_backend
-from evalkit.backends.counting import PromptCounter, chat_template_source
+from evalkit.backends.counting import PromptCounter
 from evalkit.backends.http import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -40,6 +40,7 @@ from evalkit.backends.tgi import (
     prefill_response,
     scored_text,
 )
+from evalkit.templates import chat_template_source
 from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
 
 OPTIONS: dict[str, type] = {**RETRY_OPTIONS, "endpoint_name": str, "region": str,

@@ -23,9 +23,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from evalkit.backends import register_backend
-from evalkit.backends.counting import PromptCounter, chat_template_source, server_tokenize
+from evalkit.backends.counting import PromptCounter, server_tokenize
 from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
 from evalkit.redact import redact
+from evalkit.templates import chat_template_source
 from evalkit.types import (
     Backend,
     Capabilities,
