@@ -62,10 +62,14 @@ def unpaired_power(p0: float, n: int, drop: float, level: float,
     return float(stats.binom.cdf(crit, n, p1)) if crit >= 0 else 0.0
 
 
-def smallest_drop(power_of, p0: float, want: float) -> float | None:  # type: ignore[no-untyped-def]
+def smallest_drop(paired: bool, p0: float, n: int, level: float, want: float,
+                  critical: dict[tuple[int, int], int]) -> float | None:
+    """The smallest drop (on a grid of STEP) caught with power `want`; None: none is."""
     drop = STEP
     while drop <= p0 + 1e-9:
-        if power_of(drop) >= want:
+        power = (paired_power(p0, n, drop, level) if paired
+                 else unpaired_power(p0, n, drop, level, critical))
+        if power >= want:
             return drop
         drop += STEP
     return None
@@ -94,11 +98,9 @@ def main() -> int:
     for n in (20, 50, 100, 200, 400, 1000):
         line = f"{n:>7}"
         for p0 in accs:
-            line += f"  {_fmt(smallest_drop(lambda d: paired_power(p0, n, d, level), p0, args.power)):>14}"
+            line += f"  {_fmt(smallest_drop(True, p0, n, level, args.power, critical)):>14}"
         for p0 in accs:
-            drop = smallest_drop(lambda d: unpaired_power(p0, n, d, level, critical), p0,
-                                 args.power)
-            line += f"  {_fmt(drop):>16}"
+            line += f"  {_fmt(smallest_drop(False, p0, n, level, args.power, critical)):>16}"
         print(line)
     if args.baseline is not None:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -109,10 +111,8 @@ def main() -> int:
               f"{args.alpha / len(run.rows):.4f})")
         level = args.alpha / len(run.rows)
         for r in run.rows:
-            paired = smallest_drop(lambda d: paired_power(r.value, r.n, d, level), r.value,
-                                   args.power)
-            unpaired = smallest_drop(lambda d: unpaired_power(r.value, r.n, d, level, critical),
-                                     r.value, args.power)
+            paired = smallest_drop(True, r.value, r.n, level, args.power, critical)
+            unpaired = smallest_drop(False, r.value, r.n, level, args.power, critical)
             print(f"  {r.task:<10} {r.length!s:>6} {r.metric:<10} value {r.value:.3f} "
                   f"n={r.n}: paired {_fmt(paired)}, unpaired {_fmt(unpaired)}")
     return 0

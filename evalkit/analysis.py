@@ -260,13 +260,15 @@ def records_frame(records: Iterable[Record]) -> pd.DataFrame:
     return pd.DataFrame(data, columns=RECORD_COLUMNS)
 
 
-def cell_values(records: Iterable[Record]) -> dict[CellKey, dict[str, float]]:
-    """{cell: {sample id: score}} of records_frame, for tests that take plain sequences."""
-    frame = records_frame(records)
-    out: dict[CellKey, dict[str, float]] = {}
+def by_cell(frame: pd.DataFrame) -> dict[CellKey, pd.DataFrame]:
+    """A frame of records_frame or paired_frame split by cell (task, length, subset,
+    metric), cells in first-seen order."""
+    out: dict[CellKey, pd.DataFrame] = {}
     for key, group in frame.groupby(CELL, sort=False):
-        out[(str(key[0]), key[1], str(key[2]), str(key[3]))] = dict(
-            zip(group["sample_id"], group["value"], strict=True))
+        task, length, subset, metric = key
+        cell: CellKey = (str(task), length if isinstance(length, int) else str(length),
+                         str(subset), str(metric))
+        out[cell] = group
     return out
 
 

@@ -44,7 +44,16 @@ from typing import Literal
 import pandas as pd
 from scipy import stats
 
-from evalkit.analysis import CELL, MetricInfo, Run, paired_frame, read_run, records_frame, row_info
+from evalkit.analysis import (
+    CellKey,
+    MetricInfo,
+    Run,
+    by_cell,
+    paired_frame,
+    read_run,
+    records_frame,
+    row_info,
+)
 from evalkit.scoring import Z95
 from evalkit.types import EvalkitError, MetricKind, SummaryRow
 
@@ -178,7 +187,8 @@ def cell_test(a: SummaryRow, b: SummaryRow, info: MetricInfo, pairs: pd.DataFram
     plain = not a.derived and not b.derived
     n_pairs = 0 if pairs is None else len(pairs)
     changed = 0 if pairs is None else int(pairs["prompt_changed"].sum())
-    if plain and n_pairs >= 1 and n_pairs == len(values_a) == len(values_b) == a.n == b.n:
+    if (pairs is not None and plain and n_pairs >= 1
+            and n_pairs == len(values_a) == len(values_b) == a.n == b.n):
         losses = [sign * (x - y) for x, y in zip(pairs["value_a"], pairs["value_b"],
                                                   strict=True)]
         if info.kind == "binary":
@@ -206,9 +216,6 @@ def cell_test(a: SummaryRow, b: SummaryRow, info: MetricInfo, pairs: pd.DataFram
 
 # ---- two runs ----------------------------------------------------------------------------
 
-CellKey = tuple[str, int | str, str, str]
-
-
 @dataclass(frozen=True)
 class Cell:
     """Two runs' rows of one cell, with what the test needs."""
@@ -226,9 +233,9 @@ def paired_cells(base: Run, cand: Run, margin: float,
     infos = row_info([*base.rows, *cand.rows], [*base.records, *cand.records])
     rows_a = {(r.task, r.length, r.subset, r.metric): r for r in base.rows}
     rows_b = {(r.task, r.length, r.subset, r.metric): r for r in cand.rows}
-    values_a = _values(records_frame(base.records))
-    values_b = _values(records_frame(cand.records))
-    pairs = (_values(paired_frame(base, cand), keep_frame=True)
+    values_a = {k: list(g["value"]) for k, g in by_cell(records_frame(base.records)).items()}
+    values_b = {k: list(g["value"]) for k, g in by_cell(records_frame(cand.records)).items()}
+    pairs = (by_cell(paired_frame(base, cand))
              if base.has_samples and cand.has_samples else {})
     out = []
     for key in [*rows_a, *(k for k in rows_b if k not in rows_a)]:
@@ -236,18 +243,10 @@ def paired_cells(base: Run, cand: Run, margin: float,
         info = infos.get((key[0], key[3]), MetricInfo("binary"))
         test = None
         if a is not None and b is not None and a.n and b.n and _finite(a.value, b.value):
-            test = cell_test(a, b, info, pairs.get(key) if pairs else None,
+            test = cell_test(a, b, info, pairs.get(key),
                              values_a.get(key, []), values_b.get(key, []), margin,
                              alternative)
         out.append(Cell(key, a, b, info, test))
-    return out
-
-
-def _values(frame: pd.DataFrame, keep_frame: bool = False) -> dict:  # type: ignore[type-arg]
-    out = {}
-    for key, group in frame.groupby(CELL, sort=False):
-        k = (str(key[0]), key[1], str(key[2]), str(key[3]))
-        out[k] = group if keep_frame else list(group["value"])
     return out
 
 
