@@ -184,6 +184,13 @@ def test_version_1_summaries_are_read_and_upgraded(tmp_path: Path) -> None:
     run = read_run(alone / "summary.json")
     topics = next(r for r in run.rows if r.task == "topics")
     assert (topics.kind, topics.successes, topics.derived) == ("binary", 14, False)
+    # a whole version-1 run (records and summary) is read, gated and compared
+    lines = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+    (folder / "samples.jsonl").write_text("".join(
+        json.dumps({**x, "schema_version": 1}) + "\n" for x in lines))
+    (folder / "summary.json").write_text(json.dumps(data))
+    assert gate(folder, folder).passed and gate(alone / "summary.json", folder).passed
+    assert all(r.a is not None and r.a.n == 20 for r in compare_runs(folder, alone)[2])
     # a value that is not k/n with Wilson's interval is tested by its interval
     odd = SummaryRow("m", "mmlu", "5-shot", "all", "acc", 0.4321, 0.40, 0.46, 100, 0, 50.0)
     assert upgrade_row(odd).derived and upgrade_row(odd).successes is None
