@@ -13,9 +13,8 @@ and the HTML around them is autoescaped.
 
 Every metric the summary rows carry is reported (accuracy, acc, acc_norm, mc2, ...): tasks
 with a length axis get a table per metric and a plot, tasks scored once over all their
-data (the leaderboard tasks) get the leaderboard table. A run's rows are its summary.json
-when that matches its samples.jsonl (it may hold rows only the writer can derive, such as
-MMLU's unweighted mean and the leaderboard average), else rebuilt from the records.
+data (the leaderboard tasks) get the leaderboard table. Runs are read through
+evalkit.analysis: rows computed from samples.jsonl, or a summary.json alone.
 """
 
 from __future__ import annotations
