@@ -25,7 +25,7 @@ from evalkit import leaderboard, store
 from evalkit.scoring import aggregate, length_key, wilson
 from evalkit.types import EvalkitError, MetricKind, Record, RunSummary, SummaryRow
 
-# (task, length, subset, metric) -> {sample id: score}
+# a summary cell: (task, length, subset, metric)
 CellKey = tuple[str, int | str, str, str]
 CELL = ["task", "length", "subset", "metric"]
 
@@ -257,7 +257,9 @@ def records_frame(records: Iterable[Record]) -> pd.DataFrame:
             for r in records if r.ok
             for subset in ("all", *r.sample.meta.get("subsets", []))
             for metric, value in r.scores.items()]
-    return pd.DataFrame(data, columns=RECORD_COLUMNS)
+    # lengths are ints (tokens) or bin names: one object column, so that a run of either
+    # kind joins with a run of the other
+    return pd.DataFrame(data, columns=RECORD_COLUMNS).astype({"length": object})
 
 
 def by_cell(frame: pd.DataFrame) -> dict[CellKey, pd.DataFrame]:

@@ -321,12 +321,10 @@ def gate(
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         outputs.append((Path(step_summary), md, "a"))
-    for path, text, mode in outputs:
-        if path is None:
-            continue
-        if (path.parent / store.RUN_JSON).exists() and mode == "w":
-            raise EvalkitError(f"{path} is inside a run folder: write it elsewhere (the gate "
-                               "never writes into a run)")
+    written = [(path, text, mode) for path, text, mode in outputs if path is not None]
+    for path, _, _ in written:  # all checked before any is written
+        _refuse_run_paths(path, (baseline, candidate))
+    for path, text, mode in written:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open(mode, encoding="utf-8") as f:
@@ -335,6 +333,21 @@ def gate(
             raise EvalkitError(f"cannot write {path}: {exc.strerror or exc}: pass another "
                                "path") from None
     raise typer.Exit(result.exit_code)
+
+
+def _refuse_run_paths(path: Path, runs: tuple[Path, ...]) -> None:
+    """A gate's output never goes into a run or a baseline: not inside a folder it reads,
+    nor inside any folder that holds a run.json or a summary.json."""
+    target = path.expanduser().resolve()
+    folders = [(r if r.is_dir() else r.parent).expanduser().resolve() for r in runs]
+    inside = next((f for f in folders if target == f or f in target.parents), None)
+    if inside is None:
+        inside = next((d for d in target.parents
+                       if (d / store.RUN_JSON).is_file() or (d / store.SUMMARY).is_file()),
+                      None)
+    if inside is not None:
+        raise EvalkitError(f"{path} is inside the run folder {inside}: write it elsewhere "
+                           "(the gate never writes into a run or a baseline)")
 
 
 @app.command("convert-gguf")

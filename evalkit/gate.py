@@ -34,10 +34,11 @@ passes (exit 0) otherwise. Nothing here writes into a run.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -54,7 +55,8 @@ from evalkit.analysis import (
     records_frame,
     row_info,
 )
-from evalkit.scoring import Z95
+from evalkit.report.tables import fmt_length
+from evalkit.scoring import interval_se
 from evalkit.types import EvalkitError, MetricKind, SummaryRow
 
 Alternative = Literal["worse", "two-sided"]
@@ -81,12 +83,12 @@ def tango_score(n_lost: int, n_won: int, n: int, margin: float) -> float:
     binary outcomes of n pairs, n_lost pairs right in the baseline only, n_won in the
     candidate only. The variance is taken at the maximum-likelihood p_won under H0's
     boundary (the root of 2n x^2 - B x - C = 0); at margin 0 this is McNemar's z."""
-    if n == 0:
-        return 1.0
+    if n == 0 or margin >= 1:
+        return 1.0  # a proportion cannot drop by 1 or more: H0 holds
     c = n - n_lost - n_won
     b = n_lost * (1 - margin) + n_won * (1 - 3 * margin) - 2 * c * margin
     cc = n_won * margin * (1 - margin)
-    x = (b + math.sqrt(b * b + 8 * n * cc)) / (4 * n)
+    x = (b + math.sqrt(max(0.0, b * b + 8 * n * cc))) / (4 * n)
     var = n * (2 * x + margin - margin * margin)
     diff = n_lost - n_won - n * margin
     if var <= 0:
@@ -116,6 +118,8 @@ def two_proportions(k_a: int, n_a: int, k_b: int, n_b: int, margin: float,
     loss > margin above 0."""
     if n_a == 0 or n_b == 0:
         return math.nan
+    if alternative == "worse" and margin >= 1:
+        return 1.0  # a proportion cannot drop by 1 or more: H0 holds
     if alternative == "two-sided" or margin == 0:
         alt = "greater" if alternative == "worse" else "two-sided"
         return float(stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]],
@@ -123,7 +127,7 @@ def two_proportions(k_a: int, n_a: int, k_b: int, n_b: int, margin: float,
     from statsmodels.stats.proportion import test_proportions_2indep
 
     res = test_proportions_2indep(k_a, n_a, k_b, n_b, value=margin, method="score",
-                                  compare="diff", alternative="larger")
+                                  compare="diff", alternative="larger", correction=False)
     return float(res.pvalue)
 
 
@@ -145,7 +149,7 @@ def interval_z(a: SummaryRow, b: SummaryRow, sign: int, margin: float,
                alternative: Alternative = "worse") -> float:
     """A z-test on the difference, each standard error read off its 95% interval (for
     values that are not a plain mean of samples, or are known by their summary only)."""
-    se = math.sqrt(sum(((r.ci_high - r.ci_low) / (2 * Z95)) ** 2 for r in (a, b)))
+    se = math.sqrt(sum(interval_se(r) ** 2 for r in (a, b)))
     loss = sign * (a.value - b.value)
     if not math.isfinite(se):
         return math.nan
@@ -296,6 +300,7 @@ class GateResult:
     alpha: float
     verdicts: list[Verdict]
     problems: list[str] = field(default_factory=list)  # run-level reasons to fail
+    n_tested: int = 0  # the cells Holm's correction ran over
 
     @property
     def failed(self) -> list[Verdict]:
@@ -346,19 +351,14 @@ def gate(baseline: Path, candidate: Path, margin: float = 0.0, alpha: float = 0.
             else v.reason
         if status == "fail" and v.prompts_changed:
             reason += f" (prompt changed in {v.prompts_changed} of {v.n_pairs} pairs)"
-        verdicts[i] = _with(v, status=status, reason=reason, p_holm=p_holm)
+        verdicts[i] = replace(v, status=status, reason=reason, p_holm=p_holm)
     problems = []
     if cand.status != "complete":
         problems.append(f"the candidate run is partial ({cand.n_done} of {cand.n_samples} "
                         "samples scored): finish it (run the same command again) and gate "
                         "again")
-    return GateResult(str(baseline), str(candidate), margin, alpha, verdicts, problems)
-
-
-def _with(v: Verdict, **changes: object) -> Verdict:
-    from dataclasses import replace
-
-    return replace(v, **changes)  # type: ignore[arg-type]
+    return GateResult(str(baseline), str(candidate), margin, alpha, verdicts, problems,
+                      len(tested))
 
 
 def _verdict(cell: Cell) -> Verdict:
@@ -377,10 +377,12 @@ def _verdict(cell: Cell) -> Verdict:
         return make("missing", "the candidate has no such cell")
     if b.n_errors:
         return make("errors", f"{b.n_errors} of {b.n + b.n_errors} samples errored")
-    if not a.n:
-        return make("untested", "the baseline has no scored sample here")
+    if not a.n or not _finite(a.value):
+        return make("untested", "the baseline has no scored value here")
+    if not b.n or not _finite(b.value):
+        return make("fail", "the candidate has no scored value here")
     if t is None or t.p is None:
-        return make("untested", "too few samples for a test")
+        return make("untested", "too few samples on both sides for a test")
     note = f"prompt changed in {t.prompts_changed} of {t.n_pairs} pairs" \
         if t.prompts_changed else ""
     return make("pass", note)
@@ -388,7 +390,8 @@ def _verdict(cell: Cell) -> Verdict:
 
 # ---- output ------------------------------------------------------------------------------
 
-def _cell(r: SummaryRow | None) -> str:
+def value_cell(r: SummaryRow | None) -> str:
+    """A row's value and n for a text table ("-" where there is none)."""
     if r is None:
         return "-"
     if not _finite(r.value):
@@ -402,18 +405,13 @@ def _p(p: float | None) -> str:
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
-def _length(length: int | str) -> str:
-    from evalkit.report.tables import fmt_length
-
-    return fmt_length(length)
-
-
 COLUMNS = ("cell", "length", "metric", "baseline", "candidate", "delta", "test", "p", "p_holm",
            "verdict")
 
 
 def table_rows(result: GateResult) -> list[tuple[str, ...]]:
-    return [(v.name, _length(v.length), v.metric, _cell(v.baseline), _cell(v.candidate),
+    return [(v.name, fmt_length(v.length), v.metric, value_cell(v.baseline),
+             value_cell(v.candidate),
              "-" if v.delta is None else f"{v.delta:+.3f}", v.test or "-", _p(v.p),
              _p(v.p_holm), v.status.upper() + (f": {v.reason}" if v.reason else ""))
             for v in result.verdicts]
@@ -426,7 +424,7 @@ def headline(result: GateResult) -> str:
     word = "PASS" if result.passed else "FAIL"
     margin = f"margin {result.margin:g}, " if result.margin else ""
     return (f"gate {word}: {said} ({margin}one-sided alpha {result.alpha:g}, Holm over "
-            f"{sum(1 for v in result.verdicts if v.p is not None)} tested cells)")
+            f"{result.n_tested} tested cells)")
 
 
 def format_gate(result: GateResult) -> str:
@@ -443,16 +441,20 @@ def format_gate(result: GateResult) -> str:
     return "\n".join(lines)
 
 
+_MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~&")
+
+
 def _md(text: str) -> str:
-    """A table cell's text for markdown: no pipes, no line breaks, no raw HTML."""
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("|", "\\|").replace("\n", " ").replace("\r", " "))
+    """Untrusted text (labels, task names, paths) for a markdown table cell: every markdown
+    punctuation mark backslash-escaped (no link, image, code or HTML can form), one line."""
+    return "".join("\\" + c if c in _MD_SPECIAL else (" " if c in "\r\n" else c)
+                   for c in text)
 
 
 def markdown(result: GateResult) -> str:
     """The verdict as GitHub-flavoured markdown (for $GITHUB_STEP_SUMMARY)."""
     out = [f"### evalkit gate: {'PASS' if result.passed else 'FAIL'}", "",
-           f"Baseline `{_md(result.baseline)}`, candidate `{_md(result.candidate)}`.", "",
+           f"Baseline {_md(result.baseline)}, candidate {_md(result.candidate)}.", "",
            _md(headline(result)), ""]
     out += [f"- **FAIL**: {_md(p)}" for p in result.problems]
     if result.problems:
@@ -463,27 +465,35 @@ def markdown(result: GateResult) -> str:
     return "\n".join(out) + "\n"
 
 
+_XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    """Text XML 1.0 can hold: the characters it forbids (control characters) replaced."""
+    return _XML_BAD.sub("\ufffd", text)
+
+
 def junit_xml(result: GateResult) -> str:
     """JUnit XML: a test case per cell (failed, skipped for an untested one), and one for
     each run-level problem."""
     suite = ET.Element("testsuite", name="evalkit gate")
     failures = skipped = 0
     for v, row in zip(result.verdicts, table_rows(result), strict=True):
-        case = ET.SubElement(suite, "testcase", classname=f"evalkit.gate.{v.task}",
-                             name=f"{v.name} {row[1]} {v.metric}")
-        detail = "; ".join(f"{k}={c}" for k, c in zip(COLUMNS, row, strict=True))
+        case = ET.SubElement(suite, "testcase", classname=_xml(f"evalkit.gate.{v.task}"),
+                             name=_xml(f"{v.name} {row[1]} {v.metric}"))
+        detail = _xml("; ".join(f"{k}={c}" for k, c in zip(COLUMNS, row, strict=True)))
         if v.status in FAILING:
             failures += 1
-            ET.SubElement(case, "failure", message=row[-1], type=v.status).text = detail
+            ET.SubElement(case, "failure", message=_xml(row[-1]), type=v.status).text = detail
         elif v.status in ("untested", "new"):
             skipped += 1
-            ET.SubElement(case, "skipped", message=row[-1])
+            ET.SubElement(case, "skipped", message=_xml(row[-1]))
         else:
             ET.SubElement(case, "system-out").text = detail
     for problem in result.problems:
         failures += 1
         case = ET.SubElement(suite, "testcase", classname="evalkit.gate", name="candidate run")
-        ET.SubElement(case, "failure", message=problem, type="run")
+        ET.SubElement(case, "failure", message=_xml(problem), type="run")
     suite.set("tests", str(len(result.verdicts) + len(result.problems)))
     suite.set("failures", str(failures))
     suite.set("skipped", str(skipped))

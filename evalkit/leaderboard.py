@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit import store
-from evalkit.scoring import Z95, mean_row
+from evalkit.scoring import Z95, interval_se, mean_row
 from evalkit.types import (
     EvalkitError,
     MetricKind,
@@ -736,8 +736,8 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
 
 def _se(row: SummaryRow) -> float:
     """A standard error read off a row's 95% interval (0 where it has none)."""
-    width = row.ci_high - row.ci_low
-    return 0.0 if math.isnan(width) else width / (2 * Z95)
+    se = interval_se(row)
+    return 0.0 if math.isnan(se) else se
 
 
 def _derived_row(model: str, task: str, length: str, metric: str, parts: Sequence[SummaryRow],

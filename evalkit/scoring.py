@@ -128,6 +128,12 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
+def interval_se(row: SummaryRow) -> float:
+    """A standard error read off a row's 95% interval: its wider side over z, since an
+    interval clipped to [0, 1] is narrower on the clipped side (NaN where it has none)."""
+    return max(row.value - row.ci_low, row.ci_high - row.value) / Z95
+
+
 def length_key(record: Record) -> int | str:
     """The length cell a record belongs to: the target asked for, else the case's bin."""
     s = record.sample

@@ -127,7 +127,7 @@ def test_unpaired_tests_are_scipy_and_statsmodels() -> None:
     from statsmodels.stats.proportion import test_proportions_2indep
 
     want = test_proportions_2indep(18, 20, 10, 20, value=0.1, method="score", compare="diff",
-                                   alternative="larger").pvalue
+                                   alternative="larger", correction=False).pvalue  # F-M
     assert two_proportions(18, 20, 10, 20, 0.1) == pytest.approx(float(want))
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
@@ -358,7 +358,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needl
                                       str(a), "--junit", str(a / "gate.xml")])
     with pytest.raises(SystemExit) as exc:
         evalkit.cli.main()
-    assert exc.value.code == 2 and "inside a run folder" in capsys.readouterr().err
+    assert exc.value.code == 2 and "inside the run folder" in capsys.readouterr().err
+    # nor over a baseline kept as summary.json alone, checked before anything is written
+    alone = tmp_path / "baseline"
+    alone.mkdir()
+    shutil.copy(a / "summary.json", alone / "summary.json")
+    kept = (alone / "summary.json").read_bytes()
+    monkeypatch.setattr(sys, "argv", ["evalkit", "gate", "--baseline", str(alone / "summary.json"),
+                                      "--candidate", str(a), "--junit", str(tmp_path / "g.xml"),
+                                      "--markdown", str(alone / "summary.json")])
+    with pytest.raises(SystemExit) as exc:
+        evalkit.cli.main()
+    assert exc.value.code == 2 and "inside the run folder" in capsys.readouterr().err
+    assert (alone / "summary.json").read_bytes() == kept and not (tmp_path / "g.xml").exists()
 
 
 def test_cell_test_picks_the_test_the_cell_allows() -> None:
@@ -377,3 +389,47 @@ def test_cell_test_picks_the_test_the_cell_allows() -> None:
     cont = MetricInfo("continuous")
     assert cell_test(row(0.5, 3, None, kind="continuous"), row(0.4, 3, None, kind="continuous"),
                      cont, None, [0.5, 0.4, 0.6], [0.4, 0.3, 0.5]).test == "welch-t"
+
+
+def test_runs_of_token_lengths_and_of_named_bins_gate_without_a_crash(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", "m", BASE)
+    records = [_record("m", "longqa", 0, f"longqa/all/0/{i}", 1.0) for i in range(5)]
+    b = tmp_path / "b"
+    store.prepare_run_dir(b)
+    store.write_run(b, {"run_id": "b", "spec_hash": "y" * 12, "n_samples": 5,
+                        "model_label": "m", "spec": {}})
+    store.append_records(b, [Record(**{**r.__dict__, "sample": Sample(
+        **{**r.sample.__dict__, "target_tokens": None, "meta": {"bin": "all"}})})
+        for r in records])
+    result = gate(a, b)
+    assert {v.status for v in result.verdicts} == {"missing", "new"}
+    assert result.exit_code == 1 and len(compare_runs(a, b)[2]) == 4
+
+
+def test_a_candidate_cell_with_no_scored_value_fails(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", "m", BASE)
+    b = write_run(tmp_path / "b", "m", BASE)
+    data = json.loads((b / "summary.json").read_text())
+    data["rows"][0]["value"] = float("nan")
+    alone = tmp_path / "cand"
+    alone.mkdir()
+    (alone / "summary.json").write_text(json.dumps(data))
+    result = gate(a, alone / "summary.json")
+    assert [v.status for v in result.verdicts].count("fail") == 1 and result.exit_code == 1
+    assert result.n_tested == 2 and "Holm over 2 tested cells" in markdown(result).replace(
+        "\\", "")
+
+
+def test_margins_of_a_whole_proportion_or_more_never_fail_a_binary_cell() -> None:
+    assert tango_score(22, 2, 24, 1.2) == 1.0
+    assert two_proportions(20, 20, 0, 20, 1.0) == 1.0
+
+
+def test_untrusted_labels_cannot_form_links_or_break_the_xml(tmp_path: Path) -> None:
+    evil = "x](http://e.vil)![i](http://t/p.png)\x01`"
+    a = write_run(tmp_path / "a", "m", {(evil, 1024): [1.0] * 10})
+    b = write_run(tmp_path / "b", "m", {(evil, 1024): [0.0] * 10})
+    result = gate(a, b)
+    md = markdown(result)
+    assert "](http" not in md and "![" not in md
+    ET.fromstring(junit_xml(result).split("?>", 1)[1])  # parses: no control character

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from evalkit import store
 from evalkit.analysis import load_runs
-from evalkit.gate import holm, paired_cells
+from evalkit.gate import holm, paired_cells, value_cell
 from evalkit.report.plots import length_plot
 from evalkit.report.tables import fmt_length, is_mean_of_tasks, length_tables, split_rows
 from evalkit.types import MetricKind, SummaryRow
@@ -71,7 +71,8 @@ def compare_runs(run_a: Path, run_b: Path,
     for c in cells:
         task, length, subset, metric = c.key
         delta = None
-        if c.test is not None and c.baseline is not None and c.candidate is not None:
+        if (c.baseline is not None and c.candidate is not None
+                and math.isfinite(c.baseline.value) and math.isfinite(c.candidate.value)):
             delta = c.candidate.value - c.baseline.value
         out.append(CompareRow(task, subset, length, c.baseline, c.candidate, delta,
                               adjusted.get(c.key), c.test.test if c.test else "", metric,
@@ -98,9 +99,6 @@ def compare_runs(run_a: Path, run_b: Path,
 
 
 def format_compare(label_a: str, label_b: str, rows: list[CompareRow]) -> str:
-    def cell(r: SummaryRow | None) -> str:
-        return "-" if r is None or math.isnan(r.value) else f"{r.value:.3f} n={r.n}"
-
     width = max([14, *(len(r.task if r.subset == "all" else f"{r.task}:{r.subset}") + 1
                        for r in rows)])
     head = (f"{'task':<{width}} {'length':>8} {'metric':<10} {label_a[:18]:>18} "
@@ -114,5 +112,5 @@ def format_compare(label_a: str, label_b: str, rows: list[CompareRow]) -> str:
         if r.verdict:
             sig += f", {r.verdict}"
         lines.append(f"{name:<{width}} {fmt_length(r.length):>8} {r.metric:<10} "
-                     f"{cell(r.a):>18} {cell(r.b):>18} {delta:>7} {p:>7}  {sig}")
+                     f"{value_cell(r.a):>18} {value_cell(r.b):>18} {delta:>7} {p:>7}  {sig}")
     return "\n".join(lines)
