@@ -275,10 +275,15 @@ def by_cell(frame: pd.DataFrame) -> dict[CellKey, pd.DataFrame]:
 
 
 def paired_frame(a: Run, b: Run) -> pd.DataFrame:
-    """Two runs joined by cell and sample id: value_a, value_b and both prompt hashes, with
-    `prompt_changed` where the same id was sent as a different prompt (a template change,
-    say): such pairs are still the same test case, and readers say how many changed."""
-    fa, fb = records_frame(a.records), records_frame(b.records)
+    """Two runs joined by cell and sample id (see join_frames)."""
+    return join_frames(records_frame(a.records), records_frame(b.records))
+
+
+def join_frames(fa: pd.DataFrame, fb: pd.DataFrame) -> pd.DataFrame:
+    """Two records_frames joined by cell and sample id: value_a, value_b and both prompt
+    hashes, with `prompt_changed` where the same id was sent as a different prompt (a
+    template change, say): such pairs are still the same test case, and readers say how
+    many changed."""
     joined = fa.merge(fb, on=[*CELL, "sample_id"], suffixes=("_a", "_b"))
     joined["prompt_changed"] = joined["prompt_sha256_a"] != joined["prompt_sha256_b"]
     return joined

@@ -50,7 +50,7 @@ from evalkit.analysis import (
     MetricInfo,
     Run,
     by_cell,
-    paired_frame,
+    join_frames,
     read_run,
     records_frame,
     row_info,
@@ -237,10 +237,10 @@ def paired_cells(base: Run, cand: Run, margin: float,
     infos = row_info([*base.rows, *cand.rows], [*base.records, *cand.records])
     rows_a = {(r.task, r.length, r.subset, r.metric): r for r in base.rows}
     rows_b = {(r.task, r.length, r.subset, r.metric): r for r in cand.rows}
-    values_a = {k: list(g["value"]) for k, g in by_cell(records_frame(base.records)).items()}
-    values_b = {k: list(g["value"]) for k, g in by_cell(records_frame(cand.records)).items()}
-    pairs = (by_cell(paired_frame(base, cand))
-             if base.has_samples and cand.has_samples else {})
+    fa, fb = records_frame(base.records), records_frame(cand.records)  # once per run
+    values_a = {k: list(g["value"]) for k, g in by_cell(fa).items()}
+    values_b = {k: list(g["value"]) for k, g in by_cell(fb).items()}
+    pairs = by_cell(join_frames(fa, fb)) if base.has_samples and cand.has_samples else {}
     out = []
     for key in [*rows_a, *(k for k in rows_b if k not in rows_a)]:
         a, b = rows_a.get(key), rows_b.get(key)

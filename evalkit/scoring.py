@@ -120,7 +120,7 @@ def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float
 def interval(values: Sequence[float]) -> tuple[float, float]:
     """The 95% interval of a mean score: Wilson for 0/1 scores, else the normal one, kept
     inside [0, 1] when every score is (TruthfulQA's mc2 is a probability mass)."""
-    if all(v in (0.0, 1.0) for v in values):
+    if metric_kind(values) == "binary":
         return wilson(sum(values), len(values))
     lo, hi = mean_interval(values)
     if all(0.0 <= v <= 1.0 for v in values) and not math.isnan(lo):

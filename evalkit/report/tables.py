@@ -17,14 +17,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import pandas as pd
-
 from evalkit.generators import task_names
 from evalkit.types import SummaryRow
-
-
-def rows_frame(rows: Iterable[SummaryRow]) -> pd.DataFrame:
-    return pd.DataFrame([r.__dict__ for r in rows])
 
 
 @dataclass(frozen=True)
