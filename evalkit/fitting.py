@@ -1,18 +1,42 @@
-"""Fit a haystack to a token budget.
+"""Fit a haystack to a token budget, tokenizing about once.
 
-`fit_max` finds the largest size k whose prompt still fits the budget, by a binary search
-that ends by construction: at most ceil(log2(hi - lo + 1)) + 1 measurements.
+A prompt of size k (k lines, conversations, profiles or filler characters) is fitted to a
+budget B when measure(build(k)) <= B < measure(build(k + 1)), and `measure` is the exact
+count of the rendered prompt, as the model will see it. Finding k by bisection re-tokenizes
+the whole prompt at every step (10-18 times the final tokens). Here:
+
+- Each whitespace-led chunk of text (" word", "\\nline") is tokenized once and its count
+  memoized (`Estimator`); real tokenizers (SentencePiece, llama.cpp's BPE vocabularies)
+  never merge tokens across whitespace-led chunks, so the sum is the count, and chunks
+  repeat (filler words, corpus conversations, profile sentences, line names).
+- A task gives the estimate of build(k) cheaply: cumulative sums over its units.
+- `Fitter.fit` proposes k from the estimate, corrected by an offset learned from the last
+  exact measurement (the chat template's wrapping, the BOS), measures the rendered prompt,
+  and moves within the bounds it has measured until k fits and k + 1 does not. k + 1 is
+  taken on the estimate's word only when the estimate has been exact for this fit so far;
+  otherwise it is measured.
+
+The answer is the one bisection gives (`fit_max`, kept as the reference) whenever the count
+grows with k; the estimate only decides which k are measured, never the answer, so a
+tokenizer that breaks the chunk rule costs speed, not exactness.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from evalkit.types import EvalkitError
 
 Measure = Callable[[str], int]
+
+_CHUNK = re.compile(r"\s*\S+|\s+")
+_ANCHOR = "x"  # what a chunk is counted after: one token that no whitespace-led chunk joins
+_MEMO_MAX = 1_000_000  # chunks remembered (line names and numbers are mostly distinct)
+_GUIDED_STEPS = 4  # estimate-guided measurements before the search falls back to bisection
 
 
 @dataclass(frozen=True)
@@ -22,14 +46,180 @@ class Fit:
     tokens: int
 
 
+class Estimator:
+    """Token counts of texts as sums of memoized whitespace-led chunk counts."""
+
+    def __init__(self, count: Measure) -> None:
+        self._count = count
+        self._anchor = count(_ANCHOR)
+        self._memo: dict[str, int] = {}
+
+    def chunk(self, chunk: str) -> int:
+        n = self._memo.get(chunk)
+        if n is None:
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            n = self._memo[chunk] = self._count(_ANCHOR + chunk) - self._anchor
+        return n
+
+    def __call__(self, text: str) -> int:
+        return sum(self.chunk(c) for c in _CHUNK.findall(text))
+
+
+class Units:
+    """Estimates of `head(k) + units[0] + ... + units[k-1] + tail(k)`, chunked as the whole
+    prompt is: a piece's trailing whitespace leads the next piece's first chunk. Units are
+    asked for in order and only as far as a fit reaches."""
+
+    def __init__(self, estimator: Estimator, unit: Callable[[int], str],
+                 head: Callable[[int], str], tail: Callable[[int], str]) -> None:
+        self._est, self._unit, self._head, self._tail = estimator, unit, head, tail
+        self._cum = [0]
+        self._carry: list[str] = []  # trailing whitespace of the head, then of each unit
+        self._ends: dict[int, int] = {}
+
+    def _grow(self, k: int) -> None:
+        if not self._carry:
+            head = self._head(1)
+            self._carry.append(head[len(head.rstrip()):])
+        while len(self._cum) <= k:
+            text = self._unit(len(self._cum) - 1)
+            body = text.rstrip()
+            self._cum.append(self._cum[-1] + self._est(self._carry[-1] + body))
+            self._carry.append(text[len(body):])
+
+    def at(self, k: int) -> int:
+        self._grow(k)
+        if k not in self._ends:
+            self._ends[k] = self._est(self._head(k).rstrip()) + self._est(
+                self._carry[k] + self._tail(k))
+        return self._cum[k] + self._ends[k]
+
+    def largest_within(self, target: float, lo: int, hi: int) -> int:
+        """The largest k in [lo, hi] estimated at most `target`; lo - 1 when none is.
+        Walks up one unit at a time (units past the fit are never made)."""
+        k = lo - 1
+        while k < hi and self.at(k + 1) <= target:
+            k += 1
+        return k
+
+
+@dataclass
+class Curve:
+    """An estimate given as a function of k, cheap anywhere (the passkey filler)."""
+
+    at: Callable[[int], int]
+
+    def largest_within(self, target: float, lo: int, hi: int) -> int:
+        low, high = lo, hi  # bisection on the estimate: no tokenizing
+        best = lo - 1
+        while low <= high:
+            mid = (low + high) // 2
+            if self.at(mid) <= target:
+                best, low = mid, mid + 1
+            else:
+                high = mid - 1
+        return best
+
+
+class PrefixCounts:
+    """Estimates of text[:m] for every m of one long text (a repeated filler): whole chunks
+    by cumulative sums, the cut chunk by the memo."""
+
+    def __init__(self, estimator: Estimator, text: str) -> None:
+        self._est, self.text = estimator, text
+        self._ends: list[int] = []
+        self._cum = [0]
+        for m in _CHUNK.finditer(text):
+            self._ends.append(m.end())
+            self._cum.append(self._cum[-1] + estimator.chunk(m.group()))
+
+    def __call__(self, m: int) -> int:
+        whole = bisect.bisect_right(self._ends, m)  # chunks that end at or before m
+        start = self._ends[whole - 1] if whole else 0
+        return self._cum[whole] + (self._est(self.text[start:m]) if m > start else 0)
+
+
+Estimate = Units | Curve
+
+
+@dataclass
+class Fitter:
+    """Fits prompts for one plan: the exact `measure`, the chunk `Estimator` over the raw
+    `count`, and per call site the offset between the two (learned, carried from one sample
+    to the next, so that the first proposal is usually the answer)."""
+
+    measure: Measure
+    count: Measure
+    offsets: dict[str, int] = field(default_factory=dict)
+    exact: dict[str, bool] = field(default_factory=dict)  # the estimate never missed here
+    _estimator: Estimator | None = None
+
+    @property
+    def estimator(self) -> Estimator:
+        if self._estimator is None:
+            self._estimator = Estimator(self.count)
+        return self._estimator
+
+    def units(self, unit: Callable[[int], str], head: Callable[[int], str],
+              tail: Callable[[int], str]) -> Units:
+        return Units(self.estimator, unit, head, tail)
+
+    def fit(self, key: str, build: Callable[[int], str], estimate: Estimate, budget: int,
+            lo: int, hi: int, what: str = "haystack") -> Fit:
+        """The k in [lo, hi] with measure(build(k)) <= budget < measure(build(k + 1)) (or
+        k = hi when everything fits: the caller decides whether the source ran out).
+        Raises EvalkitError when even build(lo) is over budget."""
+        if lo > hi:
+            raise ValueError(f"empty search range [{lo}, {hi}]")
+        offset = self.offsets.get(key, 0)
+        learned = key in self.offsets  # the first fit of a call site measures k + 1 itself
+        best: Fit | None = None
+        over = hi + 1  # the smallest k measured over budget
+        k = min(hi, max(lo, estimate.largest_within(budget - offset, lo, hi)))
+        for step in range(64 + _GUIDED_STEPS):
+            prompt = build(k)
+            tokens = self.measure(prompt)
+            predicted = estimate.at(k) + offset
+            if tokens != predicted and step:  # missed with this fit's own offset: from now
+                self.exact[key] = False  # on, k + 1 is always measured at this call site
+            # k + 1 is taken on the estimate's word only when the estimate was exact here
+            trusted = learned and self.exact.get(key, True) and tokens == predicted
+            offset = tokens - estimate.at(k)
+            self.offsets[key] = offset
+            if tokens <= budget:
+                best = Fit(k, prompt, tokens)
+            else:
+                over = k
+            if best is None:
+                if k == lo:
+                    raise EvalkitError(
+                        f"{budget} tokens is too short for this task: its shortest prompt "
+                        f"({lo} {what}) already takes {tokens} tokens; ask for a longer length")
+                low = lo
+            else:
+                if best.size == hi or over == best.size + 1:
+                    return best
+                low = best.size + 1
+            high = over - 1
+            if step >= _GUIDED_STEPS:
+                k = (low + high + (best is not None)) // 2  # bisection: ends in log steps
+                continue
+            k = estimate.largest_within(budget - offset, low, high)
+            if k < low:  # the estimate says nothing above what fits fits
+                if best is not None and trusted:
+                    return best
+                k = low
+        raise AssertionError("fit did not converge")  # pragma: no cover
+
+
 def fit_max(build: Callable[[int], str], measure: Measure, budget: int, lo: int, hi: int,
             what: str = "haystack") -> Fit:
-    """Largest k in [lo, hi] with measure(build(k)) <= budget.
+    """Largest k in [lo, hi] with measure(build(k)) <= budget, by bisection: at most
+    ceil(log2(hi - lo + 1)) + 1 measurements. The reference the Fitter is tested against.
 
-    `measure` must not decrease as k grows (more haystack, more tokens). Raises EvalkitError
-    when even the smallest prompt is over budget. Returns k = hi when everything fits: the
-    caller decides whether that means the source ran out.
-    """
+    `measure` must not decrease as k grows. Raises EvalkitError when even the smallest prompt
+    is over budget. Returns k = hi when everything fits."""
     if lo > hi:
         raise ValueError(f"empty search range [{lo}, {hi}]")
     smallest = build(lo)
@@ -55,15 +245,6 @@ def fit_max(build: Callable[[int], str], measure: Measure, budget: int, lo: int,
     return best
 
 
-def fit_growing(build: Callable[[int], str], measure: Measure, budget: int, start: int,
-                limit: int, what: str = "haystack") -> Fit:
-    """`fit_max` for sources without a known size bound: double the upper bound from
-    `start` until the prompt overflows the budget (at most log2(limit / start) doublings),
-    then search. Raises EvalkitError when even `limit` items fit."""
-    hi = max(2, start)
-    while measure(build(hi)) <= budget:
-        if hi >= limit:
-            raise EvalkitError(f"{budget} tokens needs more {what} than the generator makes "
-                               f"({limit}): ask for a shorter length")
-        hi = min(limit, hi * 2)
-    return fit_max(build, measure, budget, lo=1, hi=hi - 1, what=what)
+def chunks(text: str) -> Sequence[str]:
+    """The whitespace-led chunks a text is estimated by (for tests)."""
+    return _CHUNK.findall(text)

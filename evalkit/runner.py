@@ -104,8 +104,12 @@ def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
         def measure(text: str, render: Callable[[str], str] = template.render) -> int:
             return len(counter.encode(render(text)))
 
+        def count(text: str) -> int:
+            return len(counter.encode(text))
+
         plan = Plan(task=task.name, lengths=task.lengths, samples=task.samples, seed=spec.seed,
-                    template=template.name, max_new_tokens=task.max_new_tokens, measure=measure)
+                    template=template.name, max_new_tokens=task.max_new_tokens, measure=measure,
+                    count=count)
         params = make_params(tdef, task.params)
         samples.extend(_progress(tdef.generate(params, plan), progress,
                                  f"planning {task.name}",

@@ -9,6 +9,7 @@ changes the samples already made.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -16,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit.fitting import Measure
+from evalkit.fitting import Fitter, Measure
 from evalkit.types import EvalkitError, MetricDef, RequestKind, Response, Sample
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How many samples at which lengths, measured how."""
+    """How many samples at which lengths, measured how: `measure` counts a prompt as the
+    model sees it (rendered); `count` counts raw text (no template), for the fitter's
+    estimates (None: `measure`, whose wrapping cancels out of differences)."""
 
     task: str
     lengths: tuple[int, ...]
@@ -31,6 +34,11 @@ class Plan:
     template: str
     max_new_tokens: int
     measure: Measure
+    count: Measure | None = None
+
+    @functools.cached_property
+    def fitter(self) -> Fitter:
+        return Fitter(self.measure, self.count or self.measure)
 
 
 @dataclass(frozen=True)

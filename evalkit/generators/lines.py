@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from evalkit.fitting import fit_growing
 from evalkit.generators.base import (
     ACCURACY,
     Plan,
@@ -123,8 +122,18 @@ def _case(sid: str, plan: Plan, params: LinesParams, n_lines: int | None,
         n, prompt = n_lines, build(n_lines)
         tokens = plan.measure(prompt)
     else:
-        fit = fit_growing(build, plan.measure, target, start=target // 16 + 4, limit=MAX_LINES,
-                          what="lines")
+        def line(j: int) -> str:
+            stream.extend(j + 1)
+            return LINE.format(idx=stream.indexes[j], value=stream.values[j])
+
+        def question(n: int) -> str:
+            return QUESTION.format(idx=stream.indexes[asked_at(n)])
+
+        units = plan.fitter.units(line, lambda n: HEADER, question)
+        fit = plan.fitter.fit("lines", build, units, target, lo=1, hi=MAX_LINES, what="lines")
+        if fit.size == MAX_LINES:
+            raise EvalkitError(f"{target} tokens needs more lines than the generator makes "
+                               f"({MAX_LINES}): ask for a shorter length")
         n, prompt, tokens = fit.size, fit.prompt, fit.tokens
     asked = asked_at(n)
     return Sample(

@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from evalkit.fitting import fit_growing
 from evalkit.generators.base import (
     ACCURACY,
     Plan,
@@ -116,21 +115,41 @@ def _synthetic(sid: str, target: int, plan: Plan) -> Sample:
     def asked_at(n: int) -> int:
         return min(n - 1, int(depth_draw * n))
 
-    def case(n: int) -> tuple[str, list[str]]:
+    first_seen: dict[str, int] = {}  # each value of the attribute: its first profile
+    scanned = [0]  # profiles entered in first_seen
+
+    def question(n: int) -> tuple[str, list[str]]:
         stream.extend(n)
+        for j in range(scanned[0], n):
+            first_seen.setdefault(stream.profiles[j][1][attr], j)
+        scanned[0] = max(scanned[0], n)
         asked = asked_at(n)
         right = stream.profiles[asked][1][attr]
-        others = sorted({p[1][attr] for p in stream.profiles[:n]} - {right})
+        others = sorted(v for v, j in first_seen.items() if j < n and v != right)
         pool = others if len(others) >= 3 else sorted(set(_vocab()[ATTRIBUTES[attr][0]]) - {right})
         wrong = random.Random(distractor_seed).sample(pool, 3)
         options = wrong[:letter_draw] + [right] + wrong[letter_draw:]
-        document = "\n\n".join(p[0] for p in stream.profiles[:n])
-        question = ATTRIBUTES[attr][2].format(name=stream.names[asked])
-        return format_prompt(document, question, options), options
+        return ATTRIBUTES[attr][2].format(name=stream.names[asked]), options
 
-    fit = fit_growing(lambda n: case(n)[0], plan.measure, target, start=target // 64 + 2,
-                      limit=MAX_PEOPLE, what="profiles")
-    _, options = case(fit.size)
+    def build(n: int) -> str:
+        document = "\n\n".join(p[0] for p in stream.profiles[:n])
+        return format_prompt(document, *question(n))
+
+    def profile(j: int) -> str:
+        stream.extend(j + 1)
+        return ("\n\n" if j else "") + stream.profiles[j][0]
+
+    head, _ = PROMPT.split("{document}")
+
+    def tail(n: int) -> str:
+        return format_prompt("", *question(n)).removeprefix(head)
+
+    units = plan.fitter.units(profile, lambda n: head, tail)
+    fit = plan.fitter.fit("longqa", build, units, target, lo=1, hi=MAX_PEOPLE, what="profiles")
+    if fit.size == MAX_PEOPLE:
+        raise EvalkitError(f"{target} tokens needs more profiles than the generator makes "
+                           f"({MAX_PEOPLE}): ask for a shorter length")
+    _, options = question(fit.size)
     asked = asked_at(fit.size)
     return Sample(
         id=sid, task="longqa", prompt=fit.prompt, targets=(LETTERS[letter_draw],),

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from evalkit.fitting import fit_max
+from evalkit.fitting import Curve, PrefixCounts
 from evalkit.generators.base import ACCURACY, Plan, Score, TaskDef, register_task, sample_rng
 from evalkit.scoring import first_int_match
 from evalkit.types import EvalkitError, MetricDef, Response, Sample
@@ -48,10 +48,6 @@ def filler(n_chars: int) -> str:
     return " ".join([FILLER] * reps)[:n_chars]
 
 
-def _prompt_of_size(n_garbage: int, *, depth: float, key: int) -> str:
-    return build_prompt(n_garbage, depth, key)
-
-
 def build_prompt(n_garbage: int, depth: float, key: int) -> str:
     prefix = round(n_garbage * depth)
     return "\n".join([TASK_DESCRIPTION, filler(prefix), NEEDLE.format(k=key),
@@ -64,6 +60,8 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
     depths: list[float | None] = list(params.depths) if params.depths is not None else [None]
     probe = filler(4000)
     chars_per_token = len(probe) / max(1, plan.measure(probe))
+    most_chars = int(max(plan.lengths) * chars_per_token * 1.5) + 256  # bounds, with room
+    fillers = PrefixCounts(plan.fitter.estimator, filler(most_chars))
     for target in plan.lengths:
         max_chars = int(target * chars_per_token * 1.5) + 256  # bounds the search, with room
         for depth in depths:
@@ -76,8 +74,15 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
                 else:
                     key = rng.randint(10 ** (params.key_digits - 1), 10 ** params.key_digits - 1)
                 where = rng.random() if depth is None else depth
-                fit = fit_max(functools.partial(_prompt_of_size, depth=where, key=key),
-                              plan.measure, target, lo=0, hi=max_chars, what="filler characters")
+                fixed = plan.fitter.estimator(build_prompt(0, where, key))
+
+                def estimate(n: int, where: float = where, fixed: int = fixed) -> int:
+                    prefix = round(n * where)
+                    return fixed + fillers(prefix) + fillers(n - prefix)
+
+                fit = plan.fitter.fit(
+                    "passkey", functools.partial(build_prompt, depth=where, key=key),
+                    Curve(estimate), target, lo=0, hi=max_chars, what="filler characters")
                 yield Sample(
                     id=sid, task="passkey", prompt=fit.prompt, targets=(str(key),),
                     target_tokens=target, input_tokens=fit.tokens, template=plan.template,

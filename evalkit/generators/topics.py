@@ -11,7 +11,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from evalkit.fitting import fit_max
 from evalkit.generators.base import (
     ACCURACY,
     Plan,
@@ -82,8 +81,10 @@ def _case(sid: str, corpus: Sequence[tuple[str, str]], plan: Plan, n: int | None
         prompt = build_prompt(convs, n)
         tokens = plan.measure(prompt)
     else:
-        fit = fit_max(lambda k: build_prompt(convs, k), plan.measure, target, lo=1,
-                      hi=len(convs), what="conversations")
+        units = plan.fitter.units(convs.__getitem__, lambda k: HEADER.format(n=k),
+                                  lambda k: QUESTION)
+        fit = plan.fitter.fit("topics", lambda k: build_prompt(convs, k), units, target, lo=1,
+                              hi=len(convs), what="conversations")
         if fit.size == len(convs):
             raise EvalkitError(
                 f"topics: the corpus ({len(corpus)} conversations, {fit.tokens} tokens) is too "
