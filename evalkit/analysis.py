@@ -137,7 +137,8 @@ def summary_of(run_dir: Path, info: Mapping[str, Any], records: Sequence[Record]
 
 def build_summary(run_dir: Path) -> RunSummary:
     """A run's summary computed from samples.jsonl in memory: writes nothing."""
-    return summary_of(run_dir, store.read_run(run_dir), store.read_records(run_dir))
+    records = store.read_records(run_dir, prompts=False)
+    return summary_of(run_dir, store.read_run(run_dir), records)
 
 
 def upgrade_row(row: SummaryRow) -> SummaryRow:

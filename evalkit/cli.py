@@ -15,8 +15,14 @@ from typing import Annotated, Any
 
 import typer
 
-from evalkit import store
-from evalkit.config import Overrides, build_specs, find_config, load_config_file
+from evalkit import analysis, store
+from evalkit.config import (
+    Overrides,
+    build_specs,
+    find_config,
+    load_config_file,
+    parse_shard,
+)
 from evalkit.generators import get_task, task_names
 from evalkit.generators.importers import detect_longeval_kind
 from evalkit.models import ALIASES, model_label
@@ -72,6 +78,9 @@ def run(
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="ask the backend every prompt, even those whose answers are in the "
                            "response cache (~/.cache/evalkit/responses)")] = False,
+    shard: Annotated[str | None, typer.Option(
+        help="run slice I of N (e.g. 2/4), chosen by sample id; join the N run folders with "
+             "`evalkit merge` (docs/scale.md)")] = None,
 ) -> None:
     """Run (or resume) an evaluation and print accuracy by input length."""
     from evalkit import runner
@@ -79,7 +88,8 @@ def run(
     data: dict[str, Any] = load_config_file(find_config(config)) if config else {}
     ov = Overrides(tasks=list(task or []), lengths=lengths, samples=samples, seed=seed,
                    model=model, backend=backend, template=template, tokenizer=tokenizer,
-                   cache=False if no_cache else None, limit=limit)
+                   cache=False if no_cache else None, limit=limit,
+                   shard=parse_shard(shard) if shard else None)
     for option, path, kind in (("--corpus", corpus, "topics"), ("--quality", quality, "longqa")):
         if path and task and kind not in task:  # else the file would be dropped in silence
             raise EvalkitError(f"{option} {path} is for the {kind} task, but --task asks for "
@@ -144,7 +154,8 @@ def _errors(run_dir: Path, most: int = 3) -> list[tuple[str, int]]:
     """The commonest error messages of a run's latest records, most frequent first."""
     from collections import Counter
 
-    counts = Counter(r.response.error for r in store.read_records(run_dir) if not r.ok)
+    records = store.read_records(run_dir, prompts=False)
+    counts = Counter(r.response.error for r in records if not r.ok)
     return [(str(m), n) for m, n in counts.most_common(most)]
 
 
@@ -333,6 +344,22 @@ def gate(
             raise EvalkitError(f"cannot write {path}: {exc.strerror or exc}: pass another "
                                "path") from None
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def merge(
+    shards: Annotated[list[Path], typer.Argument(
+        help="the run folders of `evalkit run ... --shard I/N`, all N of them")],
+    out: Annotated[Path, typer.Option(help="the merged run's folder (new)")],
+) -> None:
+    """Join the shards of one run into the run the unsharded command makes."""
+    from evalkit.shards import merge as merge_shards
+
+    run_dir = merge_shards(shards, out)
+    summary = analysis.build_summary(run_dir)
+    typer.echo(format_table(summary.rows))
+    typer.echo(f"\n{summary.n_done}/{summary.n_samples} samples scored, from {len(shards)} "
+               f"shards; merged run in {run_dir}")
 
 
 def _refuse_run_paths(path: Path, runs: tuple[Path, ...]) -> None:

@@ -65,6 +65,14 @@ def check_int(value: Any, what: str, low: int, high: int) -> int:
     return value
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """`--shard i/n`: slice i (1-based) of n."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)) <= 10_000:
+        raise EvalkitError(f"--shard {text}: give i/n with 1 <= i <= n <= 10000, e.g. --shard 1/4")
+    return int(m.group(1)), int(m.group(2))
+
+
 def parse_lengths(text: str | int | Sequence[str | int]) -> tuple[int, ...]:
     if isinstance(text, str):
         items: list[Any] = [x for x in text.split(",") if x.strip()]
@@ -103,6 +111,7 @@ class RunSpec:
     label: str | None = None  # the model's name in tables; default: its alias or file stem
     cache: bool = True  # answer from the response cache where it can (evalkit.model)
     limit: int | None = None  # leaderboard tasks: the first N documents (per MMLU subject)
+    shard: tuple[int, int] | None = None  # (i, n): this run is slice i of n (evalkit.shards)
 
     def to_json(self) -> dict[str, Any]:
         plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))
@@ -121,7 +130,13 @@ class RunSpec:
         d.pop("cache")
         if d["limit"] is None:
             d.pop("limit")  # runs made before the leaderboard tasks keep their hash
+        if d["shard"] is None:
+            d.pop("shard")  # a whole run keeps the hash it had before shards
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def whole(self) -> RunSpec:
+        """The run this one is a shard of (itself when it is whole)."""
+        return replace(self, shard=None)
 
 
 # Bounds of the numbers a config may set: wide enough for any real run, narrow enough that a
@@ -191,6 +206,7 @@ class Overrides:
     name: str | None = None
     cache: bool | None = None  # False: --no-cache
     limit: int | None = None
+    shard: tuple[int, int] | None = None  # --shard i/n
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -340,7 +356,7 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
         seed=ov.seed if ov.seed is not None else cfg.seed, temperature=cfg.temperature,
         tasks=tuple(tasks), retries=cfg.retries, label=entry.label,
         cache=cfg.cache if ov.cache is None else ov.cache,
-        limit=_limit(ov.limit, cfg.limit, tasks, source),
+        limit=_limit(ov.limit, cfg.limit, tasks, source), shard=ov.shard,
     )
 
 

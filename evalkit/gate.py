@@ -15,8 +15,9 @@ where lower is better), chosen by what the two cells hold:
   Fisher's exact test at margin 0; above 0, the Farrington-Manning score test;
 - continuous, not paired: Welch's t-test against the margin;
 - a value that is not a plain mean of its samples (MMLU's mean of subjects, the
-  leaderboard average), or a continuous cell known by its summary only: a z-test on the
-  difference with each standard error read off the 95% interval.
+  leaderboard average), a cell whose samples share haystacks (the shared-context tasks:
+  their interval is clustered by haystack), or a continuous cell known by its summary
+  only: a z-test on the difference with each standard error read off the 95% interval.
 
 Holm's correction runs over every tested cell, so a suite of many cells does not trip by
 chance more often than `alpha` in all (the family-wise error rate). Assumptions: the
@@ -188,7 +189,7 @@ def cell_test(a: SummaryRow, b: SummaryRow, info: MetricInfo, pairs: pd.DataFram
     analysis.paired_frame (None: the runs cannot pair, one has no samples); `values_*` each
     side's scored values (empty for a summary alone)."""
     sign = 1 if info.higher_is_better else -1
-    plain = not a.derived and not b.derived
+    plain = not (a.derived or b.derived or a.clusters or b.clusters)  # independent samples
     n_pairs = 0 if pairs is None else len(pairs)
     changed = 0 if pairs is None else int(pairs["prompt_changed"].sum())
     if (pairs is not None and plain and n_pairs >= 1

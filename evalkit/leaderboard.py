@@ -595,7 +595,7 @@ def run_lm_eval_task(spec: RunSpec, task: TaskSpec, model: LmModel, run_dir: Pat
             note = ""
         log(f"{task.name}: data from {source} ({where[0].data.where}"
             f"{f' and {len(where) - 1} more' if len(where) > 1 else ''}){note}")
-    done = {r.sample.id for r in store.read_records(run_dir) if r.ok}
+    done = {r.sample.id for r in store.read_records(run_dir, prompts=False) if r.ok}
     lm = EvalkitLM(evalkit_model=model, progress=progress)
     ids: list[str] = []
     written = 0

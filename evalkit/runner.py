@@ -13,10 +13,14 @@ tokens are the Model's (evalkit/model.py).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from evalkit.config import RunSpec, TaskSpec
 from evalkit.generators import Plan, get_task, make_params
 from evalkit.model import Model, make_model
 from evalkit.models import model_label
+from evalkit.shards import Selection
 from evalkit.templates import Template, make_template
 from evalkit.tokenizers import get_counter
 from evalkit.types import (
@@ -40,6 +45,8 @@ from evalkit.types import (
     RunSummary,
     Sample,
     TokenCounter,
+    sample_from_json,
+    to_jsonable,
 )
 
 Log = Callable[[str], None]
@@ -92,11 +99,13 @@ def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
                 )
 
 
-def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
-                 progress: bool = False) -> list[Sample]:
-    """Every sample of the run, in a stable order, measured with `counter`. `backend` is
-    only read for the model's chat template (None: every template is a fixed one)."""
-    samples: list[Sample] = []
+def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
+                 progress: bool = False, selection: Selection | None = None
+                 ) -> Iterator[Sample]:
+    """Every sample of the run (or of its shard: `selection`), in a stable order, measured
+    with `counter`, one at a time. `backend` is only read for the model's chat template
+    (None: every template is a fixed one)."""
+    seen: set[str] = set()
     for task in long_context_tasks(spec):
         tdef = get_task(task.name)
         template = resolve_template(task, backend)
@@ -109,15 +118,22 @@ def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
 
         plan = Plan(task=task.name, lengths=task.lengths, samples=task.samples, seed=spec.seed,
                     template=template.name, max_new_tokens=task.max_new_tokens, measure=measure,
-                    count=count)
+                    count=count, select=selection)
         params = make_params(tdef, task.params)
-        samples.extend(_progress(tdef.generate(params, plan), progress,
-                                 f"planning {task.name}",
-                                 _expected_count(task, params)))
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise EvalkitError("two tasks made samples with the same id: list each task once")
-    return samples
+        for sample in _progress(tdef.generate(params, plan), progress,
+                                f"planning {task.name}", _expected_count(task, params)):
+            if sample.id in seen:
+                raise EvalkitError("two tasks made samples with the same id: list each task once")
+            seen.add(sample.id)
+            # generators ask before fitting; samples read from files are sliced here
+            if selection is None or selection(sample.id, sample.meta.get("haystack")):
+                yield sample
+
+
+def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
+                 progress: bool = False) -> list[Sample]:
+    """Every sample of the run, in a list (a dry run, tests); runs stream them."""
+    return list(iter_samples(spec, backend, counter, progress))
 
 
 def long_context_tasks(spec: RunSpec) -> list[TaskSpec]:
@@ -131,7 +147,8 @@ def leaderboard_tasks(spec: RunSpec) -> list[TaskSpec]:
 
 
 def plan_leaderboard(spec: RunSpec) -> dict[str, list[str]]:
-    """The sample ids each leaderboard task of the run will record (its data, no model)."""
+    """The sample ids each leaderboard task of the whole run will record (its data, no
+    model)."""
     return {t.name: leaderboard.plan_lm_eval_task(t, spec.limit)
             for t in leaderboard_tasks(spec)}
 
@@ -139,7 +156,8 @@ def plan_leaderboard(spec: RunSpec) -> dict[str, list[str]]:
 def _expected_count(task: TaskSpec, params: Any) -> int | None:
     if task.lengths:
         depths = getattr(params, "depths", None)
-        return len(task.lengths) * task.samples * (len(depths) if depths else 1)
+        return (len(task.lengths) * task.samples * (len(depths) if depths else 1)
+                * getattr(params, "questions", 1))
     return None
 
 
@@ -185,7 +203,8 @@ def _run_dir(spec: RunSpec, out: Path | None, results_root: Path, log: Log) -> P
     found = store.find_run(results_root, spec_hash)
     if found is not None:
         return found
-    return results_root / store.make_run_id(spec.name, spec.label or model_label(spec.model),
+    name = spec.name if spec.shard is None else "{}-shard{}of{}".format(spec.name, *spec.shard)
+    return results_root / store.make_run_id(name, spec.label or model_label(spec.model),
                                             spec_hash)
 
 
@@ -215,10 +234,16 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
             backend = model.backend
             counter = (backend.tokenizer() if spec.tokenizer == "auto"
                        else get_counter(spec.tokenizer))
-            samples = _plan_checked(spec, backend, counter, label, progress)
-            planned = plan_leaderboard(spec)
-            return _run_locked(spec, model, counter, label, samples, planned, run_dir,
-                               progress, log)
+            with Spool(run_dir) as spool:
+                selection = Selection(spec.shard)
+                samples = _plan_checked(spec, backend, counter, label, progress, selection,
+                                        spool)
+                whole_ids = [*selection.seen,
+                             *(i for ids in plan_leaderboard(spec).values() for i in ids)]
+                planned = {name: ids for name, ids in plan_leaderboard(spec).items()
+                           if selection.takes(name)}
+                return _run_locked(spec, model, counter, label, samples, planned, whole_ids,
+                                   spool, run_dir, progress, log)
     except BaseException:
         if fresh:
             store.discard_if_unused(run_dir)
@@ -233,19 +258,84 @@ def task_kind(task: TaskSpec) -> RequestKind:
     return get_task(task.name).kind
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A planned sample while the run holds it: its id, where its sample is in the spool,
+    and its place in the schedule (prompts that share a prefix sort together)."""
+
+    id: str
+    order: tuple[str, bytes]
+    where: tuple[int, int]  # offset and size in the spool
+
+
+PREFIX_BLOCK = 1024  # characters per prefix digest: the grain of the schedule
+
+
+def prefix_key(text: str) -> bytes:
+    """8-byte digests of the text's prefixes at every PREFIX_BLOCK characters, joined:
+    sorting by it puts texts that share the longest prefix next to each other (the order
+    of a trie walk), in about 1/128 of the text's size."""
+    h = hashlib.blake2b(digest_size=8)
+    out = bytearray()
+    for start in range(0, len(text), PREFIX_BLOCK):
+        h.update(text[start:start + PREFIX_BLOCK].encode("utf-8"))
+        out += h.copy().digest()
+    return bytes(out)
+
+
+class Spool:
+    """The run's planned samples on disk, so that planning 10,000 long prompts does not hold
+    them in memory: each sample's JSON, compressed (a fraction of samples.jsonl), in an
+    unnamed temporary file in the run folder (in the system's temporary folder when the run
+    folder takes no writes: a finished run, read-only), gone when closed or when the process
+    dies. A refused write is one line naming the folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        try:
+            self._f = tempfile.TemporaryFile(dir=folder)
+        except OSError:
+            self._f = tempfile.TemporaryFile()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def add(self, sample: Sample) -> tuple[int, int]:
+        data = zlib.compress(json.dumps(to_jsonable(sample)).encode("utf-8"), 1)
+        try:
+            offset = self._f.seek(0, os.SEEK_END)
+            self._f.write(data)
+            self._f.flush()
+        except OSError as exc:
+            raise store.write_error(self.folder, exc) from None
+        return offset, len(data)
+
+    def get(self, where: tuple[int, int]) -> Sample:
+        self._f.seek(where[0])
+        return sample_from_json(json.loads(zlib.decompress(self._f.read(where[1]))))
+
+
 def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
-                  progress: bool) -> list[Sample]:
+                  progress: bool, selection: Selection, spool: Spool) -> list[Planned]:
     window = backend.context_window()
     check_lengths(spec, window, label)
-    samples = plan_samples(spec, backend, counter, progress)
-    too_long = [s for s in samples if window and s.input_tokens + s.max_new_tokens > window]
+    planned: list[Planned] = []
+    too_long: list[str] = []
+    example = ""
+    for s in iter_samples(spec, backend, counter, progress, selection):
+        if window and s.input_tokens + s.max_new_tokens > window:
+            too_long.append(s.id)
+            example = example or f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens"
+            continue
+        planned.append(Planned(s.id, (s.task, prefix_key(s.prompt)), spool.add(s)))
     if too_long:
-        s = too_long[0]
         raise EvalkitError(
             f"{len(too_long)} sample(s) are over the context window of {label} ({window} "
-            f"tokens), e.g. {s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens: "
-            "drop those cases or use a model with a longer context")
-    return samples
+            f"tokens), e.g. {example}: drop those cases or use a model with a longer context")
+    return planned
 
 
 def _up_to_date(run_dir: Path) -> bool:
@@ -264,13 +354,18 @@ def _up_to_date(run_dir: Path) -> bool:
 
 
 def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
-                samples: list[Sample], planned: Mapping[str, list[str]], run_dir: Path,
-                progress: bool, log: Log) -> RunResult:
+                samples: list[Planned], planned: Mapping[str, list[str]],
+                whole_ids: Sequence[str], spool: Spool, run_dir: Path, progress: bool,
+                log: Log) -> RunResult:
     backend = model.backend
     store.remove_stale_temporaries(run_dir)
     ids = [s.id for s in samples] + [i for task_ids in planned.values() for i in task_ids]
     if not (run_dir / store.RUN_JSON).is_file():
-        store.write_run(run_dir, {
+        shard = {} if spec.shard is None else {"shard": {
+            "index": spec.shard[0], "count": spec.shard[1],
+            "whole_spec_hash": spec.whole().spec_hash(), "whole_n_samples": len(whole_ids),
+            "whole_sample_ids_sha256": _ids_hash(whole_ids)}}
+        store.write_run(run_dir, {**shard,
             "run_id": run_dir.name, "spec": spec.redacted(), "spec_hash": spec.spec_hash(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_label": label,
             "backend": dict(backend.describe()), "tokenizer": counter.name,
@@ -279,11 +374,11 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
             "git_sha": _git_sha(), "versions": _versions(), "argv": sys.argv[1:],
         })
     store.repair_tail(run_dir)
-    done = {r.sample.id for r in store.read_records(run_dir) if r.ok}
-    todo = [s for s in samples if s.id not in done]
+    done = {r.sample.id for r in store.read_records(run_dir, prompts=False) if r.ok}
+    todo = sorted((s for s in samples if s.id not in done), key=lambda s: s.order)
     if done:
         log(f"resuming {run_dir}: {len(done)} of {len(ids)} samples already done")
-    _execute(spec, model, label, run_dir, todo, progress)
+    _execute(spec, model, label, run_dir, todo, spool, progress)
     for task in leaderboard_tasks(spec):
         if all(i in done for i in planned[task.name]):
             continue
@@ -301,7 +396,9 @@ def _ids_hash(ids: Sequence[str]) -> str:
 
 
 def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
-             todo: Sequence[Sample], progress: bool) -> None:
+             todo: Sequence[Planned], spool: Spool, progress: bool) -> None:
+    """Ask the model for `todo`, in the order given (the schedule), a batch at a time;
+    each batch's records are on disk before the next is asked."""
     if not todo:
         return
     templates = {t.name: resolve_template(t, model.backend) for t in spec.tasks}
@@ -313,7 +410,7 @@ def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
     try:
         size = model.max_batch_size
         for start in range(0, len(todo), size):
-            batch = todo[start:start + size]
+            batch = [spool.get(p.where) for p in todo[start:start + size]]
             rendered = [templates[s.task].render(s.prompt) for s in batch]
             requests = [request_for(s, p, spec) for s, p in zip(batch, rendered, strict=True)]
             responses = model.run(requests)

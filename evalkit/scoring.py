@@ -128,6 +128,31 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
+def clustered_interval(values: Sequence[float], clusters: Sequence[str],
+                       kind: MetricKind) -> tuple[float, float]:
+    """The 95% interval of a mean whose samples come in clusters (questions sharing one
+    haystack), from the cluster-robust variance sum_c (S_c - m_c * mean)^2 * G / (G - 1) / n^2.
+    Binary: Wilson's interval at the effective sample size n / design effect (Kish), the
+    design effect at least 1, and n / max cluster size when every score is equal;
+    continuous: mean +- z * se. NaN bounds with fewer than two clusters."""
+    n, groups = len(values), len(set(clusters))
+    if n == 0 or groups < 2:
+        return (float("nan"), float("nan"))
+    mean = statistics.fmean(values)
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for v, c in zip(values, clusters, strict=True):
+        sums[c][0] += v
+        sums[c][1] += 1
+    var = groups / (groups - 1) * sum((s - m * mean) ** 2 for s, m in sums.values()) / n**2
+    if kind == "binary":
+        iid = mean * (1 - mean) / n
+        largest = max(m for _, m in sums.values())
+        n_eff = max(1, round(n / max(1.0, var / iid) if iid > 0 else n / largest))
+        return wilson(mean * n_eff, n_eff)
+    half = Z95 * math.sqrt(var)
+    return (mean - half, mean + half)
+
+
 def interval_se(row: SummaryRow) -> float:
     """A standard error read off a row's 95% interval: its wider side over z, since an
     interval clipped to [0, 1] is narrower on the clipped side (NaN where it has none)."""
@@ -149,17 +174,23 @@ def metric_kind(values: Sequence[float]) -> MetricKind:
 
 def mean_row(model: str, task: str, length: int | str, subset: str, metric: str,
              values: Sequence[float], n_errors: int, tokens: float,
-             kind: MetricKind | None = None) -> SummaryRow:
-    """The summary row of a plain mean of sample scores: its 95% interval, and for a binary
-    metric the success count (None where a score is not 0 or 1)."""
+             kind: MetricKind | None = None,
+             clusters: Sequence[str] | None = None) -> SummaryRow:
+    """The summary row of a plain mean of sample scores: its 95% interval (clustered where
+    `clusters` names each sample's haystack), and for a binary metric the success count
+    (None where a score is not 0 or 1)."""
     kind = kind or metric_kind(values)
     value = statistics.fmean(values) if values else float("nan")
-    lo, hi = interval(values)
+    if clusters is not None:
+        lo, hi = clustered_interval(values, clusters, kind)
+    else:
+        lo, hi = interval(values)
     successes = (int(sum(values)) if kind == "binary" and metric_kind(values) == "binary"
                  else None)
     return SummaryRow(model=model, task=task, length=length, subset=subset, metric=metric,
                       value=value, ci_low=lo, ci_high=hi, n=len(values), n_errors=n_errors,
-                      input_tokens_mean=round(tokens, 1), kind=kind, successes=successes)
+                      input_tokens_mean=round(tokens, 1), kind=kind, successes=successes,
+                      clusters=None if clusters is None else len(set(clusters)))
 
 
 def aggregate(records: Iterable[Record],
@@ -181,9 +212,12 @@ def aggregate(records: Iterable[Record],
         tokens = statistics.fmean(r.sample.input_tokens for r in recs)
         metrics = sorted({m for r in ok for m in r.scores}) or ["accuracy"]
         for metric in metrics:
-            values = [r.scores[metric] for r in ok if metric in r.scores]
-            rows.append(mean_row(model, task, length, subset, metric, values, n_errors, tokens,
-                                 kinds.get((task, metric))))
+            scored = [r for r in ok if metric in r.scores]
+            haystacks = [r.sample.meta.get("haystack") for r in scored]
+            rows.append(mean_row(model, task, length, subset, metric,
+                                 [r.scores[metric] for r in scored], n_errors, tokens,
+                                 kinds.get((task, metric)),
+                                 [str(h) for h in haystacks] if any(haystacks) else None))
     rows.sort(key=lambda r: (r.model, r.task, r.subset != "all", r.subset, _length_order(r.length),
                              r.metric))
     return rows

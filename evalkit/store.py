@@ -383,8 +383,9 @@ SUMMARY_SHAPE = {"schema_version": "int", "run_id": "str", "status": "str", "row
 ROW_SHAPE = {"model": "str", "task": "str", "length": "length", "subset": "str",
              "metric": "str", "value": "num", "ci_low": "num", "ci_high": "num", "n": "int",
              "n_errors": "int", "input_tokens_mean": "num", "kind": "str",
-             "successes": "int?", "derived": "bool"}
-ROW_MAY_LACK = frozenset({"kind", "successes", "derived"})  # version-1 rows
+             "successes": "int?", "derived": "bool", "clusters": "int?"}
+ROW_MAY_LACK = frozenset({"kind", "successes", "derived",  # version-1 rows
+                          "clusters"})  # rows written before the shared-context tasks
 RECORD_SHAPE = {"schema_version": "int", "sample": "object", "response": "object",
                 "scores": "scores", "model": "str", "prompt_sha256": "str",
                 "cache_key": "str", "parsed": "str?"}
@@ -517,7 +518,7 @@ def read_summary(run_dir: Path) -> RunSummary | None:
                       schema_version=d["schema_version"])
 
 
-def _parse_record(raw: bytes, path: Path, lineno: int) -> Record:
+def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> Record:
     where = f"{path} line {lineno}"
     try:
         d = json.loads(raw.decode("utf-8"))
@@ -540,14 +541,17 @@ def _parse_record(raw: bytes, path: Path, lineno: int) -> Record:
             problem = f"unknown field 'response.{extra[0]}'"
     if problem:
         raise EvalkitError(f"{where}: {problem}: {_RECORD_FIX}")
+    if not prompts:
+        d["sample"]["prompt"] = ""
     return record_from_json(d)
 
 
-def read_records(run_dir: Path) -> list[Record]:
+def read_records(run_dir: Path, prompts: bool = True) -> list[Record]:
     """The records of a run, the last one of each id, in first-seen order. Only a torn
     last line (a crash mid-write, no newline yet) is skipped; any other line that is not
     a whole record is one EvalkitError naming the file and line: a sample is never
-    dropped in silence."""
+    dropped in silence. `prompts=False` leaves every prompt empty (summaries and resume
+    need none; a long run's prompts would fill memory)."""
     path = Path(run_dir) / SAMPLES
     latest: dict[str, Record] = {}
     try:
@@ -562,6 +566,6 @@ def read_records(run_dir: Path) -> list[Record]:
                 break  # the torn tail of an interrupted write
             if not raw.strip():
                 continue
-            rec = _parse_record(raw, path, lineno)
+            rec = _parse_record(raw, path, lineno, prompts)
             latest[rec.sample.id] = rec
     return list(latest.values())

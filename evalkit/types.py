@@ -156,7 +156,9 @@ class SummaryRow:
     `kind` is the metric's (binary: every score 0 or 1; continuous). `successes` is the
     count of samples scored 1 where `value` is successes / n (a binary metric's plain
     mean), else None. `derived` marks a value that is not a mean of its samples (a mean of
-    subset means such as MMLU's, an average over tasks): tests read it by its interval."""
+    subset means such as MMLU's, an average over tasks): tests read it by its interval.
+    `clusters` is set where samples share a haystack (the shared-context tasks): the
+    number of haystacks; the interval is then clustered by haystack, and tests read it."""
 
     model: str
     task: str
@@ -172,6 +174,7 @@ class SummaryRow:
     kind: MetricKind = "binary"
     successes: int | None = None
     derived: bool = False
+    clusters: int | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from evalkit.types import EvalkitError, MetricDef, RequestKind, Response, Sample
 class Plan:
     """How many samples at which lengths, measured how: `measure` counts a prompt as the
     model sees it (rendered); `count` counts raw text (no template), for the fitter's
-    estimates (None: `measure`, whose wrapping cancels out of differences)."""
+    estimates (None: `measure`, whose wrapping cancels out of differences). Generators ask
+    `wants` before fitting a sample, so that a shard fits only its own."""
 
     task: str
     lengths: tuple[int, ...]
@@ -35,6 +36,12 @@ class Plan:
     max_new_tokens: int
     measure: Measure
     count: Measure | None = None
+    select: Callable[[str, str | None], bool] | None = None  # (sample id, haystack) -> make it?
+
+    def wants(self, sample_id: str, haystack: str | None = None) -> bool:
+        """Whether this run makes the sample (a shard makes a slice): asked before a sample
+        is fitted, with the haystack its questions share, if any."""
+        return self.select is None or self.select(sample_id, haystack)
 
     @functools.cached_property
     def fitter(self) -> Fitter:

@@ -153,13 +153,17 @@ def generate(params: LinesParams, plan: Plan) -> Iterator[Sample]:
     if params.num_lines:
         for n in params.num_lines:
             for i in range(plan.samples):
-                yield _case(f"lines/n{n}/{plan.seed}/{i}", plan, params, n, None)
+                sid = f"lines/n{n}/{plan.seed}/{i}"
+                if plan.wants(sid):
+                    yield _case(sid, plan, params, n, None)
         return
     if not plan.lengths:
         raise EvalkitError("lines needs lengths or num_lines: pass --lengths, e.g. 1k,4k")
     for target in plan.lengths:
         for i in range(plan.samples):
-            yield _case(f"lines/{target}/{plan.seed}/{i}", plan, params, None, target)
+            sid = f"lines/{target}/{plan.seed}/{i}"
+            if plan.wants(sid):
+                yield _case(sid, plan, params, None, target)
 
 
 def score(sample: Sample, response: Response) -> Score:
@@ -173,5 +177,108 @@ TASK = register_task(TaskDef(
     params_type=LinesParams, default_template="chat", max_new_tokens=100,
     generate=generate, score=score,
     fitted=lambda p: not (p.cases or p.num_lines),
+    kind="generate", metrics=(ACCURACY,),
+))
+
+
+# ---- shared context: several questions over one record ----------------------------------
+
+@dataclass(frozen=True)
+class SharedLinesParams:
+    questions: int = field(
+        default=10, metadata={"help": "questions asked over each record (each one sample)"})
+    index_style: str = field(
+        default="nl", metadata={"help": "line index names: nl (torpid-kid), int, uuid, abc"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.questions <= 1000:
+            raise ValueError(f"questions must lie in 1..1000, got {self.questions}")
+        if self.index_style not in INDEX_STYLES:
+            raise ValueError(f"index_style must be one of {', '.join(INDEX_STYLES)}, "
+                             f"got '{self.index_style}'")
+
+
+def distinct_positions(draws: list[float], n: int) -> list[int]:
+    """Each draw in [0, 1) as a line of n, moved down to the next free line on a clash."""
+    taken: set[int] = set()
+    out = []
+    for d in draws:
+        pos = min(n - 1, int(d * n))
+        while pos in taken:
+            pos = (pos - 1) % n
+        taken.add(pos)
+        out.append(pos)
+    return out
+
+
+def _shared_record(group: str, plan: Plan, params: SharedLinesParams,
+                   target: int) -> list[Sample]:
+    """One record fitted to `target` with each of its questions; every prompt is the same
+    record, the question last, so an engine's prefix cache serves all but the first."""
+    rng = sample_rng(group)
+    draws = [rng.random() for _ in range(params.questions)]
+    stream = LineStream(params.index_style, rng)
+    estimate = plan.fitter.estimator
+
+    def line(j: int) -> str:
+        stream.extend(j + 1)
+        return LINE.format(idx=stream.indexes[j], value=stream.values[j])
+
+    def questions(n: int) -> list[str]:
+        stream.extend(n)
+        return [QUESTION.format(idx=stream.indexes[p]) for p in distinct_positions(draws, n)]
+
+    def longest(n: int) -> str:  # the question that makes the longest prompt
+        return max(questions(n), key=estimate)
+
+    def build(n: int, question: str | None = None) -> str:
+        stream.extend(n)
+        body = "".join(LINE.format(idx=stream.indexes[j], value=stream.values[j])
+                       for j in range(n))
+        return HEADER + body + (longest(n) if question is None else question)
+
+    units = plan.fitter.units(line, lambda n: HEADER, longest)
+    n = plan.fitter.fit("lines_shared", build, units, target, lo=params.questions,
+                        hi=MAX_LINES, what="lines").size
+    if n == MAX_LINES:
+        raise EvalkitError(f"{target} tokens needs more lines than the generator makes "
+                           f"({MAX_LINES}): ask for a shorter length")
+    while True:  # every question's prompt is measured; the longest by estimate fits
+        prompts = [build(n, q) for q in questions(n)]
+        tokens = [plan.measure(p) for p in prompts]
+        if max(tokens) <= target or n == params.questions:
+            break
+        n -= 1  # the estimate was wrong about which question is longest
+    if max(tokens) > target:
+        raise EvalkitError(f"{target} tokens is too short for lines_shared with "
+                           f"{params.questions} questions: ask for a longer length")
+    positions = distinct_positions(draws, n)
+    return [
+        Sample(id=f"{group}/q{j}", task="lines_shared", prompt=prompt,
+               targets=(str(stream.values[pos]),), target_tokens=target, input_tokens=tok,
+               template=plan.template, max_new_tokens=plan.max_new_tokens,
+               meta={"haystack": group, "num_lines": n, "line_index": stream.indexes[pos],
+                     "position": pos, "depth": round(pos / max(1, n - 1), 4),
+                     "index_style": params.index_style})
+        for j, (prompt, tok, pos) in enumerate(zip(prompts, tokens, positions, strict=True))]
+
+
+def generate_shared(params: SharedLinesParams, plan: Plan) -> Iterator[Sample]:
+    if not plan.lengths:
+        raise EvalkitError("lines_shared needs lengths: pass --lengths, e.g. 4k,8k")
+    for target in plan.lengths:
+        for h in range(plan.samples):
+            group = f"lines_shared/{target}/{plan.seed}/{h}"
+            wanted = [plan.wants(f"{group}/q{j}", group) for j in range(params.questions)]
+            if all(wanted):
+                yield from _shared_record(group, plan, params, target)
+
+
+TASK_SHARED = register_task(TaskDef(
+    name="lines_shared",
+    description="lines, several questions over each record (shared context: the engine's "
+                "prefix cache answers them; intervals clustered by record)",
+    params_type=SharedLinesParams, default_template="chat", max_new_tokens=100,
+    generate=generate_shared, score=score, fitted=lambda p: True,
     kind="generate", metrics=(ACCURACY,),
 ))

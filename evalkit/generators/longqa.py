@@ -194,7 +194,9 @@ def generate(params: LongQAParams, plan: Plan) -> Iterator[Sample]:
         raise EvalkitError("longqa needs lengths (or quality: FILE): pass --lengths, e.g. 2k,4k")
     for target in plan.lengths:
         for i in range(plan.samples):
-            yield _synthetic(f"longqa/{target}/{plan.seed}/{i}", target, plan)
+            sid = f"longqa/{target}/{plan.seed}/{i}"
+            if plan.wants(sid):
+                yield _synthetic(sid, target, plan)
 
 
 def score(sample: Sample, response: Response) -> Score:

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from evalkit.fitting import Curve, PrefixCounts
-from evalkit.generators.base import ACCURACY, Plan, Score, TaskDef, register_task, sample_rng
+from evalkit.generators.base import (
+    ACCURACY,
+    Plan,
+    Score,
+    TaskDef,
+    read_words,
+    register_task,
+    sample_rng,
+)
 from evalkit.scoring import first_int_match
 from evalkit.types import EvalkitError, MetricDef, Response, Sample
 
@@ -68,6 +77,8 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
             for i in range(plan.samples):
                 index = f"{i}" if depth is None else f"d{round(depth * 100):03d}-{i}"
                 sid = f"passkey/{target}/{plan.seed}/{index}"
+                if not plan.wants(sid):
+                    continue
                 rng = sample_rng(sid)
                 if params.key_digits is None:
                     key = rng.randint(1, 50000)
@@ -129,4 +140,93 @@ TASK_LL = register_task(TaskDef(
     params_type=PasskeyParams, default_template="raw", max_new_tokens=8,
     generate=generate_ll, score=score_ll, fitted=lambda p: True,
     kind="loglikelihood", metrics=(ACCURACY, MetricDef("logprob", "continuous")),
+))
+
+
+# ---- shared context: several keys in one haystack, one question each ---------------------
+
+SHARED_NEEDLE = "The pass key of {name} is {k}. Remember it. {k} is the pass key of {name}."
+SHARED_QUESTION = "What is the pass key of {name}? The pass key of {name} is"
+
+
+@dataclass(frozen=True)
+class SharedPasskeyParams:
+    questions: int = field(
+        default=10, metadata={"help": "keys hidden in each haystack, each asked once (a sample)"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.questions <= 100:
+            raise ValueError(f"questions must lie in 1..100, got {self.questions}")
+
+
+def build_shared(n_garbage: int, needles: list[tuple[float, str]], question: str) -> str:
+    """The landmark layout with several needles: filler cut at each needle's depth."""
+    parts, done = [TASK_DESCRIPTION], 0
+    for depth, needle in needles:
+        at = round(n_garbage * depth)
+        parts += [filler(at - done), needle]
+        done = at
+    return "\n".join([*parts, filler(n_garbage - done), question])
+
+
+def generate_shared(params: SharedPasskeyParams, plan: Plan) -> Iterator[Sample]:
+    if not plan.lengths:
+        raise EvalkitError("passkey_shared needs lengths: pass --lengths, e.g. 4k,8k")
+    names = read_words("first_names")
+    if params.questions > len(names):
+        raise EvalkitError(f"passkey_shared: at most {len(names)} questions")
+    probe = filler(4000)
+    chars_per_token = len(probe) / max(1, plan.measure(probe))
+    fillers = PrefixCounts(plan.fitter.estimator,
+                           filler(int(max(plan.lengths) * chars_per_token * 1.5) + 256))
+    for target in plan.lengths:
+        max_chars = int(target * chars_per_token * 1.5) + 256
+        for h in range(plan.samples):
+            group = f"passkey_shared/{target}/{plan.seed}/{h}"
+            if not all([plan.wants(f"{group}/q{j}", group) for j in range(params.questions)]):
+                continue
+            rng = sample_rng(group)
+            who = rng.sample(names, params.questions)
+            keys = [rng.randint(1, 50000) for _ in who]
+            depths = [rng.random() for _ in who]
+            needles = sorted((d, SHARED_NEEDLE.format(name=w, k=k))
+                             for d, w, k in zip(depths, who, keys, strict=True))
+            asked = [SHARED_QUESTION.format(name=w) for w in who]
+            longest = max(asked, key=plan.fitter.estimator)
+            fixed = plan.fitter.estimator(build_shared(0, needles, longest))
+
+            def estimate(n: int, needles: list[tuple[float, str]] = needles,
+                         fixed: int = fixed) -> int:
+                cuts = [0, *(round(n * d) for d, _ in needles), n]
+                return fixed + sum(fillers(b - a) for a, b in itertools.pairwise(cuts))
+
+            n = plan.fitter.fit(
+                "passkey_shared", functools.partial(build_shared, needles=needles,
+                                                    question=longest),
+                Curve(estimate), target, lo=0, hi=max_chars, what="filler characters").size
+            while True:  # every question's prompt is measured; the longest by estimate fits
+                prompts = [build_shared(n, needles, q) for q in asked]
+                tokens = [plan.measure(p) for p in prompts]
+                if max(tokens) <= target or n == 0:
+                    break
+                n -= 1
+            if max(tokens) > target:
+                raise EvalkitError(f"{target} tokens is too short for passkey_shared with "
+                                   f"{params.questions} keys: ask for a longer length")
+            for j, (prompt, tok) in enumerate(zip(prompts, tokens, strict=True)):
+                yield Sample(
+                    id=f"{group}/q{j}", task="passkey_shared", prompt=prompt,
+                    targets=(str(keys[j]),), target_tokens=target, input_tokens=tok,
+                    template=plan.template, max_new_tokens=plan.max_new_tokens,
+                    meta={"haystack": group, "depth": round(depths[j], 4), "key": keys[j],
+                          "n_garbage_chars": n, "name": who[j]})
+
+
+TASK_SHARED = register_task(TaskDef(
+    name="passkey_shared",
+    description="passkey with several named keys in one haystack, one question each "
+                "(shared context; intervals clustered by haystack)",
+    params_type=SharedPasskeyParams, default_template="raw", max_new_tokens=10,
+    generate=generate_shared, score=score, fitted=lambda p: True,
+    kind="generate", metrics=(ACCURACY,),
 ))

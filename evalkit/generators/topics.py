@@ -109,13 +109,17 @@ def generate(params: TopicsParams, plan: Plan) -> Iterator[Sample]:
             if n > len(corpus):
                 raise EvalkitError(f"topics: {n} topics asked, the corpus has {len(corpus)}")
             for i in range(plan.samples):
-                yield _case(f"topics/n{n}/{plan.seed}/{i}", corpus, plan, n, None)
+                sid = f"topics/n{n}/{plan.seed}/{i}"
+                if plan.wants(sid):
+                    yield _case(sid, corpus, plan, n, None)
         return
     if not plan.lengths:
         raise EvalkitError("topics needs lengths or num_topics: pass --lengths, e.g. 2k,4k")
     for target in plan.lengths:
         for i in range(plan.samples):
-            yield _case(f"topics/{target}/{plan.seed}/{i}", corpus, plan, None, target)
+            sid = f"topics/{target}/{plan.seed}/{i}"
+            if plan.wants(sid):
+                yield _case(sid, corpus, plan, None, target)
 
 
 def score(sample: Sample, response: Response) -> Score:

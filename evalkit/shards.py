@@ -1,0 +1,107 @@
+"""Shards: a run split across machines by sample id, and joined again.
+
+`evalkit run ... --shard i/n` makes the samples whose shard key hashes to slice i of n: the
+sample id, or for the shared-context tasks the haystack its questions share (they stay on
+one machine, where the prefix cache serves them), or for a leaderboard task its name
+(lm-eval scores a task whole). The slice is a pure function of the ids, so every machine
+agrees on it without talking to the others, and a shard resumes like any run.
+
+`evalkit merge SHARD... --out DIR` joins the n shards of one run into the run the unsharded
+command makes: the same run.json facts (spec, spec hash, sample count and id hash), the same
+records. It refuses shards of different runs, a slice given twice, a missing slice and a
+sample in two shards, each with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evalkit import store
+from evalkit.analysis import build_summary
+from evalkit.types import EvalkitError
+
+
+def shard_of(key: str, count: int) -> int:
+    """The slice (1-based) of `count` that a shard key falls in: stable across machines,
+    Python versions and runs (sha256, not hash())."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % count + 1
+
+
+class Selection:
+    """Which samples a run makes: all, or those of one shard. It remembers every id it is
+    asked about, in order: the whole run's ids, which a shard records to be merged."""
+
+    def __init__(self, shard: tuple[int, int] | None) -> None:
+        self.shard = shard
+        self.seen: dict[str, None] = {}
+
+    def __call__(self, sample_id: str, haystack: str | None = None) -> bool:
+        self.seen[sample_id] = None
+        return self.takes(haystack or sample_id)
+
+    def takes(self, key: str) -> bool:
+        return self.shard is None or shard_of(key, self.shard[1]) == self.shard[0]
+
+
+def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
+    """Join the shards of one run into `out` (a new folder); returns it."""
+    if not shard_dirs:
+        raise EvalkitError("evalkit merge: give the shard folders to join")
+    infos = [(Path(d), store.read_run(Path(d))) for d in shard_dirs]
+    first_dir, first = infos[0]
+    count = _shard(first_dir, first)["count"]
+    by_index: dict[int, Path] = {}
+    for d, info in infos:
+        shard = _shard(d, info)
+        if shard["whole_spec_hash"] != _shard(first_dir, first)["whole_spec_hash"]:
+            raise EvalkitError(f"{d} is a shard of another run than {first_dir} (their specs "
+                               "differ): merge the shards of one command only")
+        if shard["count"] != count:
+            raise EvalkitError(f"{d} is shard {shard['index']}/{shard['count']}, {first_dir} "
+                               f"one of {count}: merge the shards of one --shard count")
+        index = shard["index"]
+        if index in by_index:
+            raise EvalkitError(f"shard {index}/{count} is given twice ({by_index[index]} and "
+                               f"{d}): give each shard folder once")
+        by_index[index] = d
+    missing = [i for i in range(1, count + 1) if i not in by_index]
+    if missing:
+        raise EvalkitError(f"shard{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(f'{i}/{count}' for i in missing)} missing: pass all "
+                           f"{count} shard folders (run the missing ones with --shard)")
+    if (out / store.RUN_JSON).exists() or (out / store.SAMPLES).exists():
+        raise EvalkitError(f"{out} holds a run already: merge into a new folder")
+    ordered = [by_index[i] for i in range(1, count + 1)]
+    owner: dict[str, Path] = {}
+    for d in ordered:
+        for rec in store.read_records(d):
+            if rec.sample.id in owner:
+                raise EvalkitError(f"sample {rec.sample.id} is in both {owner[rec.sample.id]} "
+                                   f"and {d}: these shards overlap; merge the shards of one "
+                                   "command only")
+            owner[rec.sample.id] = d
+    store.prepare_run_dir(out)
+    whole = dict(first)
+    shard = whole.pop("shard")
+    spec = dict(whole["spec"])
+    spec["shard"] = None
+    whole.update(run_id=out.name, spec=spec, spec_hash=shard["whole_spec_hash"],
+                 n_samples=shard["whole_n_samples"],
+                 sample_ids_sha256=shard["whole_sample_ids_sha256"],
+                 merged_from=[store.read_run(d)["run_id"] for d in ordered])
+    store.write_run(out, whole)
+    for d in ordered:  # one shard's records in memory at a time
+        store.append_records(out, store.read_records(d))
+    store.write_summary(out, build_summary(out))
+    return out
+
+
+def _shard(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+    shard = info.get("shard")
+    if not isinstance(shard, dict):
+        raise EvalkitError(f"{folder} is not a shard (its run was made without --shard): "
+                           "merge the folders of `evalkit run ... --shard i/n`")
+    return shard
