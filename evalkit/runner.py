@@ -238,9 +238,9 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
                 selection = Selection(spec.shard)
                 samples = _plan_checked(spec, backend, counter, label, progress, selection,
                                         spool)
-                whole_ids = [*selection.seen,
-                             *(i for ids in plan_leaderboard(spec).values() for i in ids)]
-                planned = {name: ids for name, ids in plan_leaderboard(spec).items()
+                scored_once = plan_leaderboard(spec)  # a leaderboard task: whole, one shard
+                whole_ids = [*selection.seen, *(i for ids in scored_once.values() for i in ids)]
+                planned = {name: ids for name, ids in scored_once.items()
                            if selection.takes(name)}
                 return _run_locked(spec, model, counter, label, samples, planned, whole_ids,
                                    spool, run_dir, progress, log)
@@ -323,17 +323,17 @@ def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label:
     window = backend.context_window()
     check_lengths(spec, window, label)
     planned: list[Planned] = []
-    too_long: list[str] = []
+    too_long = 0
     example = ""
     for s in iter_samples(spec, backend, counter, progress, selection):
         if window and s.input_tokens + s.max_new_tokens > window:
-            too_long.append(s.id)
+            too_long += 1
             example = example or f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens"
             continue
         planned.append(Planned(s.id, (s.task, prefix_key(s.prompt)), spool.add(s)))
     if too_long:
         raise EvalkitError(
-            f"{len(too_long)} sample(s) are over the context window of {label} ({window} "
+            f"{too_long} sample(s) are over the context window of {label} ({window} "
             f"tokens), e.g. {example}: drop those cases or use a model with a longer context")
     return planned
 
@@ -380,8 +380,8 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
         log(f"resuming {run_dir}: {len(done)} of {len(ids)} samples already done")
     _execute(spec, model, label, run_dir, todo, spool, progress)
     for task in leaderboard_tasks(spec):
-        if all(i in done for i in planned[task.name]):
-            continue
+        if task.name not in planned or all(i in done for i in planned[task.name]):
+            continue  # another shard's, or done
         leaderboard.run_lm_eval_task(spec, task, model, run_dir, spec.limit, log,
                                      progress=progress)
     if model.cache is not None and model.cache.hits:

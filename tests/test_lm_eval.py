@@ -662,3 +662,34 @@ def test_leaderboard_suite_on_smollm2(tmp_path: Path, no_caches: Path) -> None:
     assert set(scores) == set(lb.TASKS)  # no average over 2 of the 57 MMLU subjects
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     print("SmolLM2-135M, limit 5:", {k: round(v, 3) for k, v in scores.items()})
+
+
+@needs_olmo
+def test_shards_split_the_suite_by_task_and_merge_into_the_whole_run(
+        tmp_path: Path, no_caches: Path) -> None:
+    """A leaderboard task (lm-eval scores it whole) runs in exactly one shard; the merged
+    shards equal the unsharded run."""
+    cfg = tmp_path / "lb.yaml"
+    cfg.write_text(SUITE_CONFIG)
+    whole = _cli("run", str(cfg), "--out", str(tmp_path / "whole"), "--no-progress")
+    assert whole.exit_code == 0, whole.output
+    shards = []
+    for i in (1, 2):
+        out = tmp_path / f"shard{i}"
+        res = _cli("run", str(cfg), "--shard", f"{i}/2", "--out", str(out), "--no-progress")
+        assert res.exit_code == 0, res.output
+        shards.append(out)
+    tasks = [{r.sample.task for r in store.read_records(s)} for s in shards]
+    for task in ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu"):
+        assert sum(task in t for t in tasks) == 1, (task, tasks)
+    merged = _cli("merge", *map(str, shards), "--out", str(tmp_path / "merged"))
+    assert merged.exit_code == 0, merged.output
+
+    def core(folder: Path) -> dict[str, Any]:
+        return {r.sample.id: (r.scores, r.response.text, r.response.logprob)
+                for r in store.read_records(folder)}
+
+    assert core(tmp_path / "merged") == core(tmp_path / "whole")
+    a, b = store.read_summary(tmp_path / "merged"), store.read_summary(tmp_path / "whole")
+    assert a is not None and b is not None and a.status == "complete"
+    assert (a.rows, a.n_samples, a.n_done) == (b.rows, b.n_samples, b.n_done)

@@ -135,13 +135,15 @@ def _fmt_cell(r: SummaryRow | None, digits: int) -> str:
 
 def format_length_table(metric: str, lines: list[LengthLine], models: list[str]) -> str:
     """One line per (task, subset, length): tokens read, the metric with its 95% interval."""
-    header = f"{'task':<9} {'length':>10} {'tokens':>8}"
+    names = [line.task if line.subset == "all" else f"{line.task}:{line.subset}"
+             for line in lines]
+    width = max([9, *map(len, names)])
+    header = f"{'task':<{width}} {'length':>10} {'tokens':>8}"
     for m in models:
         header += f"  {m[:26]:>26}"
     out = [f"{metric} by length", header, "-" * len(header)]
-    for line in lines:
-        name = line.task if line.subset == "all" else f"{line.task}:{line.subset}"
-        text = f"{name:<9} {fmt_length(line.length):>10} {line.tokens:>8.0f}"
+    for name, line in zip(names, lines, strict=True):
+        text = f"{name:<{width}} {fmt_length(line.length):>10} {line.tokens:>8.0f}"
         for m in models:
             text += f"  {_fmt_cell(line.cells.get(m), 2):>26}"
         out.append(text)
