@@ -213,6 +213,28 @@ class Fitter:
         raise AssertionError("fit did not converge")  # pragma: no cover
 
 
+    def fit_shared(self, key: str, build: Callable[[int, str], str],
+                   questions: Callable[[int], Sequence[str]], estimate: Estimate, budget: int,
+                   lo: int, hi: int, what: str = "haystack") -> tuple[int, list[str], list[int]]:
+        """One haystack of size k for several questions, each asked last (`build(k, q)`):
+        fitted with the question the estimate finds longest, then every question's prompt
+        measured, k shrinking while one is over budget. Returns k, the prompts, their
+        tokens."""
+        def longest(k: int) -> str:
+            return max(questions(k), key=self.estimator)
+
+        k = self.fit(key, lambda k: build(k, longest(k)), estimate, budget, lo, hi, what).size
+        while True:
+            prompts = [build(k, q) for q in questions(k)]
+            tokens = [self.measure(p) for p in prompts]
+            if max(tokens) <= budget:
+                return k, prompts, tokens
+            if k == lo:
+                raise EvalkitError(f"{budget} tokens is too short for {len(prompts)} questions "
+                                   "over one haystack: ask for a longer length")
+            k -= 1  # the estimate was wrong about which question is longest
+
+
 def fit_max(build: Callable[[int], str], measure: Measure, budget: int, lo: int, hi: int,
             what: str = "haystack") -> Fit:
     """Largest k in [lo, hi] with measure(build(k)) <= budget, by bisection: at most

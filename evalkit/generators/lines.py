@@ -218,7 +218,6 @@ def _shared_record(group: str, plan: Plan, params: SharedLinesParams,
     rng = sample_rng(group)
     draws = [rng.random() for _ in range(params.questions)]
     stream = LineStream(params.index_style, rng)
-    estimate = plan.fitter.estimator
 
     def line(j: int) -> str:
         stream.extend(j + 1)
@@ -228,30 +227,19 @@ def _shared_record(group: str, plan: Plan, params: SharedLinesParams,
         stream.extend(n)
         return [QUESTION.format(idx=stream.indexes[p]) for p in distinct_positions(draws, n)]
 
-    def longest(n: int) -> str:  # the question that makes the longest prompt
-        return max(questions(n), key=estimate)
-
-    def build(n: int, question: str | None = None) -> str:
+    def build(n: int, question: str) -> str:
         stream.extend(n)
         body = "".join(LINE.format(idx=stream.indexes[j], value=stream.values[j])
                        for j in range(n))
-        return HEADER + body + (longest(n) if question is None else question)
+        return HEADER + body + question
 
-    units = plan.fitter.units(line, lambda n: HEADER, longest)
-    n = plan.fitter.fit("lines_shared", build, units, target, lo=params.questions,
-                        hi=MAX_LINES, what="lines").size
+    units = plan.fitter.units(line, lambda n: HEADER,
+                              lambda n: max(questions(n), key=plan.fitter.estimator))
+    n, prompts, tokens = plan.fitter.fit_shared("lines_shared", build, questions, units, target,
+                                                lo=params.questions, hi=MAX_LINES, what="lines")
     if n == MAX_LINES:
         raise EvalkitError(f"{target} tokens needs more lines than the generator makes "
                            f"({MAX_LINES}): ask for a shorter length")
-    while True:  # every question's prompt is measured; the longest by estimate fits
-        prompts = [build(n, q) for q in questions(n)]
-        tokens = [plan.measure(p) for p in prompts]
-        if max(tokens) <= target or n == params.questions:
-            break
-        n -= 1  # the estimate was wrong about which question is longest
-    if max(tokens) > target:
-        raise EvalkitError(f"{target} tokens is too short for lines_shared with "
-                           f"{params.questions} questions: ask for a longer length")
     positions = distinct_positions(draws, n)
     return [
         Sample(id=f"{group}/q{j}", task="lines_shared", prompt=prompt,

@@ -63,14 +63,20 @@ def build_prompt(n_garbage: int, depth: float, key: int) -> str:
                       filler(n_garbage - prefix), QUESTION])
 
 
+def _filler_counts(plan: Plan) -> tuple[float, PrefixCounts]:
+    """The filler's characters per token, and the estimate of its every prefix up to the
+    longest length (with room: a search's upper bound is 1.5 times the length)."""
+    probe = filler(4000)
+    chars_per_token = len(probe) / max(1, plan.measure(probe))
+    most = int(max(plan.lengths) * chars_per_token * 1.5) + 256
+    return chars_per_token, PrefixCounts(plan.fitter.estimator, filler(most))
+
+
 def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
     if not plan.lengths:
         raise EvalkitError("passkey needs lengths: pass --lengths, e.g. 1k,4k,16k")
     depths: list[float | None] = list(params.depths) if params.depths is not None else [None]
-    probe = filler(4000)
-    chars_per_token = len(probe) / max(1, plan.measure(probe))
-    most_chars = int(max(plan.lengths) * chars_per_token * 1.5) + 256  # bounds, with room
-    fillers = PrefixCounts(plan.fitter.estimator, filler(most_chars))
+    chars_per_token, fillers = _filler_counts(plan)
     for target in plan.lengths:
         max_chars = int(target * chars_per_token * 1.5) + 256  # bounds the search, with room
         for depth in depths:
@@ -159,7 +165,7 @@ class SharedPasskeyParams:
             raise ValueError(f"questions must lie in 1..100, got {self.questions}")
 
 
-def build_shared(n_garbage: int, needles: list[tuple[float, str]], question: str) -> str:
+def build_shared(n_garbage: int, question: str, needles: list[tuple[float, str]]) -> str:
     """The landmark layout with several needles: filler cut at each needle's depth."""
     parts, done = [TASK_DESCRIPTION], 0
     for depth, needle in needles:
@@ -169,16 +175,17 @@ def build_shared(n_garbage: int, needles: list[tuple[float, str]], question: str
     return "\n".join([*parts, filler(n_garbage - done), question])
 
 
+def _same(questions: list[str], n: int) -> list[str]:
+    return questions  # the keys are asked whatever the haystack's size
+
+
 def generate_shared(params: SharedPasskeyParams, plan: Plan) -> Iterator[Sample]:
     if not plan.lengths:
         raise EvalkitError("passkey_shared needs lengths: pass --lengths, e.g. 4k,8k")
     names = read_words("first_names")
     if params.questions > len(names):
         raise EvalkitError(f"passkey_shared: at most {len(names)} questions")
-    probe = filler(4000)
-    chars_per_token = len(probe) / max(1, plan.measure(probe))
-    fillers = PrefixCounts(plan.fitter.estimator,
-                           filler(int(max(plan.lengths) * chars_per_token * 1.5) + 256))
+    chars_per_token, fillers = _filler_counts(plan)
     for target in plan.lengths:
         max_chars = int(target * chars_per_token * 1.5) + 256
         for h in range(plan.samples):
@@ -192,27 +199,18 @@ def generate_shared(params: SharedPasskeyParams, plan: Plan) -> Iterator[Sample]
             needles = sorted((d, SHARED_NEEDLE.format(name=w, k=k))
                              for d, w, k in zip(depths, who, keys, strict=True))
             asked = [SHARED_QUESTION.format(name=w) for w in who]
-            longest = max(asked, key=plan.fitter.estimator)
-            fixed = plan.fitter.estimator(build_shared(0, needles, longest))
+            fixed = plan.fitter.estimator(
+                build_shared(0, max(asked, key=plan.fitter.estimator), needles))
 
             def estimate(n: int, needles: list[tuple[float, str]] = needles,
                          fixed: int = fixed) -> int:
                 cuts = [0, *(round(n * d) for d, _ in needles), n]
                 return fixed + sum(fillers(b - a) for a, b in itertools.pairwise(cuts))
 
-            n = plan.fitter.fit(
-                "passkey_shared", functools.partial(build_shared, needles=needles,
-                                                    question=longest),
-                Curve(estimate), target, lo=0, hi=max_chars, what="filler characters").size
-            while True:  # every question's prompt is measured; the longest by estimate fits
-                prompts = [build_shared(n, needles, q) for q in asked]
-                tokens = [plan.measure(p) for p in prompts]
-                if max(tokens) <= target or n == 0:
-                    break
-                n -= 1
-            if max(tokens) > target:
-                raise EvalkitError(f"{target} tokens is too short for passkey_shared with "
-                                   f"{params.questions} keys: ask for a longer length")
+            n, prompts, tokens = plan.fitter.fit_shared(
+                "passkey_shared", functools.partial(build_shared, needles=needles),
+                functools.partial(_same, asked), Curve(estimate), target, lo=0, hi=max_chars,
+                what="filler characters")
             for j, (prompt, tok) in enumerate(zip(prompts, tokens, strict=True)):
                 yield Sample(
                     id=f"{group}/q{j}", task="passkey_shared", prompt=prompt,
