@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ _CHUNK = re.compile(r"\s*\S+|\s+")
 _ANCHOR = "x"  # what a chunk is counted after: one token that no whitespace-led chunk joins
 _MEMO_MAX = 1_000_000  # chunks remembered (line names and numbers are mostly distinct)
 _GUIDED_STEPS = 4  # estimate-guided measurements before the search falls back to bisection
+_STEP_CHARS = 8192  # characters of units estimated together (one call over a server)
+_SLOW_CALL_S = 3e-4  # a counter slower than this per call (a server) is asked per text
 
 
 @dataclass(frozen=True)
@@ -47,61 +50,111 @@ class Fit:
 
 
 class Estimator:
-    """Token counts of texts as sums of memoized whitespace-led chunk counts."""
+    """Token counts of texts as sums of memoized whitespace-led chunk counts. Over a counter
+    that is slow per call (a server's tokenize endpoint), the chunks of a text that the memo
+    lacks are counted in one call, joined (the count of the join is their sum), instead of
+    one call each; which way only changes the speed, never a count."""
 
     def __init__(self, count: Measure) -> None:
         self._count = count
-        self._anchor = count(_ANCHOR)
+        self._calls, self._seconds = 0, 0.0
+        self._anchor = self._timed(_ANCHOR)
         self._memo: dict[str, int] = {}
+
+    def _timed(self, text: str) -> int:
+        start = time.perf_counter()
+        n = self._count(text)
+        self._calls += 1
+        self._seconds += time.perf_counter() - start
+        return n
+
+    @property
+    def batched(self) -> bool:
+        return self._calls >= 8 and self._seconds / self._calls > _SLOW_CALL_S
 
     def chunk(self, chunk: str) -> int:
         n = self._memo.get(chunk)
         if n is None:
             if len(self._memo) >= _MEMO_MAX:
                 self._memo.clear()
-            n = self._memo[chunk] = self._count(_ANCHOR + chunk) - self._anchor
+            n = self._memo[chunk] = self._timed(_ANCHOR + chunk) - self._anchor
         return n
 
     def __call__(self, text: str) -> int:
-        return sum(self.chunk(c) for c in _CHUNK.findall(text))
+        chunks = _CHUNK.findall(text)
+        if self.batched:
+            unknown = [c for c in chunks if c not in self._memo]
+            if len(unknown) > 1:
+                known = sum(self._memo[c] for c in chunks if c in self._memo)
+                return known + self._timed(_ANCHOR + "".join(unknown)) - self._anchor
+        return sum(self.chunk(c) for c in chunks)
 
 
 class Units:
     """Estimates of `head(k) + units[0] + ... + units[k-1] + tail(k)`, chunked as the whole
-    prompt is: a piece's trailing whitespace leads the next piece's first chunk. Units are
-    asked for in order and only as far as a fit reaches."""
+    prompt is (each piece estimated with the whitespace that leads it). Units are made in
+    order, only as far as a fit reaches; sums are kept at the sizes a search asks about,
+    each from the nearest one below."""
 
     def __init__(self, estimator: Estimator, unit: Callable[[int], str],
                  head: Callable[[int], str], tail: Callable[[int], str]) -> None:
         self._est, self._unit, self._head, self._tail = estimator, unit, head, tail
-        self._cum = [0]
+        self._texts: list[str] = []  # each unit with the whitespace that leads it
         self._carry: list[str] = []  # trailing whitespace of the head, then of each unit
+        self._sums: dict[int, int] = {0: 0}  # estimated tokens of units 0..k-1
+        self._bounds = [0]  # the k of _sums, sorted
         self._ends: dict[int, int] = {}
 
-    def _grow(self, k: int) -> None:
+    def _make(self, k: int) -> None:
+        """Units 0..k-1, each with the whitespace that leads it."""
         if not self._carry:
             head = self._head(1)
             self._carry.append(head[len(head.rstrip()):])
-        while len(self._cum) <= k:
-            text = self._unit(len(self._cum) - 1)
+        while len(self._texts) < k:
+            text = self._unit(len(self._texts))
             body = text.rstrip()
-            self._cum.append(self._cum[-1] + self._est(self._carry[-1] + body))
+            self._texts.append(self._carry[-1] + body)
             self._carry.append(text[len(body):])
 
+    def _sum(self, k: int) -> int:
+        if k not in self._sums:
+            self._make(k)
+            base = self._bounds[bisect.bisect_right(self._bounds, k) - 1]  # known, below k
+            self._sums[k] = self._sums[base] + self._est("".join(self._texts[base:k]))
+            bisect.insort(self._bounds, k)
+        return self._sums[k]
+
     def at(self, k: int) -> int:
-        self._grow(k)
+        total = self._sum(k)
         if k not in self._ends:
             self._ends[k] = self._est(self._head(k).rstrip()) + self._est(
                 self._carry[k] + self._tail(k))
-        return self._cum[k] + self._ends[k]
+        return total + self._ends[k]
 
     def largest_within(self, target: float, lo: int, hi: int) -> int:
-        """The largest k in [lo, hi] estimated at most `target`; lo - 1 when none is.
-        Walks up one unit at a time (units past the fit are never made)."""
-        k = lo - 1
-        while k < hi and self.at(k + 1) <= target:
-            k += 1
-        return k
+        """The largest k in [lo, hi] estimated at most `target`; lo - 1 when none is. Walks
+        up about _STEP_CHARS characters of units at a time, then bisects inside the step
+        that overshot (units past it are never made)."""
+        if lo > hi or self.at(lo) > target:
+            return lo - 1
+        low = lo
+        while low < hi:
+            bound, chars = low, 0
+            while bound < hi and chars < _STEP_CHARS:
+                self._make(bound + 1)
+                chars += len(self._texts[bound])
+                bound += 1
+            if self.at(bound) > target:
+                high = bound - 1
+                while low < high:
+                    mid = (low + high + 1) // 2
+                    if self.at(mid) <= target:
+                        low = mid
+                    else:
+                        high = mid - 1
+                return low
+            low = bound
+        return low
 
 
 @dataclass

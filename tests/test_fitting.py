@@ -107,3 +107,21 @@ def test_prefix_counts_estimate_every_cut():
 def test_too_short_is_one_line():
     with pytest.raises(EvalkitError, match="too short.*its shortest prompt"):
         Fitter(len, len).fit("k", lambda k: "x" * (k + 100), Curve(lambda k: k), 50, 0, 10)
+
+
+def test_a_slow_counter_is_asked_once_per_text_with_the_same_sums():
+    """Over a server's tokenize endpoint (slow per call), a text's unknown chunks are
+    counted in one call, joined: fewer calls, the same estimates."""
+    import time
+
+    def slow(text: str) -> int:
+        time.sleep(0.001)
+        return len(text.split()) + 1  # one token per word, and a BOS
+
+    fast, calls = _counting(lambda t: len(t.split()) + 1)
+    slow_counted, slow_calls = _counting(slow)
+    quick, batched = Estimator(fast), Estimator(slow_counted)
+    texts = ["".join(f" w{i}-{j}" for j in range(40)) for i in range(30)]
+    assert [batched(t) for t in texts] == [quick(t) for t in texts] == [40] * 30
+    assert batched.batched and not quick.batched
+    assert len(slow_calls) < 40 < len(calls)
