@@ -124,4 +124,4 @@ def test_a_slow_counter_is_asked_once_per_text_with_the_same_sums():
     texts = ["".join(f" w{i}-{j}" for j in range(40)) for i in range(30)]
     assert [batched(t) for t in texts] == [quick(t) for t in texts] == [40] * 30
     assert batched.batched and not quick.batched
-    assert len(slow_calls) < 40 < len(calls)
+    assert len(slow_calls) <= 1 + 40 + 29 < 1 + 30 * 40 == len(calls)  # then one call a text
