@@ -168,7 +168,7 @@ def _dry_run(spec: Any) -> None:
     long_tasks = runner.long_context_tasks(spec)
     if long_tasks:
         _dry_run_long(spec, label)
-    planned = runner.plan_leaderboard(spec)
+    planned = runner.plan_leaderboard(spec, shard_only=True)
     if planned:
         from evalkit import leaderboard
 
@@ -360,6 +360,11 @@ def merge(
     typer.echo(format_table(summary.rows))
     typer.echo(f"\n{summary.n_done}/{summary.n_samples} samples scored, from {len(shards)} "
                f"shards; merged run in {run_dir}")
+    if summary.status != "complete":
+        _err(f"partial run ({summary.n_samples - summary.n_done} of {summary.n_samples} samples "
+             "not scored): run the unfinished shards' commands again, then merge again "
+             f"(exit {EXIT_PARTIAL})")
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _refuse_run_paths(path: Path, runs: tuple[Path, ...]) -> None:

@@ -16,9 +16,12 @@ the whole prompt at every step (10-18 times the final tokens). Here:
   taken on the estimate's word only when the estimate has been exact for this fit so far;
   otherwise it is measured.
 
-The answer is the one bisection gives (`fit_max`, kept as the reference) whenever the count
-grows with k; the estimate only decides which k are measured, never the answer, so a
-tokenizer that breaks the chunk rule costs speed, not exactness.
+Every answer fits (the prompt is measured) and k + 1 was either measured over budget or
+estimated over by an estimate that has been exact so far. Where the chunk rule holds, the
+answer is the one bisection gives (`fit_max`, kept as the reference) whenever the count
+grows with k. A tokenizer that breaks the rule costs speed: the first miss makes every
+later fit of that call site measure k + 1; only an estimate that is wrong about k + 1 alone,
+and right about everything measured before, could stop one unit short.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ class Units:
         return self._sums[k]
 
     def at(self, k: int) -> int:
+        self._make(k)
         total = self._sum(k)
         if k not in self._ends:
             self._ends[k] = self._est(self._head(k).rstrip()) + self._est(
@@ -255,8 +259,11 @@ class Fitter:
                     return best
                 low = best.size + 1
             high = over - 1
-            if step >= _GUIDED_STEPS:
-                k = (low + high + (best is not None)) // 2  # bisection: ends in log steps
+            if step >= _GUIDED_STEPS:  # the estimate is no guide here: search without it
+                if over > hi:  # nothing over budget yet: gallop up from what fits
+                    k = min(high, low + 2 ** (step - _GUIDED_STEPS) - 1)
+                else:  # bisection: ends in log steps
+                    k = (low + high + (best is not None)) // 2
                 continue
             k = estimate.largest_within(budget - offset, low, high)
             if k < low:  # the estimate says nothing above what fits fits

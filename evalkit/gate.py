@@ -383,6 +383,9 @@ def _verdict(cell: Cell) -> Verdict:
     if not b.n or not _finite(b.value):
         return make("fail", "the candidate has no scored value here")
     if t is None or t.p is None:
+        if 1 in (a.clusters, b.clusters):
+            return make("untested", "one haystack: a clustered interval needs two or more "
+                                    "(samples: 2 per length)")
         return make("untested", "too few samples on both sides for a test")
     note = f"prompt changed in {t.prompts_changed} of {t.n_pairs} pairs" \
         if t.prompts_changed else ""

@@ -132,8 +132,9 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
 
 def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
                  progress: bool = False) -> list[Sample]:
-    """Every sample of the run, in a list (a dry run, tests); runs stream them."""
-    return list(iter_samples(spec, backend, counter, progress))
+    """Every sample of the run (of its shard, for a shard), in a list (a dry run, tests);
+    runs stream them."""
+    return list(iter_samples(spec, backend, counter, progress, Selection(spec.shard)))
 
 
 def long_context_tasks(spec: RunSpec) -> list[TaskSpec]:
@@ -146,11 +147,12 @@ def leaderboard_tasks(spec: RunSpec) -> list[TaskSpec]:
     return [t for t in spec.tasks if leaderboard.is_leaderboard_task(t.name)]
 
 
-def plan_leaderboard(spec: RunSpec) -> dict[str, list[str]]:
-    """The sample ids each leaderboard task of the whole run will record (its data, no
-    model)."""
+def plan_leaderboard(spec: RunSpec, shard_only: bool = False) -> dict[str, list[str]]:
+    """The sample ids each leaderboard task of the whole run (or, `shard_only`, of this
+    shard) will record (its data, no model)."""
+    selection = Selection(spec.shard if shard_only else None)
     return {t.name: leaderboard.plan_lm_eval_task(t, spec.limit)
-            for t in leaderboard_tasks(spec)}
+            for t in leaderboard_tasks(spec) if selection.takes(t.name)}
 
 
 def _expected_count(task: TaskSpec, params: Any) -> int | None:
@@ -296,6 +298,7 @@ class Spool:
             self._f = tempfile.TemporaryFile(dir=folder)
         except OSError:
             self._f = tempfile.TemporaryFile()
+            self.folder = Path(tempfile.gettempdir())
 
     def __enter__(self) -> Spool:
         return self

@@ -15,6 +15,8 @@ sample in two shards, each with one line.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,55 +49,66 @@ class Selection:
 
 
 def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
-    """Join the shards of one run into `out` (a new folder); returns it."""
+    """Join the shards of one run into `out` (new, or an empty folder); returns it. The
+    merge is written beside `out` and renamed into place whole, so a failed merge leaves
+    nothing behind."""
     if not shard_dirs:
         raise EvalkitError("evalkit merge: give the shard folders to join")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EvalkitError(f"{out} exists and is not an empty folder: merge into a new folder")
     infos = [(Path(d), store.read_run(Path(d))) for d in shard_dirs]
     first_dir, first = infos[0]
-    count = _shard(first_dir, first)["count"]
+    whole = {k: v for k, v in _shard(first_dir, first).items() if k != "index"}
     by_index: dict[int, Path] = {}
     for d, info in infos:
         shard = _shard(d, info)
-        if shard["whole_spec_hash"] != _shard(first_dir, first)["whole_spec_hash"]:
-            raise EvalkitError(f"{d} is a shard of another run than {first_dir} (their specs "
-                               "differ): merge the shards of one command only")
-        if shard["count"] != count:
-            raise EvalkitError(f"{d} is shard {shard['index']}/{shard['count']}, {first_dir} "
-                               f"one of {count}: merge the shards of one --shard count")
+        if {k: v for k, v in shard.items() if k != "index"} != whole:
+            raise EvalkitError(f"{d} is not a shard of the same run as {first_dir} (another "
+                               "spec, sample set or shard count): merge the shards of one "
+                               "command only")
         index = shard["index"]
         if index in by_index:
-            raise EvalkitError(f"shard {index}/{count} is given twice ({by_index[index]} and "
-                               f"{d}): give each shard folder once")
+            raise EvalkitError(f"shard {index}/{whole['count']} is given twice "
+                               f"({by_index[index]} and {d}): give each shard folder once")
         by_index[index] = d
+    count = whole["count"]
     missing = [i for i in range(1, count + 1) if i not in by_index]
     if missing:
         raise EvalkitError(f"shard{'s' if len(missing) > 1 else ''} "
                            f"{', '.join(f'{i}/{count}' for i in missing)} missing: pass all "
                            f"{count} shard folders (run the missing ones with --shard)")
-    if (out / store.RUN_JSON).exists() or (out / store.SAMPLES).exists():
-        raise EvalkitError(f"{out} holds a run already: merge into a new folder")
     ordered = [by_index[i] for i in range(1, count + 1)]
+    planned = sum(int(store.read_run(d)["n_samples"]) for d in ordered)
+    if planned != whole["whole_n_samples"]:
+        raise EvalkitError(f"the shards plan {planned} samples, the run {whole['whole_n_samples']}"
+                           ": they were made by different versions of evalkit; run them again")
     owner: dict[str, Path] = {}
     for d in ordered:
-        for rec in store.read_records(d):
+        for rec in store.read_records(d, prompts=False):
             if rec.sample.id in owner:
                 raise EvalkitError(f"sample {rec.sample.id} is in both {owner[rec.sample.id]} "
                                    f"and {d}: these shards overlap; merge the shards of one "
                                    "command only")
             owner[rec.sample.id] = d
-    store.prepare_run_dir(out)
-    whole = dict(first)
-    shard = whole.pop("shard")
-    spec = dict(whole["spec"])
-    spec["shard"] = None
-    whole.update(run_id=out.name, spec=spec, spec_hash=shard["whole_spec_hash"],
-                 n_samples=shard["whole_n_samples"],
-                 sample_ids_sha256=shard["whole_sample_ids_sha256"],
-                 merged_from=[store.read_run(d)["run_id"] for d in ordered])
-    store.write_run(out, whole)
-    for d in ordered:  # one shard's records in memory at a time
-        store.append_records(out, store.read_records(d))
-    store.write_summary(out, build_summary(out))
+    work = out.parent / f".{out.name}.merging-{os.getpid()}"
+    try:
+        store.prepare_run_dir(work)
+        info = dict(first)
+        del info["shard"]
+        info.update(run_id=out.name, spec={**first["spec"], "shard": None},
+                    spec_hash=whole["whole_spec_hash"], n_samples=whole["whole_n_samples"],
+                    sample_ids_sha256=whole["whole_sample_ids_sha256"],
+                    merged_from=[store.read_run(d)["run_id"] for d in ordered])
+        store.write_run(work, info)
+        for d in ordered:  # one shard's records in memory at a time
+            store.append_records(work, store.read_records(d))
+        store.write_summary(work, build_summary(work))
+        if out.exists():
+            out.rmdir()
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return out
 
 

@@ -25,7 +25,7 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -300,8 +300,17 @@ def _append_error(run_dir: Path, exc: OSError) -> EvalkitError:
                         f"flight was rolled back, every earlier sample is kept: {_advice(exc)}")
 
 
-def table_csv_text(rows: Iterable[SummaryRow]) -> str:
+def _row_fields(rows: Sequence[SummaryRow]) -> list[str]:
+    """SummaryRow's fields, without `clusters` where no row has any: a run without
+    shared-context tasks writes the files it wrote before they existed."""
     fields = list(SummaryRow.__dataclass_fields__)
+    return fields if any(r.clusters is not None for r in rows) else [
+        f for f in fields if f != "clusters"]
+
+
+def table_csv_text(rows: Iterable[SummaryRow]) -> str:
+    rows = list(rows)
+    fields = _row_fields(rows)
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(fields)
@@ -315,7 +324,10 @@ def write_table_csv(path: Path, rows: Iterable[SummaryRow]) -> None:
 
 
 def _summary_files(run_dir: Path, summary: RunSummary) -> list[tuple[Path, bytes]]:
-    return [(Path(run_dir) / SUMMARY, _json_text(to_jsonable(summary)).encode("utf-8")),
+    data = to_jsonable(summary)
+    fields = _row_fields(summary.rows)
+    data["rows"] = [{k: row[k] for k in fields} for row in data["rows"]]
+    return [(Path(run_dir) / SUMMARY, _json_text(data).encode("utf-8")),
             (Path(run_dir) / TABLE, table_csv_text(summary.rows).encode("utf-8"))]
 
 

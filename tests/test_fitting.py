@@ -29,9 +29,9 @@ def _counting(measure):
 @given(sizes=st.lists(st.integers(0, 5), min_size=1, max_size=60),
        noise=st.lists(st.integers(-3, 3), min_size=60, max_size=60),
        budget=st.integers(0, 200), lo=st.integers(0, 3), offset=st.integers(-50, 50))
-def test_same_answer_as_bisection_whatever_the_estimate(sizes, noise, budget, lo, offset):
-    """Any monotone count, any estimate (wrong by a noisy, drifting amount): the fitter
-    finds bisection's answer, or refuses as bisection does."""
+def test_same_answer_as_bisection_with_noisy_estimates(sizes, noise, budget, lo, offset):
+    """Any monotone count, an estimate wrong by a noisy, drifting amount (its misses show
+    in what is measured): the fitter finds bisection's answer, or refuses as it does."""
     hi = len(sizes)
     lo = min(lo, hi)
     cum = list(itertools.accumulate(sizes, initial=3))  # tokens of k units
@@ -125,3 +125,17 @@ def test_a_slow_counter_is_asked_once_per_text_with_the_same_sums():
     assert [batched(t) for t in texts] == [quick(t) for t in texts] == [40] * 30
     assert batched.batched and not quick.batched
     assert len(slow_calls) <= 1 + 40 + 29 < 1 + 30 * 40 == len(calls)  # then one call a text
+
+
+def test_a_misleading_estimate_never_sends_the_search_far_past_the_fit():
+    """An estimate that halves every count (a tokenizer far from the chunk rule): after the
+    guided steps the search gallops up from what fits instead of bisecting toward hi."""
+    measured: list[int] = []
+
+    def measure(text: str) -> int:
+        measured.append(int(text))
+        return 10 * int(text)
+
+    fit = Fitter(measure, measure).fit("k", str, Curve(lambda k: 5 * k), 3000, 1, 100_000)
+    assert fit.size == 300 and fit == fit_max(str, lambda t: 10 * int(t), 3000, 1, 100_000)
+    assert max(measured) < 4 * 300, measured

@@ -23,8 +23,9 @@ from evalkit.types import Record, Response, Sample
 
 CONFIG = {
     "name": "scale", "model": "scripted", "backend": "scripted", "tokenizer": "whitespace",
+    "backend_options": {"loglikelihood": "oracle"},
     "samples": 4, "lengths": [600, 1200], "cache": False,
-    "tasks": ["passkey", "lines", "longqa", {"lines_shared": {"questions": 3}},
+    "tasks": ["passkey", "passkey_ll", "lines", "longqa", {"lines_shared": {"questions": 3}},
               {"passkey_shared": {"questions": 2}}, {"topics": {"num_topics": [3, 5]}}],
 }
 
@@ -83,6 +84,17 @@ def test_three_shards_merged_equal_the_unsharded_run_record_for_record(runs) -> 
                     store.read_run(s)["shard"]["index"]
 
 
+def test_a_run_without_shared_context_writes_its_summary_as_before(tmp_path: Path) -> None:
+    """The committed baseline (made before `clusters` existed) is still up to date: a
+    re-run of a finished run writes nothing."""
+    from evalkit.runner import _up_to_date
+
+    baseline = Path(__file__).resolve().parents[1] / "results" / "baselines" / "smoke"
+    copy = tmp_path / "smoke"
+    shutil.copytree(baseline, copy)
+    assert _up_to_date(copy)
+
+
 def test_merge_refuses_what_is_not_one_whole_run(runs, tmp_path: Path) -> None:
     shards, whole = runs["shards"], runs["whole"]
 
@@ -100,13 +112,14 @@ def test_merge_refuses_what_is_not_one_whole_run(runs, tmp_path: Path) -> None:
     other.write_text(yaml.safe_dump({**CONFIG, "seed": 1}))
     res = _cli("run", other, "--shard", "3/3", "--out", tmp_path / "o3", "--no-progress")
     assert res.returncode == 0, res.stderr
-    assert "another run" in refused(*shards[:2], tmp_path / "o3", "--out", tmp_path / "d")
+    assert "not a shard of the same run" in refused(*shards[:2], tmp_path / "o3", "--out",
+                                                    tmp_path / "d")
     overlap = tmp_path / "overlap"
     shutil.copytree(shards[1], overlap)
     with (overlap / store.SAMPLES).open("a") as f:  # a record of shard 1 in shard 2 too
         f.write((shards[0] / store.SAMPLES).read_text().splitlines()[0] + "\n")
     assert "overlap" in refused(shards[0], overlap, shards[2], "--out", tmp_path / "e")
-    assert "holds a run already" in refused(*shards, "--out", whole)
+    assert "not an empty folder" in refused(*shards, "--out", whole)
     for bad in ("0/3", "4/3", "1/0", "a/b", "2"):
         res = _cli("run", runs["cfg"], "--shard", bad, "--out", tmp_path / "x")
         assert res.returncode == 2 and "--shard" in res.stderr and "Traceback" not in res.stderr

@@ -132,8 +132,8 @@ def _synthetic(sid: str, target: int, plan: Plan) -> Sample:
         return ATTRIBUTES[attr][2].format(name=stream.names[asked]), options
 
     def build(n: int) -> str:
-        document = "\n\n".join(p[0] for p in stream.profiles[:n])
-        return format_prompt(document, *question(n))
+        asked = question(n)  # makes the first n profiles
+        return format_prompt("\n\n".join(p[0] for p in stream.profiles[:n]), *asked)
 
     def profile(j: int) -> str:
         stream.extend(j + 1)

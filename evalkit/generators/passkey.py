@@ -117,9 +117,15 @@ def score(sample: Sample, response: Response) -> Score:
 def generate_ll(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
     """The passkey samples themselves (the same prompts, keys and depths: each sample's
     random draws are seeded by its passkey id), with the key as the continuation to score."""
-    for s in generate(params, plan):
-        yield dataclasses.replace(s, id="passkey_ll/" + s.id.removeprefix("passkey/"),
-                                  task="passkey_ll", targets=(f" {s.targets[0]}",))
+    def ll_id(sample_id: str) -> str:
+        return "passkey_ll/" + sample_id.removeprefix("passkey/")
+
+    def wants(sample_id: str, haystack: str | None = None) -> bool:  # asked by its own id
+        return plan.wants(ll_id(sample_id), haystack)
+
+    for s in generate(params, dataclasses.replace(plan, select=wants)):
+        yield dataclasses.replace(s, id=ll_id(s.id), task="passkey_ll",
+                                  targets=(f" {s.targets[0]}",))
 
 
 def score_ll(sample: Sample, response: Response) -> Score:
