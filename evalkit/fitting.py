@@ -272,7 +272,6 @@ class Fitter:
                 k = low
         raise AssertionError("fit did not converge")  # pragma: no cover
 
-
     def fit_shared(self, key: str, build: Callable[[int, str], str],
                    questions: Callable[[int], Sequence[str]], estimate: Estimate, budget: int,
                    lo: int, hi: int, what: str = "haystack") -> tuple[int, list[str], list[int]]:
