@@ -77,19 +77,12 @@ def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
         raise EvalkitError(f"shard{'s' if len(missing) > 1 else ''} "
                            f"{', '.join(f'{i}/{count}' for i in missing)} missing: pass all "
                            f"{count} shard folders (run the missing ones with --shard)")
+    runs = {d: info for d, info in infos}
     ordered = [by_index[i] for i in range(1, count + 1)]
-    planned = sum(int(store.read_run(d)["n_samples"]) for d in ordered)
+    planned = sum(int(runs[d]["n_samples"]) for d in ordered)
     if planned != whole["whole_n_samples"]:
         raise EvalkitError(f"the shards plan {planned} samples, the run {whole['whole_n_samples']}"
                            ": they were made by different versions of evalkit; run them again")
-    owner: dict[str, Path] = {}
-    for d in ordered:
-        for rec in store.read_records(d, prompts=False):
-            if rec.sample.id in owner:
-                raise EvalkitError(f"sample {rec.sample.id} is in both {owner[rec.sample.id]} "
-                                   f"and {d}: these shards overlap; merge the shards of one "
-                                   "command only")
-            owner[rec.sample.id] = d
     work = out.parent / f".{out.name}.merging-{os.getpid()}"
     try:
         store.prepare_run_dir(work)
@@ -98,10 +91,18 @@ def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
         info.update(run_id=out.name, spec={**first["spec"], "shard": None},
                     spec_hash=whole["whole_spec_hash"], n_samples=whole["whole_n_samples"],
                     sample_ids_sha256=whole["whole_sample_ids_sha256"],
-                    merged_from=[store.read_run(d)["run_id"] for d in ordered])
+                    merged_from=[runs[d]["run_id"] for d in ordered])
         store.write_run(work, info)
-        for d in ordered:  # one shard's records in memory at a time
-            store.append_records(work, store.read_records(d))
+        owner: dict[str, Path] = {}
+        for d in ordered:  # each shard read once, one in memory at a time
+            records = store.read_records(d)
+            for rec in records:
+                if rec.sample.id in owner:
+                    raise EvalkitError(f"sample {rec.sample.id} is in both "
+                                       f"{owner[rec.sample.id]} and {d}: these shards overlap; "
+                                       "merge the shards of one command only")
+                owner[rec.sample.id] = d
+            store.append_records(work, records)
         store.write_summary(work, build_summary(work))
         if out.exists():
             out.rmdir()

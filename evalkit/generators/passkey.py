@@ -63,22 +63,22 @@ def build_prompt(n_garbage: int, depth: float, key: int) -> str:
                       filler(n_garbage - prefix), QUESTION])
 
 
-def _filler_counts(plan: Plan) -> tuple[float, PrefixCounts]:
-    """The filler's characters per token, and the estimate of its every prefix up to the
-    longest length (with room: a search's upper bound is 1.5 times the length)."""
+def _filler_counts(plan: Plan) -> tuple[dict[int, int], PrefixCounts]:
+    """For each length, the most filler characters a search may try (1.5 times the
+    filler's characters per token, with room), and the estimate of every filler prefix up
+    to the longest."""
     probe = filler(4000)
     chars_per_token = len(probe) / max(1, plan.measure(probe))
-    most = int(max(plan.lengths) * chars_per_token * 1.5) + 256
-    return chars_per_token, PrefixCounts(plan.fitter.estimator, filler(most))
+    bounds = {t: int(t * chars_per_token * 1.5) + 256 for t in plan.lengths}
+    return bounds, PrefixCounts(plan.fitter.estimator, filler(max(bounds.values())))
 
 
 def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
     if not plan.lengths:
         raise EvalkitError("passkey needs lengths: pass --lengths, e.g. 1k,4k,16k")
     depths: list[float | None] = list(params.depths) if params.depths is not None else [None]
-    chars_per_token, fillers = _filler_counts(plan)
+    bounds, fillers = _filler_counts(plan)
     for target in plan.lengths:
-        max_chars = int(target * chars_per_token * 1.5) + 256  # bounds the search, with room
         for depth in depths:
             for i in range(plan.samples):
                 index = f"{i}" if depth is None else f"d{round(depth * 100):03d}-{i}"
@@ -99,7 +99,7 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
 
                 fit = plan.fitter.fit(
                     "passkey", functools.partial(build_prompt, depth=where, key=key),
-                    Curve(estimate), target, lo=0, hi=max_chars, what="filler characters")
+                    Curve(estimate), target, lo=0, hi=bounds[target], what="filler characters")
                 yield Sample(
                     id=sid, task="passkey", prompt=fit.prompt, targets=(str(key),),
                     target_tokens=target, input_tokens=fit.tokens, template=plan.template,
@@ -191,9 +191,8 @@ def generate_shared(params: SharedPasskeyParams, plan: Plan) -> Iterator[Sample]
     names = read_words("first_names")
     if params.questions > len(names):
         raise EvalkitError(f"passkey_shared: at most {len(names)} questions")
-    chars_per_token, fillers = _filler_counts(plan)
+    bounds, fillers = _filler_counts(plan)
     for target in plan.lengths:
-        max_chars = int(target * chars_per_token * 1.5) + 256
         for h in range(plan.samples):
             group = f"passkey_shared/{target}/{plan.seed}/{h}"
             if not all([plan.wants(f"{group}/q{j}", group) for j in range(params.questions)]):
@@ -215,7 +214,7 @@ def generate_shared(params: SharedPasskeyParams, plan: Plan) -> Iterator[Sample]
 
             n, prompts, tokens = plan.fitter.fit_shared(
                 "passkey_shared", functools.partial(build_shared, needles=needles),
-                functools.partial(_same, asked), Curve(estimate), target, lo=0, hi=max_chars,
+                functools.partial(_same, asked), Curve(estimate), target, lo=0, hi=bounds[target],
                 what="filler characters")
             for j, (prompt, tok) in enumerate(zip(prompts, tokens, strict=True)):
                 yield Sample(
