@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ CELL = ["task", "length", "subset", "metric"]
 class MetricInfo:
     kind: MetricKind
     higher_is_better: bool = True
+    description: str = ""  # how the task scores it (MetricDef.description)
 
 
 def _known_tasks(tasks: Iterable[str]) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def declared_metrics(tasks: Iterable[str]) -> dict[tuple[str, str], MetricInfo]:
         for m in getattr(taskdef, "metrics", ()):
             out[(task, str(m.name))] = MetricInfo(
                 "continuous" if m.kind == "continuous" else "binary",
-                bool(getattr(m, "higher_is_better", True)))
+                bool(getattr(m, "higher_is_better", True)), str(getattr(m, "description", "")))
     return out
 
 
@@ -173,6 +174,7 @@ class Run:
     n_samples: int
     n_done: int
     n_errors: int
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # see store.session
 
     @property
     def has_samples(self) -> bool:
@@ -208,9 +210,21 @@ def read_run(path: Path) -> Run:
             summary = summary_of(folder, info, records)  # a run that has no sample yet
         else:
             summary = replace(saved, rows=tuple(upgrade_row(r) for r in saved.rows))
-    label = str(info.get("model_label") or _label_of(summary.rows) or folder.name)
+    label = str(model_name(info) or _label_of(summary.rows) or folder.name)
     return Run(folder, dict(info), label, records, summary.status, list(summary.rows),
-               summary.n_samples, summary.n_done, summary.n_errors)
+               summary.n_samples, summary.n_done, summary.n_errors,
+               store.read_sessions(folder) if info else [])
+
+
+def model_name(info: Mapping[str, Any]) -> str | None:
+    """The name a run's model goes by: the label the user gave, else the name the model
+    gives itself (a GGUF's general.name, a hub id), else the label the run was made with
+    (an alias or the file's stem)."""
+    spec, backend = info.get("spec") or {}, info.get("backend") or {}
+    for name in (spec.get("label"), backend.get("model_name"), info.get("model_label")):
+        if isinstance(name, str) and name.strip():
+            return name.strip()
+    return None
 
 
 def _label_of(rows: Sequence[SummaryRow]) -> str | None:
@@ -223,15 +237,29 @@ def relabel(run: Run, label: str) -> Run:
                    rows=[replace(r, model=label) for r in run.rows])
 
 
+def model_file(info: Mapping[str, Any]) -> str | None:
+    """The file or folder a run's model was loaded from (its name, never a path)."""
+    backend, spec = info.get("backend") or {}, info.get("spec") or {}
+    for name in (backend.get("model_file"), backend.get("gguf_file"),
+                 backend.get("model_folder"), spec.get("model")):
+        if isinstance(name, str) and name:
+            return Path(name).name
+    return None
+
+
 def load_runs(paths: Sequence[Path]) -> list[Run]:
-    """Runs with display labels that tell them apart: the model, else model@run-folder,
-    else a position (#2) for the same run given twice."""
+    """Runs with display labels that tell them apart: the model, else the model with its
+    file (two quantizations of one model), else model@run-folder, else a position (#2) for
+    the same run given twice."""
     runs = [read_run(p) for p in paths]
     labels = [run.label for run in runs]
+    with_file = [f"{run.label} ({model_file(run.info)})" for run in runs]
     out = []
     for i, run in enumerate(runs):
         label = run.label
-        if labels.count(label) > 1:
+        if labels.count(label) > 1 and with_file.count(with_file[i]) == 1:
+            label = with_file[i]
+        elif labels.count(label) > 1:
             label = f"{label}@{run.path.name}"
             if [f"{r.label}@{r.path.name}" for r in runs].count(label) > 1:
                 label = f"{label}#{i + 1}"

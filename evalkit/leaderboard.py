@@ -729,7 +729,8 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
                     template="raw", max_new_tokens=0, meta=meta)
     return Record(sample=sample, response=response, scores=scores, model=label,
                   prompt_sha256=hashlib.sha256(context.encode("utf-8")).hexdigest(),
-                  cache_key=request.cache_key(fingerprint), parsed=str(answer))
+                  cache_key=request.cache_key(fingerprint), parsed=str(answer),
+                  sent={"before": "", "after": ""})
 
 
 # ---- summary rows ------------------------------------------------------------------------

@@ -32,8 +32,9 @@ from evalkit.config import RunSpec, TaskSpec
 from evalkit.generators import Plan, get_task, make_params
 from evalkit.model import Model, make_model
 from evalkit.models import model_label
+from evalkit.scoring import sample_cell
 from evalkit.shards import Selection
-from evalkit.templates import Template, make_template
+from evalkit.templates import Template, make_template, split_sent
 from evalkit.tokenizers import get_counter
 from evalkit.types import (
     Backend,
@@ -221,6 +222,7 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
     a run.json is removed again when the run fails to start. The Model answers from the
     response cache (`cache_dir`, default ~/.cache/evalkit/responses) unless spec.cache is
     off; a backend that cannot do a task's request kind is one line before planning."""
+    started = time.time()
     label = spec.label or model_label(spec.model)
     run_dir = _run_dir(spec, out, results_root, log)
     fresh = not run_dir.exists()
@@ -245,7 +247,7 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
                 planned = {name: ids for name, ids in scored_once.items()
                            if selection.takes(name)}
                 return _run_locked(spec, model, counter, label, samples, planned, whole_ids,
-                                   spool, run_dir, progress, log)
+                                   spool, run_dir, progress, log, started)
     except BaseException:
         if fresh:
             store.discard_if_unused(run_dir)
@@ -268,6 +270,7 @@ class Planned:
     id: str
     order: tuple[str, bytes]
     where: tuple[int, int]  # offset and size in the spool
+    cell: int | str  # the length cell (scoring.sample_cell)
 
 
 PREFIX_BLOCK = 1024  # characters per prefix digest: the grain of the schedule
@@ -333,7 +336,8 @@ def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label:
             too_long += 1
             example = example or f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens"
             continue
-        planned.append(Planned(s.id, (s.task, prefix_key(s.prompt)), spool.add(s)))
+        planned.append(Planned(s.id, (s.task, prefix_key(s.prompt)), spool.add(s),
+                               sample_cell(s)))
     if too_long:
         raise EvalkitError(
             f"{too_long} sample(s) are over the context window of {label} ({window} "
@@ -359,7 +363,7 @@ def _up_to_date(run_dir: Path) -> bool:
 def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
                 samples: list[Planned], planned: Mapping[str, list[str]],
                 whole_ids: Sequence[str], spool: Spool, run_dir: Path, progress: bool,
-                log: Log) -> RunResult:
+                log: Log, started: float) -> RunResult:
     backend = model.backend
     store.remove_stale_temporaries(run_dir)
     ids = [s.id for s in samples] + [i for task_ids in planned.values() for i in task_ids]
@@ -373,7 +377,8 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_label": label,
             "backend": dict(backend.describe()), "tokenizer": counter.name,
             "templates": {t.name: resolve_template(t, backend).name for t in spec.tasks},
-            "n_samples": len(ids), "sample_ids_sha256": _ids_hash(ids),
+            "n_samples": len(ids), "cells": planned_cells(samples, planned),
+            "sample_ids_sha256": _ids_hash(ids),
             "git_sha": _git_sha(), "versions": _versions(), "argv": sys.argv[1:],
         })
     store.repair_tail(run_dir)
@@ -381,17 +386,32 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
     todo = sorted((s for s in samples if s.id not in done), key=lambda s: s.order)
     if done:
         log(f"resuming {run_dir}: {len(done)} of {len(ids)} samples already done")
-    _execute(spec, model, label, run_dir, todo, spool, progress)
-    for task in leaderboard_tasks(spec):
-        if task.name not in planned or all(i in done for i in planned[task.name]):
-            continue  # another shard's, or done
-        leaderboard.run_lm_eval_task(spec, task, model, run_dir, spec.limit, log,
-                                     progress=progress)
+    scored_once = [task for task in leaderboard_tasks(spec) if task.name in planned
+                   and not all(i in done for i in planned[task.name])]  # not another shard's
+    if todo or scored_once:
+        with store.session(run_dir, started):
+            _execute(spec, model, label, run_dir, todo, spool, progress)
+            for task in scored_once:
+                leaderboard.run_lm_eval_task(spec, task, model, run_dir, spec.limit, log,
+                                             progress=progress)
     if model.cache is not None and model.cache.hits:
         log(f"{model.cache.hits} answers came from the response cache "
             f"({model.cache.root}; --no-cache asks the backend again)")
     summary = summarize(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, resumed_from=len(done))
+
+
+def planned_cells(samples: Sequence[Planned],
+                  scored_once: Mapping[str, Sequence[str]]) -> dict[str, dict[str, int]]:
+    """task -> length cell -> the number of samples planned (what ran, whatever the spec's
+    `samples` says: case files bring their own count); a task scored once has one cell,
+    "all", of its documents."""
+    cells: dict[str, dict[str, int]] = {}
+    for p in samples:
+        task = cells.setdefault(p.order[0], {})
+        task[str(p.cell)] = task.get(str(p.cell), 0) + 1
+    cells.update({name: {"all": len(ids)} for name, ids in scored_once.items()})
+    return cells
 
 
 def _ids_hash(ids: Sequence[str]) -> str:
@@ -443,12 +463,14 @@ def request_for(sample: Sample, rendered: str, spec: RunSpec) -> Request:
 def _record(sample: Sample, rendered: str, response: Response, label: str,
             cache_key: str) -> Record:
     prompt_sha = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
+    sent = split_sent(rendered, sample.prompt)
     if response.error is not None:
         return Record(sample=sample, response=response, scores={}, model=label,
-                      prompt_sha256=prompt_sha, cache_key=cache_key, parsed=None)
+                      prompt_sha256=prompt_sha, cache_key=cache_key, parsed=None, sent=sent)
     result = get_task(sample.task).score(sample, response)
     return Record(sample=sample, response=response, scores=dict(result.scores), model=label,
-                  prompt_sha256=prompt_sha, cache_key=cache_key, parsed=result.parsed)
+                  prompt_sha256=prompt_sha, cache_key=cache_key, parsed=result.parsed,
+                  sent=sent)
 
 
 def summarize(run_dir: Path) -> RunSummary:

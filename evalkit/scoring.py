@@ -13,7 +13,7 @@ import string
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from evalkit.types import MetricKind, Record, SummaryRow
+from evalkit.types import MetricKind, Record, Sample, SummaryRow
 
 _INT = re.compile(r"\d+")
 
@@ -45,13 +45,17 @@ def normalize(text: str) -> str:
     return " ".join(words)
 
 
-def topic_match(output: str, topic: str) -> tuple[bool, str | None]:
-    """LongEval topics, scored deterministically: the normalised topic name appears in the
-    normalised output (word boundaries respected)."""
+def topic_match(output: str, topic: str) -> bool:
+    """LongEval topics, scored deterministically and leniently: the normalised topic name
+    appears in the normalised output (word boundaries respected)."""
     want, got = normalize(topic), normalize(output)
-    if not got:
-        return False, None
-    return f" {want} " in f" {got} ", got[:200]
+    return bool(got) and f" {want} " in f" {got} "
+
+
+def first_line(output: str) -> str | None:
+    """The answer as a reader takes it: the output's first line with text, spaces trimmed
+    (None: the output has no text)."""
+    return next((line.strip() for line in output.splitlines() if line.strip()), None)
 
 
 _LETTER_PATTERNS = [
@@ -161,7 +165,11 @@ def interval_se(row: SummaryRow) -> float:
 
 def length_key(record: Record) -> int | str:
     """The length cell a record belongs to: the target asked for, else the case's bin."""
-    s = record.sample
+    return sample_cell(record.sample)
+
+
+def sample_cell(s: Sample) -> int | str:
+    """The length cell of a sample: the target asked for, else the case's bin."""
     if s.target_tokens is not None:
         return s.target_tokens
     return str(s.meta.get("bin", "all"))

@@ -92,7 +92,17 @@ def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
                     spec_hash=whole["whole_spec_hash"], n_samples=whole["whole_n_samples"],
                     sample_ids_sha256=whole["whole_sample_ids_sha256"],
                     merged_from=[runs[d]["run_id"] for d in ordered])
+        cells: dict[str, dict[str, int]] = {}
+        for d in ordered:
+            for task, counts in (runs[d].get("cells") or {}).items():
+                for cell, n in counts.items():
+                    cells.setdefault(task, {})[cell] = cells.get(task, {}).get(cell, 0) + n
+        info["cells"] = cells
         store.write_run(work, info)
+        sessions = "".join((d / store.SESSIONS).read_text(encoding="utf-8")
+                           for d in ordered if (d / store.SESSIONS).is_file())
+        if sessions:  # the shards' time, for the report's duration
+            (work / store.SESSIONS).write_text(sessions, encoding="utf-8")
         owner: dict[str, Path] = {}
         for d in ordered:  # each shard read once, one in memory at a time
             records = store.read_records(d)

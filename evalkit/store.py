@@ -7,6 +7,8 @@ results/<run-id>/
   summary.json    written atomically at the end, only when it changes; rebuildable from
                   samples.jsonl
   table.csv       the accuracy table of summary.json, for spreadsheets
+  sessions.jsonl  one line per `evalkit run` that asked the model anything: when it started,
+                  how long it took, how it ended (the report's duration)
 
 No fault loses a sample: an append that fails is cut back whole (no half-written record),
 and only the run's writer (under run_lock) writes; readers never do. Bad input is one
@@ -25,6 +27,7 @@ import io
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +44,7 @@ from evalkit.types import (
 )
 
 RUN_JSON, SAMPLES, SUMMARY, TABLE = "run.json", "samples.jsonl", "summary.json", "table.csv"
+SESSIONS = "sessions.jsonl"
 
 
 def safe_name(text: str, most: int = 100) -> str:
@@ -186,6 +190,43 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 def write_run(run_dir: Path, data: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RUN_JSON, {"schema_version": SCHEMA_VERSION, **data})
+
+
+@contextlib.contextmanager
+def session(run_dir: Path, started: float) -> Iterator[None]:
+    """Time the work inside as one session of the run (it began at `started`, time.time()),
+    appended to sessions.jsonl however the work ends. Timing is a nicety: a session line
+    that cannot be written is left out rather than hiding the work's own outcome."""
+    ended = "failed"
+    try:
+        yield
+        ended = "finished"
+    except KeyboardInterrupt:
+        ended = "interrupted"
+        raise
+    finally:
+        line = json.dumps({"schema_version": SCHEMA_VERSION,
+                           "started": datetime.fromtimestamp(started, timezone.utc).isoformat(
+                               timespec="seconds"),
+                           "seconds": round(time.time() - started, 3), "ended": ended})
+        with contextlib.suppress(OSError), (Path(run_dir) / SESSIONS).open("a") as f:
+            f.write(line + "\n")
+
+
+def read_sessions(run_dir: Path) -> list[dict[str, Any]]:
+    """The sessions of a run (see `session`); lines that are not a session are passed over:
+    they only time the run, its results never depend on them."""
+    try:
+        lines = (Path(run_dir) / SESSIONS).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            d = json.loads(line)
+            if isinstance(d, dict) and _num(d.get("seconds")) and isinstance(d.get("started"), str):
+                out.append(d)
+    return out
 
 
 @contextlib.contextmanager
@@ -379,6 +420,8 @@ _KINDS: dict[str, tuple[str, Any]] = {
              lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "scores": ("an object of numbers",
                lambda v: isinstance(v, dict) and all(_num(x) for x in v.values())),
+    "texts": ("an object of strings",
+              lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
     "length": ("an integer or a string",
                lambda v: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))),
 }
@@ -387,7 +430,7 @@ _KINDS: dict[str, tuple[str, Any]] = {
 RUN_SHAPE = {"schema_version": "int", "run_id": "str", "spec_hash": "str", "n_samples": "int",
              "spec": "object", "model_label": "str", "backend": "object",
              "templates": "object", "versions": "object", "tokenizer": "str", "created": "str",
-             "git_sha": "str?", "sample_ids_sha256": "str", "argv": "strs"}
+             "git_sha": "str?", "sample_ids_sha256": "str", "argv": "strs", "cells": "object"}
 RUN_MAY_LACK = frozenset(RUN_SHAPE) - {"schema_version", "run_id", "spec_hash", "n_samples",
                                        "spec"}
 SUMMARY_SHAPE = {"schema_version": "int", "run_id": "str", "status": "str", "rows": "list",
@@ -400,7 +443,8 @@ ROW_MAY_LACK = frozenset({"kind", "successes", "derived",  # version-1 rows
                           "clusters"})  # rows written before the shared-context tasks
 RECORD_SHAPE = {"schema_version": "int", "sample": "object", "response": "object",
                 "scores": "scores", "model": "str", "prompt_sha256": "str",
-                "cache_key": "str", "parsed": "str?"}
+                "cache_key": "str", "parsed": "str?", "sent": "texts?"}
+RECORD_MAY_LACK = frozenset({"sent"})  # records written before the prompt as sent was kept
 SAMPLE_SHAPE = {"id": "str", "task": "str", "prompt": "str", "targets": "strs",
                 "target_tokens": "int?", "input_tokens": "int", "template": "str",
                 "max_new_tokens": "int", "meta": "object"}
@@ -542,11 +586,13 @@ def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> 
     except RecursionError:
         raise EvalkitError(f"{where}: nested too deeply to be a record: {_RECORD_FIX}") from None
     _check_version(d, where)
-    problem = shape_problem(d, RECORD_SHAPE, "the line")
+    problem = shape_problem(d, RECORD_SHAPE, "the line", may_lack=RECORD_MAY_LACK)
     if problem is None:
         problem = (shape_problem(d["sample"], SAMPLE_SHAPE, "sample", prefix="sample.")
                    or shape_problem(d["response"], RESPONSE_SHAPE, "response",
                                     prefix="response.", may_lack=RESPONSE_MAY_LACK))
+    if problem is None and d.get("sent") is not None and not {"before", "after"} <= set(d["sent"]):
+        problem = "field 'sent' should hold 'before' and 'after'"
     if problem is None:
         extra = sorted(set(d["response"]) - set(RESPONSE_SHAPE))
         if extra:
@@ -555,6 +601,7 @@ def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> 
         raise EvalkitError(f"{where}: {problem}: {_RECORD_FIX}")
     if not prompts:
         d["sample"]["prompt"] = ""
+        d["sent"] = None
     return record_from_json(d)
 
 

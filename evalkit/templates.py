@@ -158,6 +158,24 @@ def make_template(name: str, chat_template: str | None = None,
     )
 
 
+def split_sent(rendered: str, prompt: str) -> dict[str, str]:
+    """Where the user text stands in the rendered prompt, as the record keeps it:
+    {"before", "after"} with rendered == before + prompt + after; where the template changed
+    the user text (Gemma's trims it) "user" holds the text as it stands; where it cannot be
+    found at all, the whole rendered prompt is "before" and "user" is empty."""
+    for user in dict.fromkeys((prompt, prompt.strip())):
+        i = rendered.find(user) if user else -1
+        if i >= 0:
+            parts = {"before": rendered[:i], "after": rendered[i + len(user):]}
+            return parts if user == prompt else {**parts, "user": user}
+    return {"before": rendered, "user": "", "after": ""}
+
+
+def sent_text(prompt: str, sent: Mapping[str, str]) -> str:
+    """The rendered prompt a record's `sent` and its sample's prompt stand for."""
+    return sent["before"] + sent.get("user", prompt) + sent["after"]
+
+
 def chat_template_source(value: str | None) -> tuple[str | None, str | None]:
     """A backend's option chat_template -> (fixed template name, jinja source): the name of
     a fixed template, or a jinja file, which is read."""

@@ -52,6 +52,7 @@ class MetricDef:
     name: str
     kind: MetricKind
     higher_is_better: bool = True
+    description: str = ""  # how a sample's score is read off its answer (shown by reports)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,10 @@ class Record:
     prompt_sha256: str
     cache_key: str
     parsed: str | None = None  # what the scorer read out of the output (None: unparseable)
+    # the prompt as sent around the user text: {"before", "after"}, and "user" where the
+    # template changed the user text (see evalkit.templates.split_sent); None in records
+    # written before it was kept
+    sent: Mapping[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -254,4 +259,5 @@ def record_from_json(d: Mapping[str, Any]) -> Record:
         prompt_sha256=d["prompt_sha256"],
         cache_key=d["cache_key"],
         parsed=d.get("parsed"),
+        sent=d.get("sent"),
     )

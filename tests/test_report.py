@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +97,103 @@ def test_compare_marks_significant_cells(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "compare_passkey.png").is_file()
     text = format_compare(la, lb, rows)
     assert "-1.00" in text and "yes" in text
+
+
+def _page_data(rep: Path) -> tuple[list[dict], list[list[str]]]:
+    """The sample rows and prompt parts the page reads (samples.js, prompts/*.js)."""
+    def payload(path: Path) -> Any:
+        return json.loads(path.read_text().split("=", 2)[-1].rstrip(";\n"))
+
+    rows = payload(rep / "samples.js")
+    parts = [p for f in sorted((rep / "prompts").glob("*.js")) for p in payload(f)]
+    return rows, parts
+
+
+def test_the_prompt_shown_is_the_prompt_sent(tmp_path: Path) -> None:
+    """Template text and user text together are the string whose sha256 the record holds:
+    kept by the record, rendered again for an older record of a fixed template, and the
+    user text alone, said so, for an older record of the model's own template."""
+    d = _scripted_run(tmp_path, "m", tasks=[{"passkey": {"template": "mistral-instruct"}},
+                                            {"lines": {"template": "raw"}}])
+    records = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
+    rows, parts = _page_data(build_report([d], tmp_path / "rep").parent)
+    by_id = {r["sample"]["id"]: r for r in records}
+    for row in rows:
+        rec, shown = by_id[row["id"]], parts[row["p"]]
+        assert hashlib.sha256("".join(shown).encode()).hexdigest() == rec["prompt_sha256"]
+        assert row["sent"] == "exact" and shown[1] == rec["sample"]["prompt"]
+        if row["task"] == "passkey":
+            assert shown[0] == "<s>[INST] " and shown[2] == " [/INST]" and row["framed"]
+        else:
+            assert shown[0] == shown[2] == "" and not row["framed"]
+    # records made before the prompt as sent was kept; one that lies about it
+    old = [{k: v for k, v in r.items() if k != "sent"} for r in records]
+    fixed, lying = [r for r in old if r["sample"]["task"] == "passkey"][:2]
+    chat = next(r for r in old if r["sample"]["task"] == "lines")
+    chat["sample"]["template"] = "chat"
+    lying["sent"] = {"before": "<s>", "after": ""}
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    rows, parts = _page_data(build_report([d], tmp_path / "rep2").parent)
+    sent = {row["id"]: (row["sent"], parts[row["p"]]) for row in rows}
+    assert sent[fixed["sample"]["id"]] == ("exact", ["<s>[INST] ", fixed["sample"]["prompt"],
+                                                     " [/INST]"])
+    assert sent[chat["sample"]["id"]] == ("user", ["", chat["sample"]["prompt"], ""])
+    assert sent[lying["sample"]["id"]][0] == "differs"
+
+
+def test_the_run_at_a_glance_opens_the_report(tmp_path: Path) -> None:
+    """Model, backend, templates, tokenizer, what ran per task and cell (case files bring
+    their own count, whatever `samples` says), errors, duration and evalkit's version come
+    before the tables."""
+    from test_inputs import lines_row, write_jsonl
+
+    cases = write_jsonl(tmp_path / "cases.jsonl", [lines_row(k) for k in range(7)])
+    d = _scripted_run(tmp_path, "m", tasks=["passkey", {"lines": {"cases": [str(cases)]}}])
+    info = json.loads((d / "run.json").read_text())
+    assert info["cells"] == {"passkey": {"1000": 3, "2000": 3}, "lines": {"5 lines": 7}}
+    html = build_report([d], tmp_path / "rep").read_text()
+    top = html[html.index('id="glance"'):html.index('id="results"')]
+    assert "13/13 scored" in top and "no errors" in top
+    assert 'data-task="lines"><td>lines</td><td class="num">7</td>' in top
+    assert "5 lines: 7" in top and "1000: 3 · 2000: 3" in top
+    assert "passkey: raw" in top and "scripted" in top
+    assert re.search(r'class="duration">\d+(\.\d)? s<', top)
+    from importlib.metadata import version
+
+    assert f"<dd>{version('evalkit')} · " in top
+
+
+def test_models_go_by_their_own_name_with_the_file_beside(tmp_path: Path) -> None:
+    from evalkit.analysis import load_runs
+
+    runs = []
+    for name, file in (("q4", "qwen-q4.gguf"), ("q8", "qwen-q8.gguf")):
+        d = _scripted_run(tmp_path, name, tasks=["passkey"])
+        info = json.loads((d / "run.json").read_text())
+        info["backend"].update(model_name="Qwen2.5 Coder 0.5B Instruct", model_file=file)
+        (d / "run.json").write_text(json.dumps(info))
+        runs.append(d)
+    assert [r.label for r in load_runs(runs[:1])] == ["Qwen2.5 Coder 0.5B Instruct"]
+    assert [r.label for r in load_runs(runs)] == ["Qwen2.5 Coder 0.5B Instruct (qwen-q4.gguf)",
+                                                  "Qwen2.5 Coder 0.5B Instruct (qwen-q8.gguf)"]
+    html = build_report(runs[:1], tmp_path / "rep").read_text()
+    assert '<h2 class="model">Qwen2.5 Coder 0.5B Instruct</h2>' in html
+    assert '<span class="file">qwen-q4.gguf</span>' in html
+
+
+def test_a_single_length_is_drawn_with_error_bars(tmp_path: Path) -> None:
+    d = _scripted_run(tmp_path, "m", tasks=[{"passkey": {"lengths": [1000]}}])
+    build_report([d], tmp_path / "rep")
+    svg = (tmp_path / "rep" / "plots" / "accuracy_passkey.svg").read_text()
+    assert "LineCollection" in svg  # the error bar (a band needs two lengths)
+
+
+def test_topics_rules_sit_under_the_tables(tmp_path: Path) -> None:
+    d = _scripted_run(tmp_path, "m", tasks=["topics"])
+    html = build_report([d], tmp_path / "rep").read_text()
+    assert "Exact_match by length" in html
+    rules = html[html.index('<dl class="rules" data-metric="accuracy">'):]
+    assert "GPT judge" in rules[:rules.index("</dl>")]
 
 
 # ---- in the browser -------------------------------------------------------------------
@@ -194,8 +295,6 @@ def test_payloads_do_not_execute_in_chromium(browser, tmp_path: Path) -> None:
     details = browser.find_elements("css selector", "#sample-list details.prompt")
     for det in details[:3] + details[-3:]:
         det.find_element("css selector", "summary").click()
-    import time
-
     time.sleep(0.5)
     assert browser.execute_script("return window.__pwned === undefined")
     assert not browser.find_elements("css selector", "#sample-list img, #sample-list svg, "
@@ -207,3 +306,64 @@ def test_payloads_do_not_execute_in_chromium(browser, tmp_path: Path) -> None:
     prompts = [e.text for e in browser.find_elements("css selector", "#sample-list details pre")]
     assert any("<img src=x onerror=" in p for p in prompts)
     assert PAYLOAD in browser.title
+
+
+@pytest.mark.browser
+@pytest.mark.engine
+def test_the_prompt_shown_in_chromium_is_the_prompt_sent(browser, tmp_path: Path,
+                                                         root: Path) -> None:
+    """A chat model (SmolLM2-Instruct on llama.cpp, its own chat template): each prompt the
+    page shows reads, character for character, the string whose sha256 the record holds,
+    the chat markers marked apart from the task's text; the model goes by its GGUF name.
+    EVALKIT_SCREENSHOTS=DIR keeps the page's screenshots (top, an opened prompt)."""
+    out = tmp_path / "chat"
+    res = subprocess.run([sys.executable, "-m", "evalkit.cli", "run",
+                          str(root / "configs" / "smollm2.yaml"), "--lengths", "1k",
+                          "--samples", "1", "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    records = {r["sample"]["id"]: r for r in map(json.loads,
+                                                  (out / "samples.jsonl").read_text().splitlines())}
+    info = json.loads((out / "run.json").read_text())
+    page = build_report([out], tmp_path / "rep")
+    browser.get(page.as_uri())
+    shots = os.environ.get("EVALKIT_SCREENSHOTS")
+    if shots:
+        browser.save_screenshot(str(Path(shots) / "report-top.png"))
+    assert browser.find_element("css selector", "#glance h2.model").text == \
+        info["backend"]["model_name"]
+    assert browser.find_element("css selector", "#glance .file").text.endswith(".gguf")
+    cards = browser.find_elements("css selector", "#sample-list article")
+    assert len(cards) == len(records)
+    chat_seen = 0
+    for card in cards:
+        rec = records[card.find_element("css selector", ".id").text]
+        det = card.find_element("css selector", "details.prompt")
+        browser.execute_script("arguments[0].open = true", det)
+        pre = det.find_element("css selector", "pre.sent")
+        for _ in range(100):
+            if pre.get_attribute("data-loaded"):
+                break
+            time.sleep(0.05)
+        text = browser.execute_script("return arguments[0].textContent", pre)
+        assert hashlib.sha256(text.encode("utf-8")).hexdigest() == rec["prompt_sha256"]
+        marked = [e.get_attribute("textContent")
+                  for e in pre.find_elements("css selector", ".tmpl")]
+        user = pre.find_element("css selector", ".user").get_attribute("textContent")
+        sent = rec["sent"]
+        assert user == sent.get("user", rec["sample"]["prompt"])
+        assert marked == [x for x in (sent["before"], sent["after"]) if x]
+        assert rec["prompt_sha256"] in det.text
+        if rec["sample"]["template"] == "chat":
+            chat_seen += 1
+            assert marked[0].startswith("<|im_start|>") and "<|im_end|>" in marked[-1]
+            if shots and chat_seen == 1:
+                browser.execute_script("arguments[0].scrollIntoView()", card)
+                card.screenshot(str(Path(shots) / "report-prompt.png"))
+                browser.execute_script("arguments[0].scrollTop = arguments[0].scrollHeight", pre)
+                card.screenshot(str(Path(shots) / "report-prompt-end.png"))
+    assert chat_seen == 3  # lines, topics, longqa (passkey is plain completion)
+    if shots:  # one length: each model's point with its error bar
+        figure = browser.find_element("css selector", "#plots figure")
+        browser.execute_script("arguments[0].scrollIntoView()", figure)
+        figure.screenshot(str(Path(shots) / "report-plot.png"))

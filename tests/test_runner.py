@@ -46,7 +46,9 @@ def test_run_writes_the_layout_and_scores(tmp_path: Path) -> None:
     result = run(build_spec(_spec()), out=tmp_path / "r", progress=False, log=lambda m: None)
     d = result.run_dir
     assert {p.name for p in d.iterdir() if not p.name.startswith(".")} == {
-        "run.json", "samples.jsonl", "summary.json", "table.csv"}
+        "run.json", "samples.jsonl", "summary.json", "table.csv", "sessions.jsonl"}
+    (session,) = store.read_sessions(d)
+    assert session["ended"] == "finished" and 0 < session["seconds"] < 600
     assert result.summary.status == "complete" and result.summary.n_done == 18
     recs = _lines(d)
     assert len(recs) == 18 and all(r["schema_version"] == SCHEMA_VERSION for r in recs)
@@ -56,6 +58,9 @@ def test_run_writes_the_layout_and_scores(tmp_path: Path) -> None:
     assert acc[("longqa", 1000)] == 0.0
     info = store.read_run(d)
     assert info["n_samples"] == 18 and info["spec_hash"] and info["versions"]["python"]
+    # what ran, per task and length cell (the report's "planned" column)
+    assert info["cells"] == {task: {"1000": 3, "2000": 3} for task in ("passkey", "lines",
+                                                                      "longqa")}
 
 
 def test_rerun_of_a_finished_run_runs_nothing(tmp_path: Path) -> None:
@@ -64,6 +69,7 @@ def test_rerun_of_a_finished_run_runs_nothing(tmp_path: Path) -> None:
     again = run(spec, out=tmp_path / "r", progress=False, log=lambda m: None)
     assert again.resumed_from == 18
     assert len(_lines(tmp_path / "r")) == 18
+    assert len(store.read_sessions(tmp_path / "r")) == 1  # nothing asked, no session
 
 
 def test_other_spec_in_the_same_folder_is_refused(tmp_path: Path) -> None:

@@ -30,9 +30,32 @@ def test_lines_take_the_last_integer() -> None:
 def test_topic_match_is_normalised_and_word_bounded() -> None:
     assert normalize("The  Psychology of Happiness!") == "psychology of happiness"
     assert topic_match("The first topic was: the psychology of happiness.",
-                       "The psychology of happiness")[0]
-    assert not topic_match("psychology of happinessness", "The psychology of happiness")[0]
-    assert topic_match("", "x") == (False, None)
+                       "The psychology of happiness")
+    assert not topic_match("psychology of happinessness", "The psychology of happiness")
+    assert topic_match("", "x") is False
+
+
+def test_topics_score_lenient_and_exact_side_by_side() -> None:
+    """The lenient match forgives case, punctuation, an article and words around the topic;
+    exact_match takes the answer's first line as it is. The parsed answer is that line."""
+    from evalkit.generators import get_task
+
+    sample = Sample(id="t", task="topics", prompt="p", targets=("The Psychology of Happiness",),
+                    target_tokens=None, input_tokens=1, template="raw", max_new_tokens=50)
+    score = get_task("topics").score
+
+    def scored(text: str) -> tuple[dict[str, float], str | None]:
+        s = score(sample, Response(text=text))
+        return dict(s.scores), s.parsed
+
+    assert scored("  The Psychology of Happiness \nmore") == (
+        {"accuracy": 1.0, "exact_match": 1.0}, "The Psychology of Happiness")
+    assert scored("the psychology of happiness.") == (
+        {"accuracy": 1.0, "exact_match": 0.0}, "the psychology of happiness.")
+    assert scored("\n\nIt was the psychology of happiness") == (
+        {"accuracy": 1.0, "exact_match": 0.0}, "It was the psychology of happiness")
+    assert scored("Happiness") == ({"accuracy": 0.0, "exact_match": 0.0}, "Happiness")
+    assert scored(" \n ") == ({"accuracy": 0.0, "exact_match": 0.0}, None)
 
 
 @pytest.mark.parametrize("text,letter", [

@@ -583,7 +583,7 @@ def test_every_run_file_gets_the_mode_of_an_ordinary_file(tmp_path: Path, umask:
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
     want = 0o666 & ~umask
     assert modes == {".lock": want, store.RUN_JSON: want, store.SAMPLES: want,
-                     store.SUMMARY: want, store.TABLE: want}
+                     store.SUMMARY: want, store.TABLE: want, store.SESSIONS: want}
 
 
 # ---- SIGKILL at random moments ---------------------------------------------------------

@@ -23,6 +23,7 @@ from evalkit.backends.hf_common import (
     apply_overrides,
     import_transformers,
     load_tokenizer,
+    model_name,
     resolve_hf_model,
     token_pairs,
 )
@@ -227,6 +228,7 @@ class HFBackend:
 
     def describe(self) -> Mapping[str, Any]:
         return {"backend": self.name, "model": self.model, "model_folder": self.folder.name,
+                "model_name": model_name(self.folder, self.gguf_file),
                 "gguf_file": self.gguf_file, "model_type": self._config.model_type,
                 "context_window": self.context_window(),
                 "engine_version": f"transformers {self._tf.__version__}, "

@@ -4,8 +4,11 @@ config overrides."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,29 @@ def resolve_hf_model(model: str) -> tuple[Path, str | None]:
         return path, None
     gguf = resolve_gguf(model)
     return gguf.parent, gguf.name
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def model_name(folder: Path, gguf_file: str | None = None) -> str | None:
+    """The name a model gives itself: a GGUF's general.name, else the hub id its
+    config.json was saved from (`_name_or_path`, kept only when it is an id such as
+    "mistralai/Mistral-7B-Instruct-v0.1", never a local path). None when it has neither."""
+    if gguf_file:
+        with contextlib.suppress(Exception):  # gguf is optional here: the name is a nicety
+            from gguf import GGUFReader
+
+            field = GGUFReader(str(folder / gguf_file)).fields.get("general.name")
+            if field is not None:
+                return bytes(field.parts[field.data[0]]).decode("utf-8") or None
+        return None
+    try:
+        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get(
+            "_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and _HUB_ID.fullmatch(name) else None
 
 
 def load_tokenizer(tf: Any, folder: Path, gguf_file: str | None, **kw: Any) -> Any:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.backends import check_options, register_backend
-from evalkit.backends.hf_common import HFCounter, check_torchvision, token_pairs
+from evalkit.backends.hf_common import HFCounter, check_torchvision, model_name, token_pairs
 from evalkit.convert import cached_hf_folder
 from evalkit.models import resolve_gguf
 from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
@@ -184,7 +184,7 @@ class VLLMBackend:
 
     def describe(self) -> Mapping[str, Any]:
         return {"backend": self.name, "model": self.model, "model_folder": self.folder.name,
-                "model_type": self._config.get("model_type"),
+                "model_name": model_name(self.folder), "model_type": self._config.get("model_type"),
                 "context_window": self.context_window(),
                 "engine_version": f"vllm {self._vllm.__version__}", "options": self.options}
 

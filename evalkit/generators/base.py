@@ -56,7 +56,11 @@ class Score:
 
 Generate = Callable[[Any, Plan], Iterator[Sample]]
 Scorer = Callable[[Sample, Response], Score]
-ACCURACY = MetricDef("accuracy", "binary")
+
+
+def accuracy(rule: str) -> MetricDef:
+    """The binary accuracy metric, scored by `rule` (said for the report's reader)."""
+    return MetricDef("accuracy", "binary", description=rule)
 
 
 @dataclass(frozen=True)

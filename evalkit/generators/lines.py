@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from evalkit.generators.base import (
-    ACCURACY,
     Plan,
     Score,
     TaskDef,
+    accuracy,
     read_words,
     register_task,
     sample_rng,
@@ -166,6 +166,10 @@ def generate(params: LinesParams, plan: Plan) -> Iterator[Sample]:
                 yield _case(sid, plan, params, None, target)
 
 
+LINE_ACCURACY = accuracy("the last integer in the output equals the line's number "
+                         "(LongEval's rule)")
+
+
 def score(sample: Sample, response: Response) -> Score:
     ok, parsed = last_int_match(response.text, sample.targets[0])
     return Score({"accuracy": float(ok)}, parsed)
@@ -177,7 +181,7 @@ TASK = register_task(TaskDef(
     params_type=LinesParams, default_template="chat", max_new_tokens=100,
     generate=generate, score=score,
     fitted=lambda p: not (p.cases or p.num_lines),
-    kind="generate", metrics=(ACCURACY,),
+    kind="generate", metrics=(LINE_ACCURACY,),
 ))
 
 
@@ -268,5 +272,5 @@ TASK_SHARED = register_task(TaskDef(
                 "prefix cache answers them; intervals clustered by record)",
     params_type=SharedLinesParams, default_template="chat", max_new_tokens=100,
     generate=generate_shared, score=score, fitted=lambda p: True,
-    kind="generate", metrics=(ACCURACY,),
+    kind="generate", metrics=(LINE_ACCURACY,),
 ))

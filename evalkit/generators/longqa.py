@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from evalkit.generators.base import (
-    ACCURACY,
     Plan,
     Score,
     TaskDef,
+    accuracy,
     read_words,
     register_task,
     sample_rng,
@@ -209,5 +209,8 @@ TASK = register_task(TaskDef(
     description="answer a multiple-choice question about a long document (QuALITY or synthetic)",
     params_type=LongQAParams, default_template="chat", max_new_tokens=16,
     generate=generate, score=score, fitted=lambda p: not p.quality,
-    kind="generate", metrics=(ACCURACY,),
+    kind="generate", metrics=(accuracy(
+        "the letter read from the output is the gold option's: a leading letter, then "
+        "'answer is X', 'option X' or '(X)', else the one option whose text the output "
+        "holds; an output that lists several options chose none"),),
 ))

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from evalkit.fitting import Curve, PrefixCounts
 from evalkit.generators.base import (
-    ACCURACY,
     Plan,
     Score,
     TaskDef,
+    accuracy,
     read_words,
     register_task,
     sample_rng,
@@ -109,6 +109,9 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
                 )
 
 
+KEY_ACCURACY = accuracy("the first integer in the output equals the pass key")
+
+
 def score(sample: Sample, response: Response) -> Score:
     ok, parsed = first_int_match(response.text, sample.targets[0])
     return Score({"accuracy": float(ok)}, parsed)
@@ -142,7 +145,7 @@ TASK = register_task(TaskDef(
     description="find a pass key hidden in repeated filler text (landmark attention)",
     params_type=PasskeyParams, default_template="raw", max_new_tokens=10,
     generate=generate, score=score, fitted=lambda p: True,
-    kind="generate", metrics=(ACCURACY,),
+    kind="generate", metrics=(KEY_ACCURACY,),
 ))
 
 TASK_LL = register_task(TaskDef(
@@ -151,7 +154,11 @@ TASK_LL = register_task(TaskDef(
                 "its log-probability (no generation; for base models)",
     params_type=PasskeyParams, default_template="raw", max_new_tokens=8,
     generate=generate_ll, score=score_ll, fitted=lambda p: True,
-    kind="loglikelihood", metrics=(ACCURACY, MetricDef("logprob", "continuous")),
+    kind="loglikelihood", metrics=(
+        accuracy("the pass key is what greedy decoding writes after the prompt (scored from "
+                 "the model's token probabilities; nothing is generated)"),
+        MetricDef("logprob", "continuous",
+                  description="log P(pass key | prompt) in nats: higher is better")),
 ))
 
 
@@ -231,5 +238,5 @@ TASK_SHARED = register_task(TaskDef(
                 "(shared context; intervals clustered by haystack)",
     params_type=SharedPasskeyParams, default_template="raw", max_new_tokens=10,
     generate=generate_shared, score=score, fitted=lambda p: True,
-    kind="generate", metrics=(ACCURACY,),
+    kind="generate", metrics=(KEY_ACCURACY,),
 ))

@@ -2,7 +2,8 @@
 
 The prompt is LongEval's, to the character; conversations are joined as LongEval joins
 them. The default corpus (tasks/data/topics/) is ours; `corpus` takes LongEval's
-conversations.jsonl to reproduce it. Scored by a normalised match of the first topic.
+conversations.jsonl to reproduce it. Scored by a normalised match of the first topic
+(accuracy) and by an exact match of the answer's first line (exact_match).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from evalkit.generators.base import (
-    ACCURACY,
     Plan,
     Score,
     TaskDef,
+    accuracy,
     register_task,
     sample_rng,
     tasks_dir,
@@ -25,8 +26,8 @@ from evalkit.generators.importers import (
     read_longeval_topics,
     read_topic_corpus,
 )
-from evalkit.scoring import topic_match
-from evalkit.types import EvalkitError, Response, Sample
+from evalkit.scoring import first_line, topic_match
+from evalkit.types import EvalkitError, MetricDef, Response, Sample
 
 HEADER = (
     "Below is a record of our previous conversation on {n} different topics. You are the "
@@ -123,8 +124,13 @@ def generate(params: TopicsParams, plan: Plan) -> Iterator[Sample]:
 
 
 def score(sample: Sample, response: Response) -> Score:
-    ok, parsed = topic_match(response.text, sample.targets[0])
-    return Score({"accuracy": float(ok)}, parsed)
+    """accuracy (lenient, see topic_match) and exact_match (the answer's first line is the
+    topic, character for character); the parsed answer is that first line."""
+    answer = first_line(response.text)
+    topic = sample.targets[0]
+    return Score({"accuracy": float(topic_match(response.text, topic)),
+                  "exact_match": float(answer == topic.strip())},
+                 None if answer is None else answer[:200])
 
 
 TASK = register_task(TaskDef(
@@ -133,5 +139,12 @@ TASK = register_task(TaskDef(
     params_type=TopicsParams, default_template="chat", max_new_tokens=50,
     generate=generate, score=score,
     fitted=lambda p: not (p.cases or p.num_topics),
-    kind="generate", metrics=(ACCURACY,),
+    kind="generate", metrics=(
+        accuracy("lenient: the first topic appears in the output as whole words, both "
+                 "lower-cased with punctuation read as spaces and a leading 'the', 'a' or "
+                 "'an' dropped. LongEval left this task to a GPT judge told to accept "
+                 "paraphrases; a paraphrase counts here only when it holds the topic's words"),
+        MetricDef("exact_match", "binary",
+                  description="the output's first line, spaces trimmed, is the first topic "
+                              "character for character")),
 ))

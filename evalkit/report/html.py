@@ -6,7 +6,8 @@ reports/<name>/
                      passkey depth x length heatmaps
   static/            report.css, report.js (copied from evalkit/report/static)
   samples.js         sample metadata and outputs, as JSON (rendered with textContent only)
-  prompts/NNN.js     prompts in chunks, loaded when a sample's prompt is opened
+  prompts/NNN.js     prompts as sent, in chunks, loaded when a sample's prompt is opened:
+                     [template text before, user text, template text after] each
 
 Model output and prompts are untrusted text: the page never puts them through innerHTML,
 and the HTML around them is autoescaped.
@@ -19,9 +20,11 @@ evalkit.analysis: rows computed from samples.jsonl, or a summary.json alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -32,9 +35,12 @@ import jinja2
 from evalkit import store
 from evalkit.analysis import (
     Run,
+    declared_metrics,
     load_runs,
     loglikelihood_tasks,
     metric_kinds,
+    model_file,
+    model_name,
     primary_metrics,
 )
 from evalkit.report.plots import depth_heatmap, length_plot
@@ -46,6 +52,7 @@ from evalkit.report.tables import (
     split_rows,
 )
 from evalkit.scoring import length_key
+from evalkit.templates import FIXED_TEMPLATES, make_template, split_sent
 from evalkit.types import EvalkitError, Record, SummaryRow
 
 PROMPT_CHUNK = 50       # prompts per lazily loaded file
@@ -124,9 +131,26 @@ def _outcome(r: Record, metric: str | None, kind: str, loglikelihood: bool) -> s
     return "wrong" if chose else "unparsed"
 
 
+def _prompt_sent(r: Record) -> tuple[list[str], str]:
+    """The prompt as sent, as [template text before, user text, template text after], and
+    how it is known: "exact" (its sha256 is the record's prompt_sha256), "differs" (it is
+    not: the record's parts do not make up what was hashed), or "user" (a record written
+    before the template's text was kept, with the model's own template: the user text
+    alone). A fixed template of an older record is rendered again, and checked the same."""
+    s = r.sample
+    sent = r.sent
+    if sent is None and s.template in FIXED_TEMPLATES:
+        sent = split_sent(make_template(s.template).render(s.prompt), s.prompt)
+    if sent is None:
+        return ["", s.prompt, ""], "user"
+    parts = [sent["before"], sent.get("user", s.prompt), sent["after"]]
+    digest = hashlib.sha256("".join(parts).encode("utf-8")).hexdigest()
+    return parts, "exact" if digest == r.prompt_sha256 else "differs"
+
+
 def _write_samples(out: Path, runs: list[Run]) -> int:
     rows: list[dict[str, Any]] = []
-    prompts: list[str] = []
+    prompts: list[list[str]] = []
     for run in runs:
         primary = primary_metrics(run.rows, run.records)
         kinds = metric_kinds(run.records)
@@ -136,6 +160,7 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
             metric = primary.get(s.task)
             outcome = _outcome(r, metric, kinds.get((s.task, metric or ""), "binary"),
                                s.task in by_loglikelihood)
+            parts, sent = _prompt_sent(r)
             rows.append({
                 "model": run.label, "task": s.task, "length": _length_label(length_key(r)),
                 "id": s.id, "outcome": outcome, "expected": " | ".join(s.targets),
@@ -145,8 +170,9 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
                 "latency_s": round(resp.latency_s, 3), "template": s.template,
                 "depth": s.meta.get("depth"), "p": len(prompts), "metric": metric,
                 "scores": {k: _clean(v) for k, v in r.scores.items()},
+                "sent": sent, "framed": bool(parts[0] or parts[2]), "sha256": r.prompt_sha256,
             })
-            prompts.append(s.prompt)
+            prompts.append(parts)
     (out / "samples.js").write_text(_js_payload("window.EVALKIT_SAMPLES", rows), encoding="utf-8")
     pdir = out / "prompts"
     if pdir.exists():
@@ -167,19 +193,73 @@ def _results(rows: list[SummaryRow]) -> tuple[list[tuple[str, list[LengthLine]]]
     return length_tables(by_length), score_lines(once)
 
 
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _task_counts(run: Run) -> list[dict[str, Any]]:
+    """Per task: samples planned (per length cell, as run.json records them), scored and
+    errored; a run made before run.json kept its cells shows what its records hold."""
+    planned: dict[str, dict[str, int]] = {
+        task: {str(c): n for c, n in cells.items() if isinstance(n, int)}
+        for task, cells in (run.info.get("cells") or {}).items() if isinstance(cells, dict)}
+    done: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    seen: dict[str, dict[str, int]] = {}
+    for r in run.records:
+        task = r.sample.task
+        cell = seen.setdefault(task, {})
+        cell[str(length_key(r))] = cell.get(str(length_key(r)), 0) + 1
+        target = done if r.ok else errors
+        target[task] = target.get(task, 0) + 1
+    out = []
+    for task in sorted(set(planned) | set(seen)):
+        cells = planned.get(task) or seen.get(task, {})
+        out.append({
+            "task": task, "planned": sum(planned[task].values()) if task in planned else None,
+            "done": done.get(task, 0), "errors": errors.get(task, 0),
+            "cells": " · ".join(f"{_length_label(int(c)) if c.isdigit() else c}: {n}"
+                                for c, n in sorted(cells.items(), key=lambda kv: (
+                                    not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0,
+                                    kv[0]))),
+        })
+    return out
+
+
 def _run_meta(run: Run) -> dict[str, Any]:
+    """A run at a glance (the top of the report) and its details."""
     info = run.info
     spec = info.get("spec", {})
     backend = info.get("backend", {})
+    versions = info.get("versions", {})
+    errors = [r.response.error for r in run.records if r.response.error is not None]
+    common = Counter(errors).most_common(1)
+    seconds = sum(float(x["seconds"]) for x in run.sessions)
+    merged = info.get("merged_from") or []
+    duration = None
+    if run.sessions:
+        duration = _duration(seconds) + (
+            f" in {len(run.sessions)} sessions" if len(run.sessions) > 1 else "") + (
+            f" (summed over {len(merged)} shards)" if merged else "")
+    engine = backend.get("engine_version") or backend.get("tgi_version")
     return {
-        "label": run.label, "run_id": info.get("run_id"), "status": run.status,
-        "model": spec.get("model"), "model_name": backend.get("model_name"),
-        "backend": spec.get("backend"), "tokenizer": info.get("tokenizer"),
-        "templates": ", ".join(f"{k}: {v}" for k, v in info.get("templates", {}).items()),
+        "label": run.label, "run_id": info.get("run_id", run.path.name), "status": run.status,
+        "model": model_name(info) or run.label, "model_file": model_file(info),
+        "backend": spec.get("backend", backend.get("backend")), "engine": engine,
+        "tokenizer": info.get("tokenizer"), "templates": info.get("templates", {}),
+        "tasks": _task_counts(run), "n_samples": run.n_samples, "n_done": run.n_done,
+        "n_errors": run.n_errors,
+        "top_error": f"{common[0][0][:300]} ({common[0][1]}x)" if common else None,
+        "duration": duration, "evalkit": versions.get("evalkit"),
         "seed": spec.get("seed"), "temperature": spec.get("temperature"),
-        "n": f"{sum(1 for r in run.records if r.ok)}/{info.get('n_samples')}",
         "created": info.get("created"), "git_sha": (info.get("git_sha") or "")[:12],
-        "versions": ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "merged_from": ", ".join(merged),
     }
 
 
@@ -222,6 +302,11 @@ def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
     labels = [run.label for run in runs]
     tasks = sorted({r.sample.task for r in records})
     by_length, leaderboard = _results(rows)
+    declared = declared_metrics(tasks)
+    rules = {metric: [(task, declared[(task, metric)].description)
+                      for task in dict.fromkeys(line.task for line in lines)
+                      if declared.get((task, metric)) and declared[(task, metric)].description]
+             for metric, lines in by_length}
     plots = []
     for metric, lines in by_length:
         for task in dict.fromkeys(line.task for line in lines):
@@ -249,7 +334,7 @@ def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
     }
     html = _env().get_template("report.html.j2").render(
         title=title or " vs ".join(labels), runs=[_run_meta(r) for r in runs], labels=labels,
-        length_tables=by_length, leaderboard=leaderboard, plots=plots, n_samples=n,
+        length_tables=by_length, rules=rules, leaderboard=leaderboard, plots=plots, n_samples=n,
         filters=filters,
     )
     index = out / "index.html"
@@ -301,7 +386,7 @@ def build_index(results_root: Path, out: Path,
             continue
         report = _render_report([run], out / "runs" / d.name, None)
         entries.append({**_run_meta(run), "href": report.relative_to(out).as_posix(),
-                        "tasks": _task_scores(run)})
+                        "scores": _task_scores(run)})
     html = _env().get_template("index.html.j2").render(entries=entries, bad=bad,
                                                         root=str(results_root))
     try:

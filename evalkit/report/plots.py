@@ -40,31 +40,43 @@ def _metadata(ext: str) -> dict[str, str | None]:
 
 def length_plot(rows: Iterable[SummaryRow], task: str, metric: str, base: Path,
                 labels: dict[str, str] | None = None) -> list[Path] | None:
-    """A task's metric against input length, one line per model, 95% interval bands.
-    None (no file) when the task has fewer than two lengths to draw a line through."""
+    """A task's metric against input length, one line per model: each point with its 95%
+    interval as an error bar, and as a band where a line joins two or more. None (no file)
+    when the task has no scored cell."""
     by_model: dict[str, list[SummaryRow]] = defaultdict(list)
     for r in rows:
         if (r.task, r.metric, r.subset) == (task, metric, "all") and not math.isnan(r.value):
             by_model[r.model].append(r)
     xs = sorted({round(_x(r)) for rs in by_model.values() for r in rs})
-    if len(xs) < 2:
+    if not xs:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ys: list[float] = []
-    for model, rs in sorted(by_model.items()):
+    n_models = len(by_model)
+    for i, (model, rs) in enumerate(sorted(by_model.items())):
         rs.sort(key=_x)
-        x = [_x(r) for r in rs]
+        # models side by side at each length (a few percent apart), so that error bars
+        # at the same length do not hide each other
+        dodge = 2 ** (0.04 * (i - (n_models - 1) / 2))
+        x = [_x(r) * dodge for r in rs]
         label = (labels or {}).get(model, model)
         line, = ax.plot(x, [r.value for r in rs], marker="o", label=label)
         ys += [r.value for r in rs]
-        band = [(xi, r.ci_low, r.ci_high) for xi, r in zip(x, rs, strict=True)
+        band = [(xi, r.value, r.ci_low, r.ci_high) for xi, r in zip(x, rs, strict=True)
                 if not (math.isnan(r.ci_low) or math.isnan(r.ci_high))]
         if band:
-            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+            ax.errorbar([b[0] for b in band], [b[1] for b in band],
+                        yerr=[[max(0.0, b[1] - b[2]) for b in band],
+                              [max(0.0, b[3] - b[1]) for b in band]],
+                        fmt="none", ecolor=line.get_color(), elinewidth=1.2, capsize=4)
+            ys += [b[2] for b in band] + [b[3] for b in band]
+        if len(band) > 1:
+            ax.fill_between([b[0] for b in band], [b[2] for b in band], [b[3] for b in band],
                             alpha=0.18, color=line.get_color(), linewidth=0)
-            ys += [b[1] for b in band] + [b[2] for b in band]
     ax.set_xscale("log", base=2)
+    if len(xs) == 1:  # one length: room around its point (and its error bars)
+        ax.set_xlim(xs[0] / 1.6, xs[0] * 1.6)
     if all(0.0 <= y <= 1.0 for y in ys):  # a rate or a score in [0, 1]: the whole scale
         ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("input tokens (the target; natural-length cases at their mean)")

@@ -7,6 +7,19 @@
   const list = document.getElementById("sample-list");
   const more = document.getElementById("more");
   const count = document.getElementById("count");
+  const SENT_NOTES = {
+    exact: "Exactly the text sent to the model: its sha256 below is the record's " +
+      "prompt_sha256. Marked: the template's text (chat markers, special tokens); plain: " +
+      "the task's text. The token count is the model tokenizer's, with any BOS it adds.",
+    bare: "Exactly the text sent to the model (template {t} adds no text of its own): its " +
+      "sha256 below is the record's prompt_sha256. The token count is the model " +
+      "tokenizer's, with any BOS it adds.",
+    differs: "Warning: this text does not hash to the record's prompt_sha256 below, so what " +
+      "was sent is not known exactly.",
+    user: "The run was made by an evalkit that did not keep the template's text: shown is " +
+      "the task's text alone, before template {t} was applied; the record's prompt_sha256 " +
+      "below is that of the text sent."
+  };
   let matched = [];
   let shown = 0;
 
@@ -40,7 +53,7 @@
     if (s.depth !== null && s.depth !== undefined) head.append(el("span", "", "depth " + s.depth));
     const kv = el("dl", "kv");
     kv.append(el("dt", "", "expected"), el("dd", "expected", s.expected));
-    kv.append(el("dt", "", "parsed"), el("dd", "parsed", s.parsed !== null ? s.parsed
+    kv.append(el("dt", "", "answer read"), el("dd", "parsed", s.parsed !== null ? s.parsed
       : s.outcome === "unparsed" ? "(nothing readable)" : "–"));
     const names = Object.keys(s.scores || {});
     if (names.length) {
@@ -53,14 +66,24 @@
     kv.append(el("dt", "", "output"), el("dd", "", ""));
     kv.lastChild.append(out);
     const det = el("details", "prompt");
-    det.append(el("summary", "", "prompt (" + s.input_tokens + " tokens, template " + s.template + ")"));
-    const pre = el("pre", "", "");
+    det.append(el("summary", "", (s.sent === "user" ? "prompt, user text only (" : "prompt as sent (")
+      + s.input_tokens + " tokens, template " + s.template + ")"));
+    const note = s.sent === "exact" && !s.framed ? "bare" : s.sent;
+    det.append(el("p", "sent-note " + s.sent, SENT_NOTES[note].replace("{t}", s.template)));
+    det.append(el("p", "sha", "sha256 " + s.sha256));
+    const pre = el("pre", "sent", "");
     det.append(pre);
     det.addEventListener("toggle", function () {
       if (!det.open || pre.dataset.loaded) return;
       pre.textContent = "loading...";
       loadPrompts(Math.floor(s.p / 50)).then(function (chunk) {
-        pre.textContent = chunk[s.p % 50];
+        // [template text before, user text, template text after]: the template's text is
+        // marked, and the whole <pre> reads exactly the string that was sent
+        const parts = chunk[s.p % 50];
+        pre.replaceChildren();
+        parts.forEach(function (text, i) {
+          if (text) pre.append(i === 1 ? el("span", "user", text) : el("span", "tmpl", text));
+        });
         pre.dataset.loaded = "1";
       }, function () { pre.textContent = "(could not load the prompt file)"; });
     });
