@@ -237,6 +237,24 @@ def relabel(run: Run, label: str) -> Run:
                    rows=[replace(r, model=label) for r in run.rows])
 
 
+def _tasks(run: Run) -> set[str]:
+    return {r.sample.task for r in run.records} | {r.task for r in run.rows}
+
+
+def _joined(runs: Sequence[Run]) -> list[int]:
+    """Per run, the index of the first run it shares a column with: runs of one label and
+    one model file whose tasks are pairwise disjoint join; any other run stands alone."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault((run.label, model_file(run.info)), []).append(i)
+    out = list(range(len(runs)))
+    for members in groups.values():
+        tasks = [_tasks(runs[i]) for i in members]
+        if len(members) > 1 and sum(map(len, tasks)) == len(set().union(*tasks)):
+            out = [members[0] if i in members else g for i, g in enumerate(out)]
+    return out
+
+
 def model_file(info: Mapping[str, Any]) -> str | None:
     """The file or folder a run's model was loaded from (its name, never a path)."""
     backend, spec = info.get("backend") or {}, info.get("spec") or {}
@@ -247,19 +265,24 @@ def model_file(info: Mapping[str, Any]) -> str | None:
     return None
 
 
-def load_runs(paths: Sequence[Path]) -> list[Run]:
+def load_runs(paths: Sequence[Path], join_disjoint: bool = False) -> list[Run]:
     """Runs with display labels that tell them apart: the model, else the model with its
     file (two quantizations of one model), else model@run-folder, else a position (#2) for
-    the same run given twice."""
+    the same run given twice. `join_disjoint`: runs of one model whose tasks do not overlap
+    (the long-context tasks in one run, the leaderboard in another) keep one label, so
+    that a report shows them as one column."""
     runs = [read_run(p) for p in paths]
-    labels = [run.label for run in runs]
+    column = _joined(runs) if join_disjoint else list(range(len(runs)))
+    # a run's label is taken as is unless a run of another column has it too
+    clash = [sum(1 for j, r in enumerate(runs) if r.label == run.label and column[j] != column[i])
+             for i, run in enumerate(runs)]
     with_file = [f"{run.label} ({model_file(run.info)})" for run in runs]
     out = []
     for i, run in enumerate(runs):
         label = run.label
-        if labels.count(label) > 1 and with_file.count(with_file[i]) == 1:
+        if clash[i] and with_file.count(with_file[i]) == 1:
             label = with_file[i]
-        elif labels.count(label) > 1:
+        elif clash[i]:
             label = f"{label}@{run.path.name}"
             if [f"{r.label}@{r.path.name}" for r in runs].count(label) > 1:
                 label = f"{label}#{i + 1}"

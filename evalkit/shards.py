@@ -95,14 +95,13 @@ def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
         cells: dict[str, dict[str, int]] = {}
         for d in ordered:
             for task, counts in (runs[d].get("cells") or {}).items():
+                into = cells.setdefault(task, {})
                 for cell, n in counts.items():
-                    cells.setdefault(task, {})[cell] = cells.get(task, {}).get(cell, 0) + n
+                    into[cell] = into.get(cell, 0) + n
         info["cells"] = cells
         store.write_run(work, info)
-        sessions = "".join((d / store.SESSIONS).read_text(encoding="utf-8")
-                           for d in ordered if (d / store.SESSIONS).is_file())
-        if sessions:  # the shards' time, for the report's duration
-            (work / store.SESSIONS).write_text(sessions, encoding="utf-8")
+        # the shards' time, for the report's duration
+        store.append_sessions(work, [s for d in ordered for s in store.read_sessions(d)])
         owner: dict[str, Path] = {}
         for d in ordered:  # each shard read once, one in memory at a time
             records = store.read_records(d)

@@ -195,8 +195,7 @@ def write_run(run_dir: Path, data: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def session(run_dir: Path, started: float) -> Iterator[None]:
     """Time the work inside as one session of the run (it began at `started`, time.time()),
-    appended to sessions.jsonl however the work ends. Timing is a nicety: a session line
-    that cannot be written is left out rather than hiding the work's own outcome."""
+    appended to sessions.jsonl however the work ends."""
     ended = "failed"
     try:
         yield
@@ -205,12 +204,18 @@ def session(run_dir: Path, started: float) -> Iterator[None]:
         ended = "interrupted"
         raise
     finally:
-        line = json.dumps({"schema_version": SCHEMA_VERSION,
-                           "started": datetime.fromtimestamp(started, timezone.utc).isoformat(
-                               timespec="seconds"),
-                           "seconds": round(time.time() - started, 3), "ended": ended})
+        append_sessions(run_dir, [{
+            "schema_version": SCHEMA_VERSION,
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - started, 3), "ended": ended}])
+
+
+def append_sessions(run_dir: Path, sessions: Sequence[Mapping[str, Any]]) -> None:
+    """Append session lines to sessions.jsonl. Timing is a nicety: lines that cannot be
+    written are left out rather than hiding the outcome of the work they time."""
+    if sessions:
         with contextlib.suppress(OSError), (Path(run_dir) / SESSIONS).open("a") as f:
-            f.write(line + "\n")
+            f.write("".join(json.dumps(s) + "\n" for s in sessions))
 
 
 def read_sessions(run_dir: Path) -> list[dict[str, Any]]:

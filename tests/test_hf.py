@@ -170,3 +170,9 @@ def test_runner_runs_passkey_and_lines_at_1k(tmp_path: Path) -> None:
     assert rows["passkey"].value == 1.0  # SmolLM2 reads 1K passkeys back (llama.cpp too)
     for rec in store.read_records(result.run_dir):
         assert rec.response.input_tokens == rec.sample.input_tokens  # what the engine read
+
+
+def test_the_model_goes_by_its_own_name(smollm2, smollm2_llamacpp) -> None:
+    """The GGUF's general.name, read by gguf for transformers as llama.cpp reads it."""
+    name = smollm2.describe()["model_name"]
+    assert name and name == smollm2_llamacpp.describe()["model_name"]

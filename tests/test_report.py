@@ -181,6 +181,39 @@ def test_models_go_by_their_own_name_with_the_file_beside(tmp_path: Path) -> Non
     assert '<span class="file">qwen-q4.gguf</span>' in html
 
 
+def test_runs_of_one_model_with_disjoint_tasks_share_a_column(tmp_path: Path) -> None:
+    """The long-context tasks in one run and others in another: one column in the report
+    (two cards on top); runs of one model whose tasks overlap stay apart."""
+    a = _scripted_run(tmp_path, "a", tasks=["passkey"])
+    b = _scripted_run(tmp_path, "b", tasks=["lines"])
+    c = _scripted_run(tmp_path, "c", tasks=["lines"])
+    for d in (a, b, c):
+        info = json.loads((d / "run.json").read_text())
+        info["backend"].update(model_name="M", model_file="m.gguf")
+        (d / "run.json").write_text(json.dumps(info))
+    html = build_report([a, b], tmp_path / "rep").read_text()
+    assert html.count('<h2 class="model">M</h2>') == 2
+    table = html[html.index('<table class="results"'):]
+    assert table[:table.index("</thead>")].count("<th>M</th>") == 1
+    html = build_report([a, b, c], tmp_path / "rep2").read_text()
+    head = html[html.index('<table class="results"'):]
+    head = head[:head.index("</thead>")]
+    assert "<th>M@a</th>" in head and "<th>M@b</th>" in head and "<th>M@c</th>" in head
+
+
+def test_an_hf_folder_is_named_by_the_hub_id_it_was_saved_from(tmp_path: Path) -> None:
+    from evalkit.backends.hf_common import model_name
+
+    for saved, name in (("mistralai/Mistral-7B-Instruct-v0.1",
+                         "mistralai/Mistral-7B-Instruct-v0.1"),
+                        ("/home/someone/models/mistral", None),  # a path: never shown
+                        ("", None), (None, None)):
+        (tmp_path / "config.json").write_text(json.dumps({"_name_or_path": saved}))
+        assert model_name(tmp_path) == name
+    (tmp_path / "config.json").write_text("not json")
+    assert model_name(tmp_path) is None
+
+
 def test_a_single_length_is_drawn_with_error_bars(tmp_path: Path) -> None:
     d = _scripted_run(tmp_path, "m", tasks=[{"passkey": {"lengths": [1000]}}])
     build_report([d], tmp_path / "rep")
@@ -191,7 +224,7 @@ def test_a_single_length_is_drawn_with_error_bars(tmp_path: Path) -> None:
 def test_topics_rules_sit_under_the_tables(tmp_path: Path) -> None:
     d = _scripted_run(tmp_path, "m", tasks=["topics"])
     html = build_report([d], tmp_path / "rep").read_text()
-    assert "Exact_match by length" in html
+    assert "Exact match by length" in html
     rules = html[html.index('<dl class="rules" data-metric="accuracy">'):]
     assert "GPT judge" in rules[:rules.index("</dl>")]
 

@@ -188,3 +188,6 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path, sig: int)
     clean_summary = json.loads((clean / store.SUMMARY).read_text())
     for key in ("status", "rows", "n_samples", "n_done", "n_errors"):
         assert killed_summary[key] == clean_summary[key]
+    # the time of each session (kill -9 leaves none for the one it cut off)
+    ended = [s["ended"] for s in store.read_sessions(out)]
+    assert ended == (["interrupted", "finished"] if sig == signal.SIGINT else ["finished"])

@@ -71,8 +71,9 @@ def test_three_shards_merged_equal_the_unsharded_run_record_for_record(runs) -> 
     assert _records(merged) == _records(whole)
     a, b = store.read_run(whole), store.read_run(merged)
     for key in ("spec", "spec_hash", "n_samples", "sample_ids_sha256", "model_label",
-                "tokenizer", "templates"):
+                "tokenizer", "templates", "cells"):
         assert a[key] == b[key], key
+    assert len(store.read_sessions(merged)) == 3  # each shard's time
     assert json.loads((merged / store.SUMMARY).read_text())["rows"] == \
         json.loads((whole / store.SUMMARY).read_text())["rows"]
     assert (merged / store.TABLE).read_text() == (whole / store.TABLE).read_text()

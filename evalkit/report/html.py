@@ -284,7 +284,7 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     if not run_dirs:
         raise EvalkitError("report needs at least one run folder (results/<run-id>)")
     prepare_out(out)
-    return _render_report(load_runs(run_dirs), out, title)
+    return _render_report(load_runs(run_dirs, join_disjoint=True), out, title)
 
 
 def _render_report(runs: list[Run], out: Path, title: str | None) -> Path:
@@ -299,7 +299,7 @@ def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     records = [r for run in runs for r in run.records]
     rows = [r for run in runs for r in run.rows]
-    labels = [run.label for run in runs]
+    labels = list(dict.fromkeys(run.label for run in runs))  # joined runs share a column
     tasks = sorted({r.sample.task for r in records})
     by_length, leaderboard = _results(rows)
     declared = declared_metrics(tasks)
