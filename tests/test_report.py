@@ -269,15 +269,19 @@ def _count(browser) -> str:  # type: ignore[no-untyped-def]
     return browser.find_element("id", "count").text
 
 
+def _real_run(config: Path, out: Path, lengths: str, samples: int) -> Path:
+    """`evalkit run` of a bundled config on its real engine, as a user runs it."""
+    res = subprocess.run([sys.executable, "-m", "evalkit.cli", "run", str(config), "--lengths",
+                          lengths, "--samples", str(samples), "--out", str(out),
+                          "--no-progress"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
 @pytest.mark.browser
 @pytest.mark.engine
 def test_real_quickstart_report_in_chromium(browser, tmp_path: Path, root: Path) -> None:
-    out = tmp_path / "qs"
-    res = subprocess.run([sys.executable, "-m", "evalkit.cli", "run",
-                          str(root / "configs" / "quickstart.yaml"), "--lengths", "1k,2k",
-                          "--samples", "2", "--out", str(out), "--no-progress"],
-                         capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr
+    out = _real_run(root / "configs" / "quickstart.yaml", tmp_path / "qs", "1k,2k", 2)
     page = build_report([out], tmp_path / "rep")
     records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     browser.get(page.as_uri())
@@ -349,12 +353,7 @@ def test_the_prompt_shown_in_chromium_is_the_prompt_sent(browser, tmp_path: Path
     page shows reads, character for character, the string whose sha256 the record holds,
     the chat markers marked apart from the task's text; the model goes by its GGUF name.
     EVALKIT_SCREENSHOTS=DIR keeps the page's screenshots (top, an opened prompt)."""
-    out = tmp_path / "chat"
-    res = subprocess.run([sys.executable, "-m", "evalkit.cli", "run",
-                          str(root / "configs" / "smollm2.yaml"), "--lengths", "1k",
-                          "--samples", "1", "--out", str(out), "--no-progress"],
-                         capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr
+    out = _real_run(root / "configs" / "smollm2.yaml", tmp_path / "chat", "1k", 1)
     records = {r["sample"]["id"]: r for r in map(json.loads,
                                                   (out / "samples.jsonl").read_text().splitlines())}
     info = json.loads((out / "run.json").read_text())
