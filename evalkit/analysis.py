@@ -213,15 +213,18 @@ def read_run(path: Path) -> Run:
     label = str(model_name(info) or _label_of(summary.rows) or folder.name)
     return Run(folder, dict(info), label, records, summary.status, list(summary.rows),
                summary.n_samples, summary.n_done, summary.n_errors,
-               store.read_sessions(folder) if info else [])
+               store.read_sessions(folder))
 
 
 def model_name(info: Mapping[str, Any]) -> str | None:
     """The name a run's model goes by: the label the user gave, else the name the model
-    gives itself (a GGUF's general.name, a hub id), else the label the run was made with
-    (an alias or the file's stem)."""
+    gives itself (a GGUF's general.name, a hub id) or its server gives it, else the label
+    the run was made with (an alias or the file's stem)."""
     spec, backend = info.get("spec") or {}, info.get("backend") or {}
-    for name in (spec.get("label"), backend.get("model_name"), info.get("model_label")):
+    for name in (spec.get("label"), backend.get("model_name"),
+                 # what a server says it serves: an OpenAI-compatible one, TGI
+                 backend.get("served_model"), backend.get("api_model"), backend.get("model_id"),
+                 info.get("model_label")):
         if isinstance(name, str) and name.strip():
             return name.strip()
     return None
@@ -273,21 +276,22 @@ def load_runs(paths: Sequence[Path], join_disjoint: bool = False) -> list[Run]:
     that a report shows them as one column."""
     runs = [read_run(p) for p in paths]
     column = _joined(runs) if join_disjoint else list(range(len(runs)))
-    # a run's label is taken as is unless a run of another column has it too
-    clash = [sum(1 for j, r in enumerate(runs) if r.label == run.label and column[j] != column[i])
-             for i, run in enumerate(runs)]
-    with_file = [f"{run.label} ({model_file(run.info)})" for run in runs]
-    out = []
-    for i, run in enumerate(runs):
-        label = run.label
-        if clash[i] and with_file.count(with_file[i]) == 1:
-            label = with_file[i]
-        elif clash[i]:
-            label = f"{label}@{run.path.name}"
-            if [f"{r.label}@{r.path.name}" for r in runs].count(label) > 1:
-                label = f"{label}#{i + 1}"
-        out.append(relabel(run, label))
-    return out
+    firsts = sorted(set(column))  # a column by its first run
+    labels = {c: runs[c].label for c in firsts}
+    files = {c: model_file(runs[c].info) for c in firsts}
+    names: dict[int, str] = {}
+    for c in firsts:
+        label = labels[c]
+        if [labels[k] for k in firsts].count(label) > 1:  # another column has this label
+            with_file = f"{label} ({files[c]})"
+            if files[c] and [f"{labels[k]} ({files[k]})" for k in firsts].count(with_file) == 1:
+                label = with_file
+            else:
+                label = f"{label}@{runs[c].path.name}"
+                if [f"{labels[k]}@{runs[k].path.name}" for k in firsts].count(label) > 1:
+                    label = f"{label}#{c + 1}"
+        names[c] = label
+    return [relabel(run, names[column[i]]) for i, run in enumerate(runs)]
 
 
 # ---- frames ------------------------------------------------------------------------------

@@ -92,13 +92,16 @@ def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
                     spec_hash=whole["whole_spec_hash"], n_samples=whole["whole_n_samples"],
                     sample_ids_sha256=whole["whole_sample_ids_sha256"],
                     merged_from=[runs[d]["run_id"] for d in ordered])
-        cells: dict[str, dict[str, int]] = {}
-        for d in ordered:
-            for task, counts in (runs[d].get("cells") or {}).items():
-                into = cells.setdefault(task, {})
-                for cell, n in counts.items():
-                    into[cell] = into.get(cell, 0) + n
-        info["cells"] = cells
+        shard_cells = [store.run_cells(runs[d]) for d in ordered]
+        info.pop("cells", None)
+        if all(c is not None for c in shard_cells):  # else some shard's run predates them
+            cells: dict[str, dict[str, int]] = {}
+            for counts_of in shard_cells:
+                for task, counts in (counts_of or {}).items():
+                    into = cells.setdefault(task, {})
+                    for cell, n in counts.items():
+                        into[cell] = into.get(cell, 0) + n
+            info["cells"] = cells
         store.write_run(work, info)
         # the shards' time, for the report's duration
         store.append_sessions(work, [s for d in ordered for s in store.read_sessions(d)])

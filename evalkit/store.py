@@ -25,6 +25,7 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 import secrets
 import time
@@ -227,11 +228,26 @@ def read_sessions(run_dir: Path) -> list[dict[str, Any]]:
         return []
     out = []
     for line in lines:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, OverflowError, RecursionError):
             d = json.loads(line)
-            if isinstance(d, dict) and _num(d.get("seconds")) and isinstance(d.get("started"), str):
+            if (isinstance(d, dict) and _num(d.get("seconds")) and isinstance(d.get("started"), str)
+                    and math.isfinite(float(d["seconds"])) and d["seconds"] >= 0):
                 out.append(d)
     return out
+
+
+def run_cells(info: Mapping[str, Any]) -> dict[str, dict[str, int]] | None:
+    """run.json's `cells` (task -> length cell -> samples planned) when it is whole and well
+    formed, else None (a run made before it was kept, or a damaged value)."""
+    cells = info.get("cells")
+    if not isinstance(cells, dict):
+        return None
+    for counts in cells.values():
+        if not (isinstance(counts, dict) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                for n in counts.values())):
+            return None
+    return cells
 
 
 @contextlib.contextmanager
@@ -414,6 +430,18 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_sent(v: Any) -> bool:
+    """A record's `sent` (evalkit.templates.split_sent): before and after texts, and where
+    the user text was cut, [start, end] with 0 <= start <= end."""
+    if not (isinstance(v, dict) and isinstance(v.get("before"), str)
+            and isinstance(v.get("after"), str) and set(v) <= {"before", "after", "user"}):
+        return False
+    user = v.get("user", [0, 0])
+    return (isinstance(user, list) and len(user) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in user)
+            and 0 <= user[0] <= user[1])
+
+
 _KINDS: dict[str, tuple[str, Any]] = {
     "str": ("a string", lambda v: isinstance(v, str)),
     "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
@@ -425,8 +453,8 @@ _KINDS: dict[str, tuple[str, Any]] = {
              lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "scores": ("an object of numbers",
                lambda v: isinstance(v, dict) and all(_num(x) for x in v.values())),
-    "texts": ("an object of strings",
-              lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+    "sent": ("an object of 'before' and 'after' texts and an optional 'user' [start, end]",
+             _is_sent),
     "length": ("an integer or a string",
                lambda v: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))),
 }
@@ -448,7 +476,7 @@ ROW_MAY_LACK = frozenset({"kind", "successes", "derived",  # version-1 rows
                           "clusters"})  # rows written before the shared-context tasks
 RECORD_SHAPE = {"schema_version": "int", "sample": "object", "response": "object",
                 "scores": "scores", "model": "str", "prompt_sha256": "str",
-                "cache_key": "str", "parsed": "str?", "sent": "texts?"}
+                "cache_key": "str", "parsed": "str?", "sent": "sent?"}
 RECORD_MAY_LACK = frozenset({"sent"})  # records written before the prompt as sent was kept
 SAMPLE_SHAPE = {"id": "str", "task": "str", "prompt": "str", "targets": "strs",
                 "target_tokens": "int?", "input_tokens": "int", "template": "str",
@@ -596,8 +624,6 @@ def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> 
         problem = (shape_problem(d["sample"], SAMPLE_SHAPE, "sample", prefix="sample.")
                    or shape_problem(d["response"], RESPONSE_SHAPE, "response",
                                     prefix="response.", may_lack=RESPONSE_MAY_LACK))
-    if problem is None and d.get("sent") is not None and not {"before", "after"} <= set(d["sent"]):
-        problem = "field 'sent' should hold 'before' and 'after'"
     if problem is None:
         extra = sorted(set(d["response"]) - set(RESPONSE_SHAPE))
         if extra:

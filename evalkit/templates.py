@@ -158,22 +158,27 @@ def make_template(name: str, chat_template: str | None = None,
     )
 
 
-def split_sent(rendered: str, prompt: str) -> dict[str, str]:
+def split_sent(rendered: str, prompt: str) -> dict[str, Any]:
     """Where the user text stands in the rendered prompt, as the record keeps it:
-    {"before", "after"} with rendered == before + prompt + after; where the template changed
-    the user text (Gemma's trims it) "user" holds the text as it stands; where it cannot be
-    found at all, the whole rendered prompt is "before" and "user" is empty."""
-    for user in dict.fromkeys((prompt, prompt.strip())):
-        i = rendered.find(user) if user else -1
+    {"before", "after"} with rendered == before + prompt + after. Where the template took
+    only part of the user text (Gemma's and Llama 3's trim it), "user" is [start, end]: the
+    rendered prompt holds prompt[start:end]. Where the user text is not found at all,
+    "user" is [0, 0] and the whole rendered prompt is "before". The user text is looked for
+    last: a chat template writes the user turn after its own text."""
+    lead = len(prompt) - len(prompt.lstrip())
+    for start, end in dict.fromkeys(((0, len(prompt)), (lead, lead + len(prompt.strip())))):
+        user = prompt[start:end]
+        i = rendered.rfind(user) if user else -1
         if i >= 0:
-            parts = {"before": rendered[:i], "after": rendered[i + len(user):]}
-            return parts if user == prompt else {**parts, "user": user}
-    return {"before": rendered, "user": "", "after": ""}
+            parts: dict[str, Any] = {"before": rendered[:i], "after": rendered[i + len(user):]}
+            return parts if user == prompt else {**parts, "user": [start, end]}
+    return {"before": rendered, "after": "", "user": [0, 0]}
 
 
-def sent_text(prompt: str, sent: Mapping[str, str]) -> str:
-    """The rendered prompt a record's `sent` and its sample's prompt stand for."""
-    return sent["before"] + sent.get("user", prompt) + sent["after"]
+def sent_user(prompt: str, sent: Mapping[str, Any]) -> str:
+    """The part of the user text that a record's `sent` says the rendered prompt holds."""
+    start, end = sent.get("user", (0, len(prompt)))
+    return prompt[start:end]
 
 
 def chat_template_source(value: str | None) -> tuple[str | None, str | None]:

@@ -143,10 +143,10 @@ class Record:
     prompt_sha256: str
     cache_key: str
     parsed: str | None = None  # what the scorer read out of the output (None: unparseable)
-    # the prompt as sent around the user text: {"before", "after"}, and "user" where the
-    # template changed the user text (see evalkit.templates.split_sent); None in records
-    # written before it was kept
-    sent: Mapping[str, str] | None = None
+    # the prompt as sent around the user text: {"before", "after"}, and "user" ([start,
+    # end] of the user text) where the template took only part of it (see
+    # evalkit.templates.split_sent); None in records written before it was kept
+    sent: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

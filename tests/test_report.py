@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from evalkit import store
 from evalkit.analysis import MetricInfo
 from evalkit.config import build_spec
 from evalkit.gate import cell_test, two_proportions
@@ -141,6 +142,40 @@ def test_the_prompt_shown_is_the_prompt_sent(tmp_path: Path) -> None:
     assert sent[lying["sample"]["id"]][0] == "differs"
 
 
+def test_the_user_text_is_found_where_the_template_put_it() -> None:
+    from test_chat_templates import SPECIAL_TOKENS, _template
+
+    from evalkit.templates import make_template, sent_user, split_sent
+
+    assert split_sent("<s>[INST] hi [/INST]", "hi") == {"before": "<s>[INST] ",
+                                                        "after": " [/INST]"}
+    # the user turn comes after the template's own text, which may hold the same words
+    assert split_sent("<|im_start|>user\nuser<|im_end|>", "user")["before"] == \
+        "<|im_start|>user\n"
+    assert split_sent("<x>", "absent") == {"before": "<x>", "after": "", "user": [0, 0]}
+    # Llama 3.2's template trims the user text: the record keeps where, not a copy
+    prompt = "  Now the record ends. What is the number?  \n"
+    for family in ("llama3.2", "gemma2"):
+        rendered = make_template("chat", _template(family), SPECIAL_TOKENS.get(family, {})
+                                 ).render(prompt)
+        sent = split_sent(rendered, prompt)
+        assert sent["user"] == [2, 2 + len(prompt.strip())]
+        assert sent["before"] + sent_user(prompt, sent) + sent["after"] == rendered
+
+
+def test_a_template_that_rewrote_the_user_text_is_shown_whole(tmp_path: Path) -> None:
+    d = _scripted_run(tmp_path, "m", tasks=["passkey"])
+    records = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
+    rec = records[0]
+    rendered = rec["sample"]["prompt"].upper()  # as if a template had rewritten it
+    rec["sent"] = {"before": rendered, "after": "", "user": [0, 0]}
+    rec["prompt_sha256"] = hashlib.sha256(rendered.encode()).hexdigest()
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows, parts = _page_data(build_report([d], tmp_path / "rep").parent)
+    row = next(r for r in rows if r["id"] == rec["sample"]["id"])
+    assert row["sent"] == "unsplit" and parts[row["p"]] == ["", rendered, ""]
+
+
 def test_the_run_at_a_glance_opens_the_report(tmp_path: Path) -> None:
     """Model, backend, templates, tokenizer, what ran per task and cell (case files bring
     their own count, whatever `samples` says), errors, duration and evalkit's version come
@@ -212,6 +247,51 @@ def test_an_hf_folder_is_named_by_the_hub_id_it_was_saved_from(tmp_path: Path) -
         assert model_name(tmp_path) == name
     (tmp_path / "config.json").write_text("not json")
     assert model_name(tmp_path) is None
+
+
+def test_a_column_of_joined_runs_keeps_one_label_beside_another_file(tmp_path: Path) -> None:
+    from evalkit.analysis import load_runs
+
+    dirs = []
+    for name, file, task in (("a", "m.gguf", "passkey"), ("b", "m.gguf", "lines"),
+                             ("c", "other.gguf", "passkey")):
+        d = _scripted_run(tmp_path, name, tasks=[task])
+        info = json.loads((d / "run.json").read_text())
+        info["backend"].update(model_name="M", model_file=file)
+        (d / "run.json").write_text(json.dumps(info))
+        dirs.append(d)
+    assert [r.label for r in load_runs(dirs, join_disjoint=True)] == [
+        "M (m.gguf)", "M (m.gguf)", "M (other.gguf)"]
+    assert [r.label for r in load_runs(dirs)] == ["M@a", "M@b", "M (other.gguf)"]
+
+
+def test_damaged_timing_and_counts_do_not_stop_a_report(tmp_path: Path) -> None:
+    """sessions.jsonl and run.json's cells only describe a run: a bad value in them is
+    passed over (the run is still reported, and so is the index of runs)."""
+    d = _scripted_run(tmp_path / "results", "m", tasks=["passkey"])
+    (d / "sessions.jsonl").write_text(
+        "".join(f'{{"started": "x", "seconds": {v}}}\n'
+                for v in ("NaN", "Infinity", "1e400", "-5", "1" + "0" * 400, "true"))
+        + "not json\n" + '{"started": "x", "seconds": 2.5}\n')
+    assert [s["seconds"] for s in store.read_sessions(d)] == [2.5]
+    info = json.loads((d / "run.json").read_text())
+    info.update(cells={"passkey": {"²": 3, "1000": True}}, merged_from=[1, 2])
+    (d / "run.json").write_text(json.dumps(info))
+    html = build_report([d], tmp_path / "rep").read_text()
+    assert 'class="duration">2.5 s (summed over 2 shards)<' in html
+    assert "1000: 3 · 2000: 3" in html  # the cells of the records
+    assert "<dd>1, 2</dd>" in html
+    assert build_index(tmp_path / "results", tmp_path / "idx").is_file()
+
+
+def test_a_baseline_summary_alone_still_says_how_it_was_scored(tmp_path: Path) -> None:
+    d = _scripted_run(tmp_path, "m", tasks=["topics"])
+    alone = tmp_path / "baseline"
+    alone.mkdir()
+    shutil.copy(d / "summary.json", alone / "summary.json")
+    html = build_report([alone], tmp_path / "rep").read_text()
+    assert "GPT judge" in html and "None" not in html[html.index('id="glance"'):
+                                                      html.index('id="results"')]
 
 
 def test_a_single_length_is_drawn_with_error_bars(tmp_path: Path) -> None:

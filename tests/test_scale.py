@@ -210,3 +210,17 @@ def test_clustered_intervals_are_wider_when_haystacks_decide() -> None:
     (row2,) = aggregate(independent)
     assert row2.value == 0.6
     assert (row2.ci_low, row2.ci_high) == pytest.approx(wilson(60, 100), abs=0.02)
+
+
+def test_merge_keeps_no_cells_when_a_shard_predates_them(runs, tmp_path: Path) -> None:
+    """A shard started by an evalkit that did not record its cells: the merged run says
+    nothing rather than counting only the other shards."""
+    shards = [tmp_path / f"s{i}" for i in range(3)]
+    for src, dst in zip(runs["shards"], shards, strict=True):
+        shutil.copytree(src, dst)
+    info = store.read_run(shards[1])
+    del info["cells"]
+    (shards[1] / store.RUN_JSON).write_text(json.dumps(info))
+    res = _cli("merge", *shards, "--out", tmp_path / "merged")
+    assert res.returncode == 0, res.stderr
+    assert "cells" not in store.read_run(tmp_path / "merged")

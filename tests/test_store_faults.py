@@ -399,6 +399,8 @@ SAMPLE_FAULTS = {
                       "line 6: unknown field 'response.tokens'"),
     "scores": (8, lambda r: _set(r, {"accuracy": "yes"}, "scores"),
                "line 8: field 'scores' should be an object of numbers"),
+    "sent": (3, lambda r: _set(r, {"before": "<s>", "after": "", "user": [5, 2]}, "sent"),
+             "line 3: field 'sent' should be an object of 'before' and 'after' texts"),
 }
 
 

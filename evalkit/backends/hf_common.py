@@ -60,13 +60,14 @@ def resolve_hf_model(model: str) -> tuple[Path, str | None]:
     return gguf.parent, gguf.name
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/(?!checkpoint-\d)[\w.-]+")
 
 
 def model_name(folder: Path, gguf_file: str | None = None) -> str | None:
     """The name a model gives itself: a GGUF's general.name, else the hub id its
-    config.json was saved from (`_name_or_path`, kept only when it is an id such as
-    "mistralai/Mistral-7B-Instruct-v0.1", never a local path). None when it has neither."""
+    config.json was saved from (`_name_or_path`, kept only when it reads as an id such as
+    "mistralai/Mistral-7B-Instruct-v0.1": not a path that exists, not an absolute one, not
+    a training checkpoint). None when it has neither."""
     if gguf_file:
         with contextlib.suppress(Exception):  # gguf is optional here: the name is a nicety
             from gguf import GGUFReader
@@ -80,7 +81,9 @@ def model_name(folder: Path, gguf_file: str | None = None) -> str | None:
             "_name_or_path")
     except (OSError, ValueError, AttributeError):
         return None
-    return name if isinstance(name, str) and _HUB_ID.fullmatch(name) else None
+    if not (isinstance(name, str) and _HUB_ID.fullmatch(name)):
+        return None
+    return None if Path(name).exists() or (folder.parent / name).exists() else name
 
 
 def load_tokenizer(tf: Any, folder: Path, gguf_file: str | None, **kw: Any) -> Any:

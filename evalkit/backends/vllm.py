@@ -183,8 +183,12 @@ class VLLMBackend:
         return "vllm:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:
+        path = Path(self.model).expanduser()
+        gguf = None if path.is_dir() else resolve_gguf(self.model)  # converted to a folder
         return {"backend": self.name, "model": self.model, "model_folder": self.folder.name,
-                "model_name": model_name(self.folder), "model_type": self._config.get("model_type"),
+                "gguf_file": gguf and gguf.name,
+                "model_name": model_name(gguf.parent, gguf.name) if gguf else model_name(path),
+                "model_type": self._config.get("model_type"),
                 "context_window": self.context_window(),
                 "engine_version": f"vllm {self._vllm.__version__}", "options": self.options}
 

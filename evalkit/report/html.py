@@ -52,7 +52,7 @@ from evalkit.report.tables import (
     split_rows,
 )
 from evalkit.scoring import length_key
-from evalkit.templates import FIXED_TEMPLATES, make_template, split_sent
+from evalkit.templates import FIXED_TEMPLATES, make_template, sent_user, split_sent
 from evalkit.types import EvalkitError, Record, SummaryRow
 
 PROMPT_CHUNK = 50       # prompts per lazily loaded file
@@ -131,21 +131,30 @@ def _outcome(r: Record, metric: str | None, kind: str, loglikelihood: bool) -> s
     return "wrong" if chose else "unparsed"
 
 
-def _prompt_sent(r: Record) -> tuple[list[str], str]:
+def _prompt_sent(r: Record, server_template: bool) -> tuple[list[str], str]:
     """The prompt as sent, as [template text before, user text, template text after], and
-    how it is known: "exact" (its sha256 is the record's prompt_sha256), "differs" (it is
-    not: the record's parts do not make up what was hashed), or "user" (a record written
-    before the template's text was kept, with the model's own template: the user text
-    alone). A fixed template of an older record is rendered again, and checked the same."""
+    how it is known (the note the page shows):
+    - "exact": its sha256 is the record's prompt_sha256;
+    - "server": the same, sent as one user message to a chat endpoint whose server wraps it
+      in a template evalkit does not see (`server_template`);
+    - "unsplit": the same, but the user text is not in it verbatim, so it is shown whole;
+    - "differs": it does not hash to the record's prompt_sha256;
+    - "user": a record written before the template's text was kept, with the model's own
+      template: the user text alone. (A fixed template of such a record is rendered
+      again, and checked like the others.)"""
     s = r.sample
     sent = r.sent
     if sent is None and s.template in FIXED_TEMPLATES:
         sent = split_sent(make_template(s.template).render(s.prompt), s.prompt)
     if sent is None:
         return ["", s.prompt, ""], "user"
-    parts = [sent["before"], sent.get("user", s.prompt), sent["after"]]
-    digest = hashlib.sha256("".join(parts).encode("utf-8")).hexdigest()
-    return parts, "exact" if digest == r.prompt_sha256 else "differs"
+    parts = [sent["before"], sent_user(s.prompt, sent), sent["after"]]
+    text = "".join(parts)
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != r.prompt_sha256:
+        return parts, "differs"
+    if s.prompt and not parts[1]:
+        return ["", text, ""], "unsplit"
+    return parts, "server" if server_template else "exact"
 
 
 def _write_samples(out: Path, runs: list[Run]) -> int:
@@ -155,12 +164,13 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
         primary = primary_metrics(run.rows, run.records)
         kinds = metric_kinds(run.records)
         by_loglikelihood = loglikelihood_tasks({r.sample.task for r in run.records})
+        server_template = (run.info.get("backend") or {}).get("endpoint") == "chat"
         for r in run.records:
             s, resp = r.sample, r.response
             metric = primary.get(s.task)
             outcome = _outcome(r, metric, kinds.get((s.task, metric or ""), "binary"),
                                s.task in by_loglikelihood)
-            parts, sent = _prompt_sent(r)
+            parts, sent = _prompt_sent(r, server_template)
             rows.append({
                 "model": run.label, "task": s.task, "length": _length_label(length_key(r)),
                 "id": s.id, "outcome": outcome, "expected": " | ".join(s.targets),
@@ -205,9 +215,7 @@ def _duration(seconds: float) -> str:
 def _task_counts(run: Run) -> list[dict[str, Any]]:
     """Per task: samples planned (per length cell, as run.json records them), scored and
     errored; a run made before run.json kept its cells shows what its records hold."""
-    planned: dict[str, dict[str, int]] = {
-        task: {str(c): n for c, n in cells.items() if isinstance(n, int)}
-        for task, cells in (run.info.get("cells") or {}).items() if isinstance(cells, dict)}
+    planned = store.run_cells(run.info) or {}
     done: dict[str, int] = {}
     errors: dict[str, int] = {}
     seen: dict[str, dict[str, int]] = {}
@@ -223,10 +231,10 @@ def _task_counts(run: Run) -> list[dict[str, Any]]:
         out.append({
             "task": task, "planned": sum(planned[task].values()) if task in planned else None,
             "done": done.get(task, 0), "errors": errors.get(task, 0),
-            "cells": " · ".join(f"{_length_label(int(c)) if c.isdigit() else c}: {n}"
+            "cells": " · ".join(f"{_length_label(int(c)) if c.isdecimal() else c}: {n}"
                                 for c, n in sorted(cells.items(), key=lambda kv: (
-                                    not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0,
-                                    kv[0]))),
+                                    not kv[0].isdecimal(),
+                                    int(kv[0]) if kv[0].isdecimal() else 0, kv[0]))),
         })
     return out
 
@@ -240,7 +248,8 @@ def _run_meta(run: Run) -> dict[str, Any]:
     errors = [r.response.error for r in run.records if r.response.error is not None]
     common = Counter(errors).most_common(1)
     seconds = sum(float(x["seconds"]) for x in run.sessions)
-    merged = info.get("merged_from") or []
+    merged = info.get("merged_from")
+    merged = [str(m) for m in merged] if isinstance(merged, list) else []
     duration = None
     if run.sessions:
         duration = _duration(seconds) + (
@@ -250,6 +259,7 @@ def _run_meta(run: Run) -> dict[str, Any]:
     return {
         "label": run.label, "run_id": info.get("run_id", run.path.name), "status": run.status,
         "model": model_name(info) or run.label, "model_file": model_file(info),
+        "column": run.label if run.label != (model_name(info) or run.label) else None,
         "backend": spec.get("backend", backend.get("backend")), "engine": engine,
         "tokenizer": info.get("tokenizer"), "templates": info.get("templates", {}),
         "tasks": _task_counts(run), "n_samples": run.n_samples, "n_done": run.n_done,
@@ -302,7 +312,7 @@ def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
     labels = list(dict.fromkeys(run.label for run in runs))  # joined runs share a column
     tasks = sorted({r.sample.task for r in records})
     by_length, leaderboard = _results(rows)
-    declared = declared_metrics(tasks)
+    declared = declared_metrics({*tasks, *(r.task for r in rows)})
     rules = {metric: [(task, declared[(task, metric)].description)
                       for task in dict.fromkeys(line.task for line in lines)
                       if declared.get((task, metric)) and declared[(task, metric)].description]

@@ -14,6 +14,11 @@
     bare: "Exactly the text sent to the model (template {t} adds no text of its own): its " +
       "sha256 below is the record's prompt_sha256. The token count is the model " +
       "tokenizer's, with any BOS it adds.",
+    server: "The text evalkit sent, as one user message, to the server's chat endpoint: its " +
+      "sha256 below is the record's prompt_sha256. The server wrapped it in the model's chat " +
+      "template, which evalkit does not see; the token count includes it, as evalkit counts it.",
+    unsplit: "Exactly the text sent to the model: its sha256 below is the record's " +
+      "prompt_sha256. The template changed the task's text, so the two are not told apart.",
     differs: "Warning: this text does not hash to the record's prompt_sha256 below, so what " +
       "was sent is not known exactly.",
     user: "The run was made by an evalkit that did not keep the template's text: shown is " +
@@ -69,7 +74,9 @@
     det.append(el("summary", "", (s.sent === "user" ? "prompt, user text only (" : "prompt as sent (")
       + s.input_tokens + " tokens, template " + s.template + ")"));
     const note = s.sent === "exact" && !s.framed ? "bare" : s.sent;
-    det.append(el("p", "sent-note " + s.sent, SENT_NOTES[note].replace("{t}", s.template)));
+    det.append(el("p", "sent-note " + s.sent, SENT_NOTES[note].replace("{t}", function () {
+      return s.template;
+    })));
     det.append(el("p", "sha", "sha256 " + s.sha256));
     const pre = el("pre", "sent", "");
     det.append(pre);
