@@ -108,7 +108,9 @@ class RunSpec:
     temperature: float
     tasks: tuple[TaskSpec, ...]
     retries: int | None = None  # None: the backend's default (evalkit.model.RetryPolicy)
-    label: str | None = None  # the model's name in tables; default: its alias or file stem
+    # the model's name in tables; default: its alias or file stem (reports use the name
+    # the model gives itself, analysis.model_name)
+    label: str | None = None
     cache: bool = True  # answer from the response cache where it can (evalkit.model)
     limit: int | None = None  # leaderboard tasks: the first N documents (per MMLU subject)
     shard: tuple[int, int] | None = None  # (i, n): this run is slice i of n (evalkit.shards)
