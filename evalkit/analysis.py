@@ -14,6 +14,7 @@ score it has is 0 or 1. Nothing here knows a metric by name.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -216,6 +217,12 @@ def read_run(path: Path) -> Run:
                store.read_sessions(folder))
 
 
+def common_errors(records: Iterable[Record], most: int = 3) -> list[tuple[str, int]]:
+    """The commonest error messages of the records, most frequent first."""
+    counts = Counter(r.response.error for r in records if r.response.error is not None)
+    return [(str(m), n) for m, n in counts.most_common(most)]
+
+
 def model_name(info: Mapping[str, Any]) -> str | None:
     """The name a run's model goes by: the label the user gave, else the name the model
     gives itself (a GGUF's general.name, a hub id) or its server gives it, else the label
@@ -277,20 +284,18 @@ def load_runs(paths: Sequence[Path], join_disjoint: bool = False) -> list[Run]:
     runs = [read_run(p) for p in paths]
     column = _joined(runs) if join_disjoint else list(range(len(runs)))
     firsts = sorted(set(column))  # a column by its first run
-    labels = {c: runs[c].label for c in firsts}
-    files = {c: model_file(runs[c].info) for c in firsts}
+    with_file = {c: f"{runs[c].label} ({model_file(runs[c].info)})" for c in firsts}
+    with_folder = {c: f"{runs[c].label}@{runs[c].path.name}" for c in firsts}
+    labels, files, folders = (Counter(d.values()) for d in (
+        {c: runs[c].label for c in firsts}, with_file, with_folder))
     names: dict[int, str] = {}
     for c in firsts:
-        label = labels[c]
-        if [labels[k] for k in firsts].count(label) > 1:  # another column has this label
-            with_file = f"{label} ({files[c]})"
-            if files[c] and [f"{labels[k]} ({files[k]})" for k in firsts].count(with_file) == 1:
-                label = with_file
+        names[c] = runs[c].label
+        if labels[names[c]] > 1:  # another column has this label
+            if model_file(runs[c].info) and files[with_file[c]] == 1:
+                names[c] = with_file[c]
             else:
-                label = f"{label}@{runs[c].path.name}"
-                if [f"{labels[k]}@{runs[k].path.name}" for k in firsts].count(label) > 1:
-                    label = f"{label}#{c + 1}"
-        names[c] = label
+                names[c] = with_folder[c] + (f"#{c + 1}" if folders[with_folder[c]] > 1 else "")
     return [relabel(run, names[column[i]]) for i, run in enumerate(runs)]
 
 

@@ -152,11 +152,9 @@ def run(
 
 def _errors(run_dir: Path, most: int = 3) -> list[tuple[str, int]]:
     """The commonest error messages of a run's latest records, most frequent first."""
-    from collections import Counter
+    from evalkit.analysis import common_errors
 
-    records = store.read_records(run_dir, prompts=False)
-    counts = Counter(r.response.error for r in records if not r.ok)
-    return [(str(m), n) for m, n in counts.most_common(most)]
+    return common_errors(store.read_records(run_dir, prompts=False), most)
 
 
 def _dry_run(spec: Any) -> None:

@@ -226,10 +226,11 @@ def aggregate(records: Iterable[Record],
                                  [r.scores[metric] for r in scored], n_errors, tokens,
                                  kinds.get((task, metric)),
                                  [str(h) for h in haystacks] if any(haystacks) else None))
-    rows.sort(key=lambda r: (r.model, r.task, r.subset != "all", r.subset, _length_order(r.length),
+    rows.sort(key=lambda r: (r.model, r.task, r.subset != "all", r.subset, length_order(r.length),
                              r.metric))
     return rows
 
 
-def _length_order(length: int | str) -> tuple[int, int | str]:
+def length_order(length: int | str) -> tuple[int, int | str]:
+    """Sort key of length cells: token lengths by size, then named bins."""
     return (0, length) if isinstance(length, int) else (1, length)

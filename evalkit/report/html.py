@@ -35,6 +35,7 @@ import jinja2
 from evalkit import store
 from evalkit.analysis import (
     Run,
+    common_errors,
     declared_metrics,
     load_runs,
     loglikelihood_tasks,
@@ -51,7 +52,7 @@ from evalkit.report.tables import (
     score_lines,
     split_rows,
 )
-from evalkit.scoring import length_key
+from evalkit.scoring import length_key, length_order
 from evalkit.templates import FIXED_TEMPLATES, make_template, sent_user, split_sent
 from evalkit.types import EvalkitError, Record, SummaryRow
 
@@ -216,25 +217,20 @@ def _task_counts(run: Run) -> list[dict[str, Any]]:
     """Per task: samples planned (per length cell, as run.json records them), scored and
     errored; a run made before run.json kept its cells shows what its records hold."""
     planned = store.run_cells(run.info) or {}
-    done: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    seen: dict[str, dict[str, int]] = {}
+    done = Counter(r.sample.task for r in run.records if r.ok)
+    errors = Counter(r.sample.task for r in run.records if not r.ok)
+    seen: dict[str, Counter[str]] = {}
     for r in run.records:
-        task = r.sample.task
-        cell = seen.setdefault(task, {})
-        cell[str(length_key(r))] = cell.get(str(length_key(r)), 0) + 1
-        target = done if r.ok else errors
-        target[task] = target.get(task, 0) + 1
+        seen.setdefault(r.sample.task, Counter())[str(length_key(r))] += 1
     out = []
     for task in sorted(set(planned) | set(seen)):
-        cells = planned.get(task) or seen.get(task, {})
+        counts: dict[str, int] = dict(planned[task] if task in planned else seen[task])
+        cells = {int(c) if c.isdecimal() else c: n for c, n in counts.items()}
         out.append({
             "task": task, "planned": sum(planned[task].values()) if task in planned else None,
-            "done": done.get(task, 0), "errors": errors.get(task, 0),
-            "cells": " · ".join(f"{_length_label(int(c)) if c.isdecimal() else c}: {n}"
-                                for c, n in sorted(cells.items(), key=lambda kv: (
-                                    not kv[0].isdecimal(),
-                                    int(kv[0]) if kv[0].isdecimal() else 0, kv[0]))),
+            "done": done[task], "errors": errors[task],
+            "cells": " · ".join(f"{_length_label(c)}: {cells[c]}"
+                                for c in sorted(cells, key=length_order)),
         })
     return out
 
@@ -245,8 +241,8 @@ def _run_meta(run: Run) -> dict[str, Any]:
     spec = info.get("spec", {})
     backend = info.get("backend", {})
     versions = info.get("versions", {})
-    errors = [r.response.error for r in run.records if r.response.error is not None]
-    common = Counter(errors).most_common(1)
+    common = common_errors(run.records, 1)
+    name = model_name(info) or run.label
     seconds = sum(float(x["seconds"]) for x in run.sessions)
     merged = info.get("merged_from")
     merged = [str(m) for m in merged] if isinstance(merged, list) else []
@@ -258,8 +254,8 @@ def _run_meta(run: Run) -> dict[str, Any]:
     engine = backend.get("engine_version") or backend.get("tgi_version")
     return {
         "label": run.label, "run_id": info.get("run_id", run.path.name), "status": run.status,
-        "model": model_name(info) or run.label, "model_file": model_file(info),
-        "column": run.label if run.label != (model_name(info) or run.label) else None,
+        "model": name, "model_file": model_file(info),
+        "column": run.label if run.label != name else None,
         "backend": spec.get("backend", backend.get("backend")), "engine": engine,
         "tokenizer": info.get("tokenizer"), "templates": info.get("templates", {}),
         "tasks": _task_counts(run), "n_samples": run.n_samples, "n_done": run.n_done,

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from evalkit.generators import task_names
+from evalkit.scoring import length_order
 from evalkit.types import SummaryRow
 
 
@@ -68,10 +69,6 @@ def split_rows(rows: Iterable[SummaryRow]) -> tuple[list[SummaryRow], list[Summa
     return ([r for r in rows if r.task in with_axis], [r for r in rows if r.task not in with_axis])
 
 
-def _length_order(length: int | str) -> tuple[int, int, str]:
-    return (0, length, "") if isinstance(length, int) else (1, 0, str(length))
-
-
 def length_tables(rows: Iterable[SummaryRow]) -> list[tuple[str, list[LengthLine]]]:
     """(metric, lines) per metric present, metrics in first-seen order; lines in task,
     subset ("all" first), length order."""
@@ -81,7 +78,7 @@ def length_tables(rows: Iterable[SummaryRow]) -> list[tuple[str, list[LengthLine
             r.model] = r
     out = []
     for metric, cells in by_metric.items():
-        keys = sorted(cells, key=lambda k: (k[0], k[1] != "all", k[1], _length_order(k[2])))
+        keys = sorted(cells, key=lambda k: (k[0], k[1] != "all", k[1], length_order(k[2])))
         lines = []
         for task, subset, length in keys:
             by_model = cells[(task, subset, length)]
