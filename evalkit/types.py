@@ -119,7 +119,11 @@ class Response:
     A failed answer says, as data, whether another attempt may succeed (`retryable`: a
     timeout, a dropped connection, HTTP 429 or 5xx, an engine's transient fault) and how
     long the server asked to wait (`retry_after_s`, from Retry-After). Backends never retry
-    themselves: the Model's one retry policy decides (evalkit.model.RetryPolicy)."""
+    themselves: the Model's one retry policy decides (evalkit.model.RetryPolicy).
+
+    `cached`: the Model answered from the response cache (the same request to a backend of
+    the same identity) instead of asking the backend. `truncated`: the server sent more
+    than evalkit reads for the request's budget, and `text` is the part that was read."""
 
     text: str = ""
     logprob: float | None = None
@@ -130,6 +134,8 @@ class Response:
     error: str | None = None
     retryable: bool = False
     retry_after_s: float | None = None
+    cached: bool = False
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
