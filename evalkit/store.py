@@ -483,8 +483,10 @@ SAMPLE_SHAPE = {"id": "str", "task": "str", "prompt": "str", "targets": "strs",
                 "max_new_tokens": "int", "meta": "object"}
 RESPONSE_SHAPE = {"text": "str", "logprob": "num?", "is_greedy": "bool?",
                   "input_tokens": "int?", "output_tokens": "int?", "latency_s": "num",
-                  "error": "str?", "retryable": "bool", "retry_after_s": "num?"}
-RESPONSE_MAY_LACK = frozenset({"retryable", "retry_after_s"})  # records before issue 8
+                  "error": "str?", "retryable": "bool", "retry_after_s": "num?",
+                  "cached": "bool", "truncated": "bool"}
+RESPONSE_MAY_LACK = frozenset({"retryable", "retry_after_s",  # records before issue 8
+                               "cached", "truncated"})  # records before issue 18
 
 
 def _describe(v: Any) -> str:
