@@ -395,8 +395,8 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
                 leaderboard.run_lm_eval_task(spec, task, model, run_dir, spec.limit, log,
                                              progress=progress)
     if model.cache is not None and model.cache.hits:
-        log(f"{model.cache.hits} answers came from the response cache "
-            f"({model.cache.root}; --no-cache asks the backend again)")
+        log(f"{model.cache.hits} answer{'' if model.cache.hits == 1 else 's'} came from the "
+            f"response cache ({model.cache.root}; --no-cache asks the backend again)")
     summary = summarize(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, resumed_from=len(done))
 

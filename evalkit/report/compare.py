@@ -18,7 +18,13 @@ from evalkit import store
 from evalkit.analysis import load_runs
 from evalkit.gate import holm, paired_cells, value_cell
 from evalkit.report.plots import length_plot
-from evalkit.report.tables import fmt_length, is_mean_of_tasks, length_tables, split_rows
+from evalkit.report.tables import (
+    columns,
+    fmt_length,
+    is_mean_of_tasks,
+    length_tables,
+    split_rows,
+)
 from evalkit.types import MetricKind, SummaryRow
 
 ALPHA = 0.05
@@ -99,18 +105,17 @@ def compare_runs(run_a: Path, run_b: Path,
 
 
 def format_compare(label_a: str, label_b: str, rows: list[CompareRow]) -> str:
-    width = max([14, *(len(r.task if r.subset == "all" else f"{r.task}:{r.subset}") + 1
-                       for r in rows)])
-    head = (f"{'task':<{width}} {'length':>8} {'metric':<10} {label_a[:18]:>18} "
-            f"{label_b[:18]:>18} {'delta':>7} {'p':>7}  sig")
-    lines = [head, "-" * len(head)]
+    """A line per compared cell; every column is as wide as its widest entry, so that the
+    lines align whatever the metric's name, and the two models' labels are shown whole."""
+    body = []
     for r in rows:
-        name = r.task if r.subset == "all" else f"{r.task}:{r.subset}"
-        delta = "-" if r.delta is None else f"{r.delta:+.3f}"
-        p = "-" if r.p_value is None else f"{r.p_value:.3f}"
         sig = f"{'yes' if r.significant else 'no'} ({r.test})" if r.test else "-"
         if r.verdict:
             sig += f", {r.verdict}"
-        lines.append(f"{name:<{width}} {fmt_length(r.length):>8} {r.metric:<10} "
-                     f"{value_cell(r.a):>18} {value_cell(r.b):>18} {delta:>7} {p:>7}  {sig}")
-    return "\n".join(lines)
+        body.append([r.task if r.subset == "all" else f"{r.task}:{r.subset}",
+                     fmt_length(r.length), r.metric, value_cell(r.a), value_cell(r.b),
+                     "-" if r.delta is None else f"{r.delta:+.3f}",
+                     "-" if r.p_value is None else f"{r.p_value:.3f}", sig])
+    lines = columns(["task", "length", "metric", label_a, label_b, "delta", "p", "sig"], body,
+                    "lrlrrrrl")
+    return "\n".join([lines[0], "-" * max(map(len, lines)), *lines[1:]])

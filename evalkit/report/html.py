@@ -48,6 +48,7 @@ from evalkit.report.plots import depth_heatmap, length_plot
 from evalkit.report.tables import (
     LengthLine,
     ScoreLine,
+    counted,
     length_tables,
     score_lines,
     split_rows,
@@ -69,6 +70,7 @@ def _env() -> jinja2.Environment:
     env.filters["score"] = _score
     env.filters["length"] = _length_label
     env.filters["shade"] = _shade
+    env.filters["counted"] = counted
     return env
 
 
@@ -178,7 +180,8 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
                 "output": resp.text[:OUTPUT_CHARS], "output_cut": len(resp.text) > OUTPUT_CHARS,
                 "parsed": r.parsed, "error": resp.error, "input_tokens": s.input_tokens,
                 "target_tokens": s.target_tokens, "output_tokens": resp.output_tokens,
-                "latency_s": round(resp.latency_s, 3), "template": s.template,
+                "latency_s": round(resp.latency_s, 3), "cached": resp.cached,
+                "template": s.template,
                 "depth": s.meta.get("depth"), "p": len(prompts), "metric": metric,
                 "scores": {k: _clean(v) for k, v in r.scores.items()},
                 "sent": sent, "framed": bool(parts[0] or parts[2]), "sha256": r.prompt_sha256,
@@ -195,6 +198,31 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
         (pdir / f"{c // PROMPT_CHUNK:04d}.js").write_text(
             "window.EVALKIT_PROMPTS=window.EVALKIT_PROMPTS||{};" + body, encoding="utf-8")
     return len(rows)
+
+
+def _cached_note(records: list[Record]) -> str | None:
+    """"12 of 20 answers from the response cache" where any of `records` was answered
+    from the cache, else None (so is a record written before answers were marked)."""
+    hits = sum(r.response.cached for r in records)
+    return f"{hits} of {counted(len(records), 'answer')} from the response cache" if hits else None
+
+
+CacheKey = tuple[str, str, int | str, str]  # (model, task, length cell, subset)
+
+
+def _cached_notes(records: list[Record]) -> tuple[dict[CacheKey, str],
+                                                   dict[tuple[str, str, str], str]]:
+    """Where answers came from the response cache: by (model, task, length, subset) for the
+    by-length tables, by (model, task, subset) for the leaderboard (its rows name a number
+    of shots, not its records' length cells). Cells of none are left out."""
+    by_length: dict[CacheKey, list[Record]] = {}
+    once: dict[tuple[str, str, str], list[Record]] = {}
+    for r in records:
+        for subset in ("all", *map(str, r.sample.meta.get("subsets", []))):
+            by_length.setdefault((r.model, r.sample.task, length_key(r), subset), []).append(r)
+            once.setdefault((r.model, r.sample.task, subset), []).append(r)
+    return ({k: note for k, recs in by_length.items() if (note := _cached_note(recs))},
+            {k: note for k, recs in once.items() if (note := _cached_note(recs))})
 
 
 def _results(rows: list[SummaryRow]) -> tuple[list[tuple[str, list[LengthLine]]],
@@ -250,7 +278,7 @@ def _run_meta(run: Run) -> dict[str, Any]:
     if run.sessions:
         duration = _duration(seconds) + (
             f" in {len(run.sessions)} sessions" if len(run.sessions) > 1 else "") + (
-            f" (summed over {len(merged)} shards)" if merged else "")
+            f" (summed over {counted(len(merged), 'shard')})" if merged else "")
     engine = backend.get("engine_version") or backend.get("tgi_version")
     return {
         "label": run.label, "run_id": info.get("run_id", run.path.name), "status": run.status,
@@ -259,7 +287,7 @@ def _run_meta(run: Run) -> dict[str, Any]:
         "backend": spec.get("backend", backend.get("backend")), "engine": engine,
         "tokenizer": info.get("tokenizer"), "templates": info.get("templates", {}),
         "tasks": _task_counts(run), "n_samples": run.n_samples, "n_done": run.n_done,
-        "n_errors": run.n_errors,
+        "n_errors": run.n_errors, "cached": _cached_note(run.records),
         "top_error": f"{common[0][0][:300]} ({common[0][1]}x)" if common else None,
         "duration": duration, "evalkit": versions.get("evalkit"),
         "seed": spec.get("seed"), "temperature": spec.get("temperature"),
@@ -330,6 +358,7 @@ def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
             if paths_h:
                 plots.append({"title": f"passkey {metric}, depth x length: {run.label}",
                               "png": paths_h[0].name, "svg": paths_h[1].name})
+    cached, cached_once = _cached_notes(records)
     n = _write_samples(out, runs)
     _copy_static(out)
     filters = {
@@ -341,7 +370,7 @@ def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
     html = _env().get_template("report.html.j2").render(
         title=title or " vs ".join(labels), runs=[_run_meta(r) for r in runs], labels=labels,
         length_tables=by_length, rules=rules, leaderboard=leaderboard, plots=plots, n_samples=n,
-        filters=filters,
+        filters=filters, cached=cached, cached_once=cached_once,
     )
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")

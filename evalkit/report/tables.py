@@ -24,12 +24,14 @@ from evalkit.types import SummaryRow
 
 @dataclass(frozen=True)
 class LengthLine:
-    """One line of a by-length table: a (task, subset, length) cell, one row per model."""
+    """One line of a by-length table: a (task, subset, length) cell, one row per model.
+    `tokens`: model -> the mean input tokens it read there, counted by its own tokenizer
+    (models of different tokenizers read different counts at one target length)."""
 
     task: str
     subset: str
     length: int | str
-    tokens: float
+    tokens: dict[str, float]
     cells: dict[str, SummaryRow]
 
 
@@ -82,7 +84,7 @@ def length_tables(rows: Iterable[SummaryRow]) -> list[tuple[str, list[LengthLine
         lines = []
         for task, subset, length in keys:
             by_model = cells[(task, subset, length)]
-            tokens = max(r.input_tokens_mean for r in by_model.values())
+            tokens = {model: r.input_tokens_mean for model, r in by_model.items()}
             lines.append(LengthLine(task, subset, length, tokens, by_model))
         out.append((metric, lines))
     return out
@@ -112,6 +114,11 @@ def score_lines(rows: Iterable[SummaryRow]) -> list[ScoreLine]:
     return sorted(lines, key=lambda line: line.summary_of_tasks)  # stable: first-seen order
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """"1 answer", "2 answers": a count with its noun in the number it takes."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def fmt_length(length: int | str) -> str:
     if isinstance(length, int):
         return f"{length / 1024:g}k" if length % 256 == 0 else str(length)
@@ -130,42 +137,53 @@ def _fmt_cell(r: SummaryRow | None, digits: int) -> str:
     return cell
 
 
+def _fmt_tokens(tokens: float | None) -> str:
+    return "-" if tokens is None or math.isnan(tokens) else f"{tokens:.0f}"
+
+
+def columns(header: Sequence[str], body: Sequence[Sequence[str]], align: str) -> list[str]:
+    """The header and body lines of a text table, each column as wide as its widest entry
+    (so that every line lines up, whatever the length of a name or a value), two spaces
+    apart; `align` has a letter per column, "l" (left) or "r" (right)."""
+    widths = [max(len(x) for x in column) for column in zip(header, *body, strict=True)]
+    return ["  ".join(x.ljust(w) if a == "l" else x.rjust(w)
+                      for x, w, a in zip(line, widths, align, strict=True)).rstrip()
+            for line in (header, *body)]
+
+
 def format_length_table(metric: str, lines: list[LengthLine], models: list[str]) -> str:
-    """One line per (task, subset, length): tokens read, the metric with its 95% interval."""
-    names = [line.task if line.subset == "all" else f"{line.task}:{line.subset}"
-             for line in lines]
-    width = max([9, *map(len, names)])
-    header = f"{'task':<{width}} {'length':>10} {'tokens':>8}"
+    """One line per (task, subset, length); per model, the input tokens it read (its own
+    tokenizer's count) and the metric with its 95% interval. Model names are shown whole."""
+    header = ["task", "length"]
     for m in models:
-        header += f"  {m[:26]:>26}"
-    out = [f"{metric} by length", header, "-" * len(header)]
-    for name, line in zip(names, lines, strict=True):
-        text = f"{name:<{width}} {fmt_length(line.length):>10} {line.tokens:>8.0f}"
+        header += ["tokens", m]
+    body = []
+    for line in lines:
+        text = [line.task if line.subset == "all" else f"{line.task}:{line.subset}",
+                fmt_length(line.length)]
         for m in models:
-            text += f"  {_fmt_cell(line.cells.get(m), 2):>26}"
-        out.append(text)
-    return "\n".join(out)
+            text += [_fmt_tokens(line.tokens.get(m)), _fmt_cell(line.cells.get(m), 2)]
+        body.append(text)
+    out = columns(header, body, "lr" + "rr" * len(models))
+    return "\n".join([f"{metric} by length", out[0], "-" * max(map(len, out)), *out[1:]])
 
 
 def format_score_table(lines: list[ScoreLine], models: list[str]) -> str:
     """One line per (task, metric) with its 95% interval and n; subsets are counted (the
-    HTML report lists them)."""
-    width = max([16, *(len(x.task) + 2 for x in lines)])
-    header = f"{'task':<{width}} {'metric':<10}"
-    for m in models:
-        header += f"  {m[:32]:>32}"
-    out = ["leaderboard (tasks without a length axis, scored over all their data)", header,
-           "-" * len(header)]
-    for line in lines:
+    HTML report lists them). Model names are shown whole."""
+    header = ["task", "metric", *models, ""]
+    body = [[line.task, line.metric, *(_fmt_cell(line.cells.get(m), 4) for m in models),
+             f"({counted(len(line.subsets), 'subset')})" if line.subsets else ""]
+            for line in lines]
+    out = columns(header, body, "ll" + "r" * len(models) + "l")
+    rule = "-" * max(map(len, out))
+    text = ["leaderboard (tasks without a length axis, scored over all their data)", out[0],
+            rule]
+    for line, row in zip(lines, out[1:], strict=True):
         if line.summary_of_tasks:
-            out.append("-" * len(header))
-        text = f"{line.task:<{width}} {line.metric:<10}"
-        for m in models:
-            text += f"  {_fmt_cell(line.cells.get(m), 4):>32}"
-        if line.subsets:
-            text += f"  ({len(line.subsets)} subsets)"
-        out.append(text)
-    return "\n".join(out)
+            text.append(rule)
+        text.append(row)
+    return "\n".join(text)
 
 
 def format_table(rows: Iterable[SummaryRow]) -> str:

@@ -55,6 +55,7 @@
       el("span", "outcome", s.outcome + (s.metric ? " (" + s.metric + ")" : "")), el("span", "", s.input_tokens + " tokens in"),
       el("span", "", (s.output_tokens === null ? "?" : s.output_tokens) + " out"),
       el("span", "", s.latency_s + " s"));
+    if (s.cached) head.append(el("span", "cached", "from the response cache"));
     if (s.depth !== null && s.depth !== undefined) head.append(el("span", "", "depth " + s.depth));
     const kv = el("dl", "kv");
     kv.append(el("dt", "", "expected"), el("dd", "expected", s.expected));
@@ -123,7 +124,7 @@
     });
     list.replaceChildren();
     shown = 0;
-    count.textContent = matched.length + " of " + samples.length + " samples";
+    count.textContent = matched.length + " of " + samples.length + (samples.length === 1 ? " sample" : " samples");
     showMore();
   }
 
