@@ -20,7 +20,7 @@ from evalkit.types import EvalkitError, to_jsonable
 GOLDEN = {
     "passkey": "d4dd1ba9eace7922533d661565b1608211261109039e13c75569473d24a1f6fb",
     "lines": "2ac09cc6ac1a889d0a4376188ad5d36173c90620c2888b59cfabaa74a8969b60",
-    "topics": "7625efd4406e83d8c451fdb8a4873f4b8a743a03a37b610383d517830fbcf39a",
+    "topics": "578ebf605ee31e5716d51ef6cb2985183ce5986310f74aef16ebbdf128456939",
     "longqa": "cd9df221d97b846a49aead6bb05596d18b0a01595a74b1eb850841ed66956ab5",
 }
 
@@ -123,6 +123,65 @@ def test_builtin_topic_corpus_is_long_enough_for_32k() -> None:
     assert len({t for t, _ in corpus}) == len(corpus) >= 60
     words = sum(len(c.split()) for _, c in corpus)
     assert words > 26000  # ~1.3 tokens a word: over 32K tokens
+
+
+def test_builtin_short_conversations_are_longevals_format() -> None:
+    long_corpus = topics_mod.load_corpus(None)
+    short = topics_mod.load_corpus(None, short=True)
+    assert len({t for t, _ in short}) == len(short) >= 24
+    assert not {t for t, _ in short} & {t for t, _ in long_corpus}
+    for topic, conversation in (*long_corpus, *short):
+        assert conversation.startswith(
+            f"USER: I would like to discuss the topic of {topic[0].lower() + topic[1:]}. \n "
+            "ASSISTANT: ")
+        assert conversation.endswith(
+            f" \n USER: Great, this is the end of our discussion on the topic {topic}, let's "
+            "talk about the next topic.")
+    # shorter than any of LongEval's size by at least a third
+    assert 1.5 * max(len(c.split()) for _, c in short) < min(
+        len(c.split()) for _, c in long_corpus)
+
+
+def test_topics_cases_hold_at_least_three_topics() -> None:
+    """At 1000 tokens two conversations of LongEval's size fill the prompt: cases there are
+    drawn from the short ones; where three of LongEval's size always fit, from those."""
+    long_topics = {t for t, _ in topics_mod.load_corpus(None)}
+    short_topics = {t for t, _ in topics_mod.load_corpus(None, short=True)}
+    out = _samples("topics", lengths=(1000, 2000, 9000), samples=3)
+    assert len(out) == 9
+    for s in out:
+        assert s.meta["num_topics"] >= topics_mod.MIN_TOPICS == 3
+        assert f"on {s.meta['num_topics']} different topics" in s.prompt
+        assert set(s.meta["topics"]) <= (short_topics if s.target_tokens == 1000
+                                         else long_topics)
+
+
+def test_topics_refuses_a_length_where_a_case_holds_fewer_than_three() -> None:
+    tdef = get_task("topics")
+    plan = whitespace_plan("topics", (2000, 400), 2, max_new_tokens=tdef.max_new_tokens)
+    with pytest.raises(EvalkitError) as err:  # before the first sample, of any length
+        next(iter(tdef.generate(make_params(tdef, {}), plan)))
+    found = re.fullmatch(r"topics: at 400 tokens a case may hold only (\d) topics?, LongEval's "
+                         r"task needs at least 3: use lengths of at least (\d+)", str(err.value))
+    assert found, str(err.value)
+    held, shortest = int(found[1]), int(found[2])
+    assert held == 1 and 400 < shortest < 1000
+    assert {s.meta["num_topics"] for s in _samples("topics", lengths=(shortest,),
+                                                    samples=20)} == {3}
+    with pytest.raises(EvalkitError, match=f"at {shortest - 1} tokens .* at least {shortest}$"):
+        _samples("topics", lengths=(shortest - 1,), samples=1)
+    # cases by topic count are LongEval's own sizes, asked for: unchanged
+    assert [s.meta["num_topics"] for s in _samples("topics", num_topics=[2])] == [2, 2]
+
+
+def test_topics_refuses_a_short_length_for_longevals_corpus() -> None:
+    corpus = str(reference_data("longeval", "conversations.jsonl"))
+    with pytest.raises(EvalkitError, match=r"^topics: at 1000 tokens a case may hold only 1 "
+                                           r"topic, .* at least \d+$") as err:
+        _samples("topics", lengths=(1000,), corpus=corpus)
+    shortest = int(str(err.value).rsplit(" ", 1)[1])
+    assert all(s.meta["num_topics"] >= 3
+               for s in _samples("topics", lengths=(shortest,), samples=5, corpus=corpus))
 
 
 def test_longqa_synthetic_options_and_answer() -> None:

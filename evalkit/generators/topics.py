@@ -1,9 +1,17 @@
 """Topic retrieval (LongChat LongEval "topics"), fitted to token lengths or by topic count.
 
 The prompt is LongEval's, to the character; conversations are joined as LongEval joins
-them. The default corpus (tasks/data/topics/) is ours; `corpus` takes LongEval's
-conversations.jsonl to reproduce it. Scored by a normalised match of the first topic
-(accuracy) and by an exact match of the answer's first line (exact_match).
+them. The default corpus (tasks/data/topics/) is ours, in LongEval's format: part*.jsonl
+holds conversations of LongEval's size (about 550-650 tokens), short*.jsonl shorter ones
+(about 170-230), drawn only at lengths where three of LongEval's size may not fit, so that
+a 1K case still asks for the first of several topics. Where that is is measured with the
+model's tokenizer and template (Gemma 3 270M: 2010 tokens, SmolLM2 with its chat template:
+2046), so a 1K case holds 4 short conversations, a 2K case 3 of LongEval's size, and a
+length between holds more, shorter ones. Cases of LongEval's size and cases by topic count
+are the ones made before short*.jsonl existed. `corpus` takes LongEval's
+conversations.jsonl to reproduce it. A fitted case holds at least MIN_TOPICS topics: a
+shorter length is refused, naming the shortest that works. Scored by a normalised match of
+the first topic (accuracy) and by an exact match of the answer's first line (exact_match).
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ HEADER = (
 )
 QUESTION = (" Now the record ends. What is the first topic we discussed? Only give me the topic "
             "name. Do not summarize yourself.")
+MIN_TOPICS = 3  # LongEval's cases hold 5 to 25; with one or two, "the first" is no search
+
+Corpus = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -58,21 +69,56 @@ class TopicsParams:
 
 
 @lru_cache(maxsize=4)
-def load_corpus(path: str | None) -> tuple[tuple[str, str], ...]:
+def load_corpus(path: str | None, short: bool = False) -> Corpus:
+    """(topic, conversation) pairs of a LongEval-style file, or ours: the conversations of
+    LongEval's size, or with `short` the shorter ones."""
     if path is not None:
         return tuple(read_topic_corpus(path))
-    files = sorted((tasks_dir() / "data" / "topics").glob("*.jsonl"))
+    files = sorted((tasks_dir() / "data" / "topics").glob("short*.jsonl" if short
+                                                          else "part*.jsonl"))
     if not files:
         raise EvalkitError(f"the built-in topic corpus is missing under {tasks_dir()}: "
                            "reinstall evalkit (pip install evalkit)")
     return tuple(pair for f in files for pair in read_topic_corpus(f))
 
 
+def _fewest_tokens(corpus: Corpus, plan: Plan, n: int = MIN_TOPICS) -> int:
+    """Tokens of a prompt of the corpus's n longest conversations: at that length or more
+    every case holds at least n topics (cases are drawn from the whole corpus)."""
+    longest = sorted((c for _, c in corpus), key=plan.fitter.estimator, reverse=True)
+    return plan.measure(build_prompt(longest[:n], n))
+
+
+def _pools(params: TopicsParams, plan: Plan) -> list[tuple[Corpus, int]]:
+    """The corpora a fitted case may be drawn from, each with its _fewest_tokens, in the
+    order they are tried: ours of LongEval's size first, then ours short; a given corpus
+    alone. Refuses, in one line, a length at which no corpus holds MIN_TOPICS."""
+    corpora = ([load_corpus(params.corpus)] if params.corpus is not None
+               else [load_corpus(None), load_corpus(None, short=True)])
+    for corpus in corpora:
+        if len(corpus) < MIN_TOPICS:
+            raise EvalkitError(f"topics: the corpus has {len(corpus)} conversations, "
+                               f"LongEval's task needs at least {MIN_TOPICS}: pass a larger "
+                               "--corpus")
+    pools = [(corpus, _fewest_tokens(corpus, plan)) for corpus in corpora]
+    corpus, shortest = min(pools, key=lambda p: p[1])
+    for target in plan.lengths:
+        if target < shortest:
+            longest = sorted((c for _, c in corpus), key=plan.fitter.estimator, reverse=True)
+            held = sum(plan.measure(build_prompt(longest[:k], k)) <= target
+                       for k in range(1, MIN_TOPICS))
+            raise EvalkitError(
+                f"topics: at {target} tokens a case may hold only {held} "
+                f"topic{'' if held == 1 else 's'}, LongEval's task needs at least {MIN_TOPICS}:"
+                f" use lengths of at least {shortest}")
+    return pools
+
+
 def build_prompt(conversations: Sequence[str], n: int) -> str:
     return HEADER.format(n=n) + "".join(conversations[:n]) + QUESTION
 
 
-def _case(sid: str, corpus: Sequence[tuple[str, str]], plan: Plan, n: int | None,
+def _case(sid: str, corpus: Corpus, plan: Plan, n: int | None,
           target: int | None) -> Sample:
     rng = sample_rng(sid)
     order = rng.sample(range(len(corpus)), len(corpus) if n is None else n)
@@ -90,6 +136,10 @@ def _case(sid: str, corpus: Sequence[tuple[str, str]], plan: Plan, n: int | None
             raise EvalkitError(
                 f"topics: the corpus ({len(corpus)} conversations, {fit.tokens} tokens) is too "
                 f"short for {target} tokens: pass a larger --corpus or a shorter length")
+        if fit.size < MIN_TOPICS:  # _pools measured the longest; joins may count apart
+            raise EvalkitError(
+                f"topics: at {target} tokens case {sid} holds only {fit.size} topics, "
+                f"LongEval's task needs at least {MIN_TOPICS}: use a longer length")
         n, prompt, tokens = fit.size, fit.prompt, fit.tokens
     topics = [corpus[j][0] for j in order[:n]]
     return Sample(
@@ -116,7 +166,10 @@ def generate(params: TopicsParams, plan: Plan) -> Iterator[Sample]:
         return
     if not plan.lengths:
         raise EvalkitError("topics needs lengths or num_topics: pass --lengths, e.g. 2k,4k")
+    pools = _pools(params, plan)
     for target in plan.lengths:
+        # the first corpus whose every case holds MIN_TOPICS at this length (one exists)
+        corpus = next(c for c, fewest in pools if fewest <= target)
         for i in range(plan.samples):
             sid = f"topics/{target}/{plan.seed}/{i}"
             if plan.wants(sid):
