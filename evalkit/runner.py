@@ -28,7 +28,7 @@ from typing import Any
 
 from evalkit import leaderboard, store
 from evalkit.analysis import build_summary
-from evalkit.config import RunSpec, TaskSpec
+from evalkit.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec_sha256
 from evalkit.generators import Plan, get_task, make_params
 from evalkit.model import Model, make_model
 from evalkit.models import model_label
@@ -202,9 +202,11 @@ def _run_dir(spec: RunSpec, out: Path | None, results_root: Path, log: Log) -> P
                 raise EvalkitError(
                     f"{out} holds another run (its spec differs from this one): pass a new "
                     "--out, or the same options as that run to resume it")
+            check_recorded_spec(out / store.RUN_JSON, existing, spec)
         return out
     found = store.find_run(results_root, spec_hash)
     if found is not None:
+        check_recorded_spec(found / store.RUN_JSON, store.read_run(found), spec)
         return found
     name = spec.name if spec.shard is None else "{}-shard{}of{}".format(spec.name, *spec.shard)
     return results_root / store.make_run_id(name, spec.label or model_label(spec.model),
@@ -374,6 +376,7 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
             "whole_sample_ids_sha256": _ids_hash(whole_ids)}}
         store.write_run(run_dir, {**shard,
             "run_id": run_dir.name, "spec": spec.redacted(), "spec_hash": spec.spec_hash(),
+            "spec_redacted_sha256": recorded_spec_sha256(spec.redacted()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_label": label,
             "backend": dict(backend.describe()), "tokenizer": counter.name,
             "templates": {t.name: resolve_template(t, backend).name for t in spec.tasks},

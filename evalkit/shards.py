@@ -23,6 +23,7 @@ from typing import Any
 
 from evalkit import store
 from evalkit.analysis import build_summary
+from evalkit.config import recorded_spec_sha256
 from evalkit.types import EvalkitError
 
 
@@ -88,7 +89,8 @@ def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
         store.prepare_run_dir(work)
         info = dict(first)
         del info["shard"]
-        info.update(run_id=out.name, spec={**first["spec"], "shard": None},
+        spec = {**first["spec"], "shard": None}
+        info.update(run_id=out.name, spec=spec, spec_redacted_sha256=recorded_spec_sha256(spec),
                     spec_hash=whole["whole_spec_hash"], n_samples=whole["whole_n_samples"],
                     sample_ids_sha256=whole["whole_sample_ids_sha256"],
                     merged_from=[runs[d]["run_id"] for d in ordered])
