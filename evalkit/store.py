@@ -143,14 +143,109 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, _json_text(data))
 
 
+def refuse_bad_link(path: Path, option: str | None = None, file_ok: bool = False) -> None:
+    """One line when `path`, or a folder above it, is a symbolic link that leads nowhere: a
+    loop (`ln -s a b; ln -s b a`) or a link to nothing. Asked to create such a folder the
+    OS says only "File exists" or "Too many levels of symbolic links". `option` names how
+    the user gives another path (`--out`); `file_ok`: `path` is a file to write, which a
+    link to nothing creates."""
+    path = Path(path)
+    instead = f"another {option or 'folder'}"
+    for p in [*reversed(path.parents), path]:  # the outermost link is the one to fix
+        if not p.is_symlink():
+            continue
+        try:
+            os.stat(p)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise EvalkitError(f"{p} is a symbolic link loop (it leads back to itself): "
+                                   f"remove or repoint it, or pass {instead}"
+                                   ) from None
+            if exc.errno == errno.ENOENT and not (file_ok and p == path):
+                try:
+                    target = f"to {os.readlink(p)}, which does not exist"
+                except OSError:
+                    target = "to nothing"
+                raise EvalkitError(f"{p} is a symbolic link {target}: create that or remove "
+                                   f"the link, or pass {instead}") from None
+
+
+def _leftover(name: str) -> bool:
+    """A file evalkit leaves in a folder that holds nothing else of it: the lock of a start
+    that failed before run.json, a temporary file of a write cut short (a probe, *.tmp)."""
+    return name == ".lock" or name.endswith(".tmp")
+
+
+def foreign_names(folder: Path) -> list[str]:
+    """The names in `folder` other than evalkit's leftovers, sorted, a folder's with a '/';
+    [] when `folder` does not exist. A folder that cannot be listed is one line."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name + ("/" if e.is_dir(follow_symlinks=False) else "")
+                          for e in it if not _leftover(e.name))
+    except (FileNotFoundError, NotADirectoryError):  # creating it will say what is wrong
+        return []
+    except OSError as exc:
+        raise EvalkitError(f"cannot read the folder {folder}: {_why(exc)}: pass another "
+                           "folder") from None
+
+
+def listed(names: Sequence[str], most: int = 6) -> str:
+    """'a, b, c' or 'a, b, c and 4 more': the names of a folder within one line."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+_OWN_RUN_KEYS = ("schema_version", "spec_hash", "run_id", "spec")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` holds evalkit's run.json, whole or damaged. Another tool's is a JSON
+    object with none of the keys evalkit's has (schema_version, spec_hash, run_id, spec);
+    anything else by that name (not JSON, not an object, an object short of a field) is
+    taken as evalkit's, damaged, and reading it (read_run) names the fault and the fix."""
+    try:
+        data = json.loads((Path(folder) / RUN_JSON).read_bytes())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, RecursionError):
+        return (Path(folder) / RUN_JSON).is_file()
+    return not isinstance(data, dict) or any(k in data for k in _OWN_RUN_KEYS)
+
+
+def check_run_folder(run_dir: Path, option: str | None = "--out") -> None:
+    """A run writes only into a folder that does not exist, an empty one (evalkit's own
+    leftovers aside: .lock, *.tmp) or its own run folder (is_run_folder): anything else,
+    such as another tool's summary.json and table.csv, is refused with one line naming what
+    the folder holds. Reads only, so the refusal comes before any file is written there.
+    `option` names how the user gives the folder (`--out`), None when it was derived."""
+    run_dir = Path(run_dir)
+    refuse_bad_link(run_dir, option)
+    as_option = f" as {option}" if option else ""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise EvalkitError(f"{run_dir} is a file, not a folder: pass a folder (new or a run's)"
+                           f"{as_option}")
+    names = foreign_names(run_dir)
+    if names and not is_run_folder(run_dir):
+        raise EvalkitError(f"{run_dir} holds files evalkit did not write ({listed(names)}): "
+                           f"pass an empty or new folder{as_option}")
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove evalkit's leftovers (_leftover) from a folder, e.g. before it is replaced."""
+    for name in os.listdir(folder):
+        if _leftover(name):
+            with contextlib.suppress(FileNotFoundError):
+                (Path(folder) / name).unlink()
+
+
 def prepare_run_dir(run_dir: Path) -> None:
     """Create the run folder and prove that it takes a write (a probe file, fsynced, then
     removed): an unwritable folder or a full disk is then one line before any model work,
-    not a failure after planning and model load."""
+    not a failure after planning and model load. A folder that holds another tool's files
+    is refused first (check_run_folder), with nothing written into it."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise EvalkitError(f"{run_dir} is a file, not a folder: pass a folder (new or a run's) "
-                           "as the run folder")
+    check_run_folder(run_dir, None)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -8,6 +8,7 @@ reports/<name>/
   samples.js         sample metadata and outputs, as JSON (rendered with textContent only)
   prompts/NNN.js     prompts as sent, in chunks, loaded when a sample's prompt is opened:
                      [template text before, user text, template text after] each
+  .evalkit-report    marks the folder as a report: the next report may replace its files
 
 Model output and prompts are untrusted text: the page never puts them through innerHTML,
 and the HTML around them is autoescaped.
@@ -297,17 +298,49 @@ def _run_meta(run: Run) -> dict[str, Any]:
     }
 
 
-def prepare_out(out: Path) -> None:
-    """Create the report folder. An existing file there, a run folder (a report never writes
-    into a run) or a place that cannot be written is one EvalkitError line."""
+REPORT_MARK = ".evalkit-report"
+
+
+def _is_report(out: Path) -> bool:
+    """Whether `out` holds a report evalkit wrote: its mark, or (a report made before the
+    mark) an index.html with evalkit's title beside static/report.css."""
+    if (out / REPORT_MARK).is_file():
+        return True
+    try:
+        with (out / "index.html").open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b"<title>evalkit" in head and (out / "static" / "report.css").is_file()
+
+
+def check_out(out: Path) -> None:
+    """Refuse, with one EvalkitError line and before anything is written, a report folder
+    that is a file, a run folder (a report never writes into a run), a folder of other
+    files (another tool's: a report would replace its index.html, plots/ ...) or a
+    symbolic link loop. Reads only."""
+    store.refuse_bad_link(out, "--out")
     if out.exists() and not out.is_dir():
         raise EvalkitError(f"--out {out} is a file, not a folder: pass a folder for the report "
                            "(it is created if missing)")
     if (out / store.RUN_JSON).exists():
         raise EvalkitError(f"--out {out} is a run folder: pass another folder for the report "
                            "(a report never writes into a run)")
+    names = store.foreign_names(out)
+    if names and not _is_report(out):
+        raise EvalkitError(f"{out} holds files evalkit did not write ({store.listed(names)}): "
+                           "pass an empty or new folder, or an evalkit report's, as --out")
+
+
+def prepare_out(out: Path) -> None:
+    """Create the report folder, marked as a report, once check_out lets it be: a place that
+    cannot be written is one EvalkitError line too."""
+    check_out(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if not (out / REPORT_MARK).is_file():
+            (out / REPORT_MARK).write_text("made by evalkit report: the next report into this "
+                                           "folder replaces its files\n", encoding="utf-8")
     except OSError as exc:
         raise EvalkitError(f"cannot create the report folder {out}: {exc.strerror or exc}: "
                            "pass another --out") from None
