@@ -125,6 +125,18 @@ class RetryPolicy:
         return ("no time limit" if self.total_timeout_s is None
                 else f"total_timeout_s={self.total_timeout_s:g} s")
 
+    def out_of_time(self, elapsed_s: float, wait_s: float, retry_after_s: float | None,
+                    budget: str | None = None) -> str:
+        """Why no attempt follows one that ended `elapsed_s` into the request when the next
+        would wait `wait_s` (see next_delay_s), the time limit named `budget`."""
+        budget = budget or self.budget_text()
+        if not self.in_budget(elapsed_s):
+            return f"{budget} used up"
+        if retry_after_s is not None:
+            return (f"the server asked to wait {round(retry_after_s, 1):g} s (Retry-After), "
+                    f"past {budget}")
+        return f"the wait before the next ({wait_s:.1f} s) would pass {budget}"
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, remote: bool,
                      retries: int | None = None) -> RetryPolicy:
@@ -140,14 +152,22 @@ class RetryPolicy:
                    None if total is None else float(total))
 
 
-def gave_up_message(last: str, attempts: int, budget: str | None) -> str:
-    """The error of a request that failed past its retries (`budget`: the time limit, when
-    that ended it, rather than max_retries). No elapsed times or request names in it, nor
-    (when the time ran out, which jitter decides) attempt counts: the samples a dead server
-    failed all carry this same line."""
+def gave_up_message(last: str, attempts: int, budget: str | None, *,
+                    why: str | None = None, elapsed_s: float | None = None) -> str:
+    """The error of a request that failed after `attempts` attempts (`budget`: the time
+    limit, when that ended it rather than max_retries). A time limit ends retries before
+    it is used up when the wait before the next attempt (the server's Retry-After, which
+    the HTTP backends' errors name, or a backoff) would pass it, so the line says that the
+    next attempt could not start within it, not that the time was used up. A caller that
+    knows it says `why` (RetryPolicy.out_of_time) and the seconds taken; the Model's lines
+    carry neither, so that the requests of one batch failed alike read the same."""
     if not budget and attempts <= 1:
         return last  # retries were off: nothing was given up
-    how = f"gave up: {budget} used up" if budget else f"gave up after {attempts} attempts"
+    how = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}"
+    if elapsed_s is not None:
+        how += f" in {elapsed_s:.1f} s"
+    if budget:
+        how += f": {why or f'the next could not start within {budget}'}"
     return f"{last} ({how})"
 
 
@@ -218,15 +238,19 @@ def retry_call(call: Callable[[float | None], T], policy: RetryPolicy, *, what: 
         try:
             return call(policy.time_left_s(time.monotonic() - start))
         except RetryableError as exc:
-            delay = policy.next_delay_s(retryable=exc.retryable,
-                                        retry_after_s=exc.retry_after_s, attempt=attempt,
-                                        elapsed_s=time.monotonic() - start, rng=rng)
-            if delay is None:
-                if exc.retryable:
-                    out_of_time = attempt + 1 < policy.attempts
-                    exc.message = gave_up_message(
-                        exc.message, attempt + 1,
-                        (budget or policy.budget_text()) if out_of_time else None)
+            if not exc.retryable:
+                raise
+            elapsed = time.monotonic() - start
+            if attempt + 1 >= policy.attempts:
+                exc.message = gave_up_message(exc.message, attempt + 1, None)
+                raise
+            # as next_delay_s decides, keeping the wait to say why it gave up
+            delay = policy.delay_s(attempt, rng, exc.retry_after_s)
+            if not policy.in_budget(elapsed + delay):
+                budget = budget or policy.budget_text()
+                exc.message = gave_up_message(
+                    exc.message, attempt + 1, budget, elapsed_s=elapsed,
+                    why=policy.out_of_time(elapsed, delay, exc.retry_after_s, budget))
                 raise
             attempt += 1
             notify(f"{what} failed: {exc.message}; attempt {attempt}/{policy.attempts}, "

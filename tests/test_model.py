@@ -169,7 +169,8 @@ def test_the_time_budget_ends_retries_and_each_attempt_gets_the_time_left() -> N
     model, _, _ = _model(backend, RetryPolicy(max_retries=9, backoff_s=0.001,
                                               total_timeout_s=0.4))
     [a] = model.generate(_reqs("a"))
-    assert a.error == "too slow (gave up: total_timeout_s=0.4 s used up)"
+    assert a.error == ("too slow (gave up after 2 attempts: the next could not start within "
+                       "total_timeout_s=0.4 s)")
     assert len(backend.batches) == 2  # the third attempt could not start within 0.4 s
     first, second = backend.time_left
     assert first == pytest.approx(0.4, abs=0.02) and second is not None and second < 0.2

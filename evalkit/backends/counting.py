@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from evalkit.backends.http import HttpClient, HttpError
+from evalkit.backends.http import BodyLimit, HttpClient, HttpError, excerpt
 from evalkit.tokenizers import get_counter
 from evalkit.types import EvalkitError, TokenCounter
 
@@ -126,7 +126,8 @@ def server_tokenize(http: HttpClient, path: str, body: Callable[[str], Any],
 
     def tokenize(text: str) -> list[int]:
         try:
-            answer = http.post_json(path, body(text), label="counting tokens")
+            answer = http.post_json(path, body(text), label="counting tokens",
+                                    limit=BodyLimit.tokenize(len(text)))
         except HttpError as exc:
             raise EvalkitError(f"{http.backend} backend: counting tokens with {path} failed: "
                                f"{exc.message}: check that the server is up (or set backend "
@@ -137,8 +138,8 @@ def server_tokenize(http: HttpClient, path: str, body: Callable[[str], Any],
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise EvalkitError(http.redact(
                 f"{http.backend} backend: {http.where}{path} answered without token ids "
-                f"({type(exc).__name__}: {exc}): set backend option tokenizer to count "
-                "locally")) from None
+                f"({type(exc).__name__}: {exc}; it answered {excerpt(answer)}): set backend "
+                "option tokenizer to count locally")) from None
 
     return tokenize
 

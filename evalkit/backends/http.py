@@ -29,6 +29,32 @@ Timeouts and their trade-off (the defaults below; every one is a backend option)
   exit 2 when it is asked for tokens or metadata first (the usual start), 603 s to exit 3
   when it answers metadata but no generation (previously 5 x 600 s per batch).
 
+A base_url's query parameters (Azure's api-version, a key given as ?api_key=...) are sent
+with every request, metadata and tokenize calls included; the secret ones are masked
+wherever the URL shows (messages name the server by its URL without the query).
+
+How much of an answer is read (`BodyLimit`): a body is read as it streams in, and reading
+stops once it passes a cap derived from the request, so that a server that ignores
+max_new_tokens (or sends garbage) costs bounded memory and time:
+- generation: max(1 MiB, 1 KiB x max_new_tokens) of body (TGI's details and stream events
+  take about 200 bytes a token, and JSON may escape a character into 6 or 12 bytes), and
+  max(1024, 32 x max_new_tokens) characters of answer text (no tokenizer makes tokens
+  that long on average);
+- scoring (echoed or prefill logprobs, which scale with the prompt): max(1 MiB, 1 KiB per
+  prompt token + 32 bytes per prompt character);
+- tokenizing a text: max(1 MiB, 512 bytes per character); metadata: 8 MiB; an error body:
+  64 KiB, of which the message shows the start.
+What is done with an answer past its cap: a JSON body cut short cannot be parsed, so the
+request fails, not retried (the server would send as much again), its error saying "the
+server sent more than N for a request of M new tokens" with the start of the body, and
+Response.truncated set. Where the text can be kept, it is, cut to the characters cap, with
+Response.truncated set: an answer whose JSON body fit but whose text is longer than the
+request allows, and a stream (TGI's) that passes a cap, whose token events read so far
+make the text.
+
+Every message about an answer that cannot be used (not JSON, no choices, a missing field,
+too large) shows a short excerpt of the body, redacted like every other message.
+
 Token counting for these backends is in evalkit/backends/counting.py.
 """
 
@@ -42,10 +68,11 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from evalkit.backends import check_options
 from evalkit.model import (
@@ -130,12 +157,13 @@ class HttpError(Exception):
     The message is already redacted of the API key."""
 
     def __init__(self, message: str, status: int | None = None, retryable: bool = False,
-                 retry_after_s: float | None = None) -> None:
+                 retry_after_s: float | None = None, truncated: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.truncated = truncated  # the answer passed its BodyLimit and was not read whole
 
     def __str__(self) -> str:
         return self.message  # redacted later, in place, where the key is known
@@ -143,7 +171,7 @@ class HttpError(Exception):
     def response(self, start: float) -> Response:
         """This failure as the Response of a request that began at perf_counter `start`."""
         return Response(error=self.message, retryable=self.retryable,
-                        retry_after_s=self.retry_after_s,
+                        retry_after_s=self.retry_after_s, truncated=self.truncated,
                         latency_s=time.perf_counter() - start)
 
 
@@ -213,13 +241,14 @@ class Secrets:
 
 
 MAX_DETAIL_CHARS = 500
+EXCERPT_CHARS = 200  # of a body that cannot be used, in its message
 
 
-def error_detail(body: Any, text: str) -> str:
+def error_detail(body: Any, text: str, max_chars: int = MAX_DETAIL_CHARS) -> str:
     """The human part of an error body, on one line and capped: OpenAI's
     {"error": {"message"}}, TGI's {"error"}, FastAPI's {"detail"}, or the start of the
     text. The cap falls between words, so that a secret in it stays whole for redaction."""
-    detail = " ".join(text.split())
+    detail = " ".join(text[:4 * max_chars].split())
     if isinstance(body, Mapping):
         err = body.get("error", body.get("detail", body.get("message")))
         if isinstance(err, Mapping):
@@ -227,19 +256,150 @@ def error_detail(body: Any, text: str) -> str:
         if err is not None:
             kind = body.get("error_type")
             detail = " ".join((f"{err} ({kind})" if kind else str(err)).split())
-    if len(detail) <= MAX_DETAIL_CHARS:
+    if len(detail) <= max_chars:
         return detail
-    cut = detail[:MAX_DETAIL_CHARS + 1]
+    cut = detail[:max_chars + 1]
     return ((cut[:cut.rindex(" ")] if " " in cut else "") + " ...").lstrip()
 
 
-async def read_json(resp: Any) -> Any:
-    await resp.aread()
+def excerpt(body: Any) -> str:
+    """The start of a body (bytes, text, or parsed JSON), on one line, for a message about
+    an answer that cannot be used. Not yet redacted: the caller redacts its message."""
+    if isinstance(body, (bytes, bytearray)):
+        text = bytes(body[:16 * EXCERPT_CHARS]).decode("utf-8", errors="replace")
+    elif isinstance(body, str):
+        text = body
+    else:
+        text = json.dumps(body, ensure_ascii=False, default=str)
+    return repr(error_detail(None, text, EXCERPT_CHARS) or "(empty)")
+
+
+# -- how much of an answer is read (see the module docstring) -----------------------------
+KIB, MIB = 1024, 1024 * 1024
+MIN_BODY_BYTES = 1 * MIB
+BODY_BYTES_PER_TOKEN = 1 * KIB  # of a generation's body, per new token
+CHARS_PER_TOKEN = 32  # of a generation's text, per new token
+MIN_TEXT_CHARS = 1024
+PROMPT_BYTES_PER_TOKEN = 1 * KIB  # of a scoring answer (logprobs), per prompt token
+PROMPT_BYTES_PER_CHAR = 32  # ... and per prompt character (echoed, escaped, in tokens)
+TOKENIZE_BYTES_PER_CHAR = 512  # up to 4 byte tokens a character, each an object
+METADATA_MAX_BYTES = 8 * MIB  # /v1/models of a gateway lists hundreds of models
+ERROR_MAX_BYTES = 64 * KIB
+
+
+def _size(n_bytes: int) -> str:
+    for unit, size in (("MiB", MIB), ("KiB", KIB)):
+        if n_bytes >= size and n_bytes % size == 0:
+            return f"{n_bytes // size} {unit}"
+    return f"{n_bytes} bytes"
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """How much of one answer is read: `max_bytes` of its body (as decoded: a compressed
+    body counts as it unpacks), and `max_chars` of its text where it has one (None: no
+    text). `what` names the request in the message of an answer cut short."""
+
+    max_bytes: int
+    what: str
+    max_chars: int | None = None
+
+    @classmethod
+    def generation(cls, max_new_tokens: int) -> BodyLimit:
+        n = max(1, max_new_tokens)
+        return cls(max(MIN_BODY_BYTES, BODY_BYTES_PER_TOKEN * n),
+                   f"a request of {max_new_tokens} new tokens",
+                   max(MIN_TEXT_CHARS, CHARS_PER_TOKEN * n))
+
+    @classmethod
+    def prompt(cls, n_tokens: int, n_chars: int) -> BodyLimit:
+        """Scoring a prompt of `n_tokens` tokens (`n_chars` characters): the answer holds a
+        logprob for each, with the token's text."""
+        return cls(max(MIN_BODY_BYTES, PROMPT_BYTES_PER_TOKEN * n_tokens
+                       + PROMPT_BYTES_PER_CHAR * n_chars),
+                   f"scoring a prompt of {n_tokens} tokens")
+
+    @classmethod
+    def tokenize(cls, n_chars: int) -> BodyLimit:
+        return cls(max(MIN_BODY_BYTES, TOKENIZE_BYTES_PER_CHAR * n_chars),
+                   f"tokenizing a text of {n_chars} characters")
+
+    @classmethod
+    def metadata(cls, what: str) -> BodyLimit:
+        return cls(METADATA_MAX_BYTES, what)
+
+    def too_large(self, head: bytes) -> HttpError:
+        """The error of an answer that passed max_bytes (`head`: its start): not retried,
+        as the server would send as much again."""
+        return HttpError(f"the server sent more than {_size(self.max_bytes)} for {self.what}: "
+                         f"not read further (it starts {excerpt(head)})", truncated=True)
+
+    def cut_text(self, text: str) -> tuple[str, bool]:
+        """The text cut to max_chars, and whether it was cut."""
+        if self.max_chars is None or len(text) <= self.max_chars:
+            return text, False
+        return text[:self.max_chars], True
+
+
+async def read_some(resp: Any, max_bytes: int) -> tuple[bytes, bool]:
+    """The body as it streams in, until it passes `max_bytes`: (what was read, whether the
+    rest was left unread). Unread, it goes with the connection, which is then closed."""
+    chunks: list[bytes] = []
+    n_read = 0
+    async for chunk in resp.aiter_bytes():
+        chunks.append(chunk)
+        n_read += len(chunk)
+        if n_read > max_bytes:
+            return b"".join(chunks), True
+    return b"".join(chunks), False
+
+
+async def read_body(resp: Any, limit: BodyLimit) -> bytes:
+    """The whole body, or HttpError (limit.too_large) once it passes limit.max_bytes."""
+    body, cut = await read_some(resp, limit.max_bytes)
+    if cut:
+        raise limit.too_large(body)
+    return body
+
+
+async def read_json(resp: Any, limit: BodyLimit) -> Any:
+    body = await read_body(resp, limit)
     try:
-        return resp.json()
+        return json.loads(body)
     except ValueError:
-        raise HttpError(f"the server answered {resp.status_code} with a body that is not JSON: "
-                        f"{error_detail(None, resp.text)!r}") from None
+        raise HttpError(f"the server answered {resp.status_code} with a body that is not JSON "
+                        f"(it starts {excerpt(body)})") from None
+
+
+class CappedLines:
+    """The lines of a streamed body (server-sent events), read until the body passes
+    `max_bytes`; then the iteration ends and `cut` is set. A line is decoded whole, so a
+    character split between two chunks stays whole."""
+
+    def __init__(self, resp: Any, max_bytes: int) -> None:
+        self.resp = resp
+        self.max_bytes = max_bytes
+        self.cut = False
+        self.head = b""  # the start of the body, for a message
+
+    async def lines(self) -> AsyncIterator[str]:
+        buffer = bytearray()
+        n_read = 0
+        async for chunk in self.resp.aiter_bytes():
+            if len(self.head) < 16 * EXCERPT_CHARS:
+                self.head += bytes(chunk[:16 * EXCERPT_CHARS - len(self.head)])
+            n_read += len(chunk)
+            buffer += chunk
+            start = 0
+            while (end := buffer.find(b"\n", start)) >= 0:
+                yield buffer[start:end].decode("utf-8", errors="replace").rstrip("\r")
+                start = end + 1
+            del buffer[:start]
+            if n_read > self.max_bytes:
+                self.cut = True
+                return
+        if buffer:
+            yield buffer.decode("utf-8", errors="replace").rstrip("\r")
 
 
 class HttpClient:
@@ -250,7 +410,11 @@ class HttpClient:
         httpx = _import_httpx()
         self._httpx = httpx
         self.backend = backend
-        self.base_url = base_url.rstrip("/")
+        # The query of a base_url (Azure's api-version, a key in ?api_key=) goes with every
+        # request as params: appended to the path, it would end up before the route.
+        parts = urlsplit(base_url.strip())
+        self.params = parse_qsl(parts.query, keep_blank_values=True)
+        self.base_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self.where = redact_url(self.base_url)  # the server, as every message names it
         if urlsplit(self.base_url).scheme not in ("http", "https"):
             raise EvalkitError(f"backend {backend}: base_url {self.where} must start with "
@@ -271,7 +435,7 @@ class HttpClient:
         self._rng = random.Random()
         try:
             client = httpx.AsyncClient(
-                base_url=self.base_url,
+                base_url=self.base_url, params=self.params,
                 timeout=httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s),
                 limits=httpx.Limits(max_connections=self.concurrency))
         except (httpx.InvalidURL, ValueError, TypeError) as exc:
@@ -306,16 +470,19 @@ class HttpClient:
         return self.request_json("GET", path, metadata=metadata)
 
     def post_json(self, path: str, body: Any, label: str | None = None,
-                  metadata: bool = False) -> Any:
-        return self.request_json("POST", path, body, label=label, metadata=metadata)
+                  metadata: bool = False, limit: BodyLimit | None = None) -> Any:
+        return self.request_json("POST", path, body, label=label, metadata=metadata,
+                                 limit=limit)
 
     def request_json(self, method: str, path: str, body: Any = None, label: str | None = None,
-                     metadata: bool = False) -> Any:
+                     metadata: bool = False, limit: BodyLimit | None = None) -> Any:
         """A call of the client's own (metadata, tokenize: no Request), retried by the one
         policy from the calling thread, each retry announced on one line. A `metadata` call
         (a cheap one any live server answers at once) has METADATA_TIMEOUT_S in all, and a
-        server silent to it is taken as down. Raises HttpError after the last attempt, or
-        at once when the server is down."""
+        server silent to it is taken as down. At most `limit` (default: a metadata call's)
+        of the answer is read. Raises HttpError after the last attempt, or at once when the
+        server is down."""
+        limit = limit or BodyLimit.metadata(f"{method} {path}")
         policy = self.retry.with_budget(METADATA_TIMEOUT_S) if metadata else self.retry
         budget = (f"the {policy.total_timeout_s:g} s a metadata call gets" if metadata
                   else policy.budget_text())
@@ -326,7 +493,7 @@ class HttpClient:
         def once(time_left_s: float | None) -> Any:
             try:
                 return self.run(self.call(method, path, body, time_left_s=time_left_s,
-                                          read_s=read_s, budget=budget))
+                                          read_s=read_s, budget=budget, limit=limit))
             except HttpError as exc:
                 last[:] = [exc]
                 raise RetryableError(exc.message, retryable=exc.retryable,
@@ -347,16 +514,18 @@ class HttpClient:
         return result
 
     async def call(self, method: str, path: str, body: Any = None,
-                   read: Callable[[Any], Awaitable[T]] = read_json,
+                   read: Callable[[Any, BodyLimit], Awaitable[T]] = read_json,
                    time_left_s: float | None = None, read_s: float | None = None,
-                   budget: str | None = None) -> T:
+                   budget: str | None = None, limit: BodyLimit | None = None) -> T:
         """ONE attempt of a request, at most `concurrency` at a time. `read` turns a 2xx
-        response into the result (it may stream, and may raise HttpError); the attempt ends
-        within `time_left_s` (None: total_timeout_s) of the request's time (`budget`, as the
+        response into the result, reading at most `limit` of it (default: a metadata
+        call's); it may stream, and may raise HttpError. The attempt ends within
+        `time_left_s` (None: total_timeout_s) of the request's time (`budget`, as the
         messages name it), the server silent at most `read_s` (default timeout_s). Every
         failure is an HttpError naming the server, whose `retryable` and `retry_after_s`
         are the data the retry policy decides on; when the server is down, that at once."""
         budget = budget or self.retry.budget_text()
+        limit = limit or BodyLimit.metadata(f"{method} {path}")
         read_s = self.timeout_s if read_s is None else read_s
         if time_left_s is None:
             time_left_s = self.retry.total_timeout_s or float("inf")
@@ -364,15 +533,15 @@ class HttpClient:
             if self.health.down is not None:  # checked here: the wait for a slot is long
                 raise HttpError(self.health.down, retryable=False)
             try:
-                return await self._attempt(method, path, body, read, time_left_s, budget,
-                                           read_s)
+                return await self._attempt(method, path, body, read, limit, time_left_s,
+                                           budget, read_s)
             except HttpError as exc:
                 exc.message = f"{self.where}: {exc.message}"
                 raise
 
     async def _attempt(self, method: str, path: str, body: Any,
-                       read: Callable[[Any], Awaitable[T]], remaining_s: float,
-                       budget: str, read_s: float) -> T:
+                       read: Callable[[Any, BodyLimit], Awaitable[T]], limit: BodyLimit,
+                       remaining_s: float, budget: str, read_s: float) -> T:
         """One attempt within `remaining_s` of the request's time limit (`budget`, as the
         messages name it), the server silent at most `read_s`; every failure comes out as
         HttpError."""
@@ -386,8 +555,8 @@ class HttpClient:
                                                          what)
         timeout = httpx.Timeout(read_s, connect=self.connect_timeout_s)
         try:
-            return await asyncio.wait_for(self._once(method, path, body, read, timeout),
-                                          remaining_s)
+            return await asyncio.wait_for(self._once(method, path, body, read, limit,
+                                                     timeout), remaining_s)
         except asyncio.TimeoutError:
             raise HttpError("no complete answer in the time left", retryable=True) from None
         except httpx.ConnectTimeout:
@@ -412,23 +581,28 @@ class HttpClient:
                          "slow server takes minutes)")
 
     async def _once(self, method: str, path: str, body: Any,
-                    read: Callable[[Any], Awaitable[T]], timeout: Any) -> T:
+                    read: Callable[[Any, BodyLimit], Awaitable[T]], limit: BodyLimit,
+                    timeout: Any) -> T:
         async with self._client.stream(method, path, json=body, headers=self.key.headers(),
                                        timeout=timeout) as resp:
             if resp.status_code >= 400:
-                await resp.aread()
-                text = self.redact(resp.text)  # a gateway may echo the request, key and all
+                raw, _ = await read_some(resp, ERROR_MAX_BYTES)  # the message shows its start
+                # a gateway may echo the request, key and all
+                text = self.redact(raw[:ERROR_MAX_BYTES].decode("utf-8", errors="replace"))
                 try:
                     parsed = json.loads(text)
                 except ValueError:
                     parsed = None
+                wait_s = parse_retry_after(resp.headers.get("retry-after"))
+                # said here, so that a give-up for want of time says why (model.gave_up_message)
+                asked = (f" (the server asked to wait {round(wait_s, 1):g} s: Retry-After)"
+                         if wait_s is not None else "")
                 raise HttpError(
                     f"HTTP {resp.status_code} {resp.reason_phrase}: "
-                    f"{error_detail(parsed, text)}",
-                    resp.status_code, retryable_status(resp.status_code),
-                    parse_retry_after(resp.headers.get("retry-after")))
+                    f"{error_detail(parsed, text)}{asked}",
+                    resp.status_code, retryable_status(resp.status_code), wait_s)
             try:
-                return await read(resp)
+                return await read(resp, limit)
             except HttpError as exc:
                 exc.message = self.redact(exc.message)
                 raise

@@ -23,6 +23,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from evalkit.backends import register_backend
 from evalkit.backends.counting import (
@@ -30,7 +31,14 @@ from evalkit.backends.counting import (
     PromptCounter,
     server_tokenize,
 )
-from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
+from evalkit.backends.http import (
+    HTTP_OPTIONS,
+    BodyLimit,
+    HttpClient,
+    HttpError,
+    checked_options,
+    excerpt,
+)
 from evalkit.redact import redact
 from evalkit.templates import chat_template_source, make_template
 from evalkit.types import (
@@ -78,8 +86,10 @@ class OpenAIBackend:
                                f"not {self.endpoint!r}")
         self.model = model
         self.api_model = self.options.get("model", model)
-        base = self.options["base_url"].rstrip("/")
-        self._http = HttpClient(self.name, base.removesuffix("/v1"), self.options)
+        # the routes are added to the server's root: a /v1 given goes, a query stays
+        url = urlsplit(self.options["base_url"].strip())
+        root = url._replace(path=url.path.rstrip("/").removesuffix("/v1"), fragment="")
+        self._http = HttpClient(self.name, urlunsplit(root), self.options)
         self.max_batch_size = self._http.concurrency  # the runner hands us that many at once
         self._fixed, self._jinja = chat_template_source(self.options.get("chat_template"))
         if self.endpoint == "chat" and self._fixed is None and self._jinja is None:
@@ -193,18 +203,30 @@ class OpenAIBackend:
     async def _generate_one(self, req: Request) -> Response:
         start = time.perf_counter()
         path, body = self._body(req)
+        limit = BodyLimit.generation(req.max_new_tokens)
         try:
-            data: Any = await self._http.call("POST", path, body, time_left_s=req.time_left_s)
-            choice = data["choices"][0]
-            text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
+            data: Any = await self._http.call("POST", path, body, time_left_s=req.time_left_s,
+                                              limit=limit)
         except HttpError as exc:
             return exc.response(start)
-        except (KeyError, IndexError, TypeError) as exc:
-            return Response(error=f"unexpected answer from {path}: missing {exc}",
+        choices = data.get("choices") if isinstance(data, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        field = "message" if self.endpoint == "chat" else "text"
+        text: Any = choice.get(field, ...) if isinstance(choice, dict) else ...
+        if self.endpoint == "chat" and isinstance(text, dict):
+            text = text.get("content")
+        text = "" if text is None else text  # a message with no text (a refusal)
+        if not isinstance(text, str):
+            what = ("not an object" if not isinstance(data, dict) else "no choices"
+                    if choice is None else f"a choice without {field}")
+            return Response(error=self._http.redact(f"unexpected answer from {path}: {what} "
+                                                    f"(body: {excerpt(data)})"),
                             latency_s=time.perf_counter() - start)
-        usage = data.get("usage") or {}
-        return Response(text=text or "", input_tokens=usage.get("prompt_tokens"),
-                        output_tokens=usage.get("completion_tokens"),
+        text, cut = limit.cut_text(text)  # a server that ignored max_tokens
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        return Response(text=text, input_tokens=usage.get("prompt_tokens"),
+                        output_tokens=usage.get("completion_tokens"), truncated=cut,
                         latency_s=time.perf_counter() - start)
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
@@ -232,19 +254,26 @@ class OpenAIBackend:
         n_cont = len(req.continuation_tokens or ())
         body = {"model": self.api_model, "prompt": prompt,
                 "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+        # the answer echoes the prompt, a logprob and the text of each of its tokens
+        n_tokens = len(prompt) if isinstance(prompt, list) else (
+            len(req.context_tokens or ()) + n_cont)
+        limit = BodyLimit.prompt(n_tokens, len(req.prompt) + len(req.continuation))
         try:
             data: Any = await self._http.call("POST", "/v1/completions", body,
-                                              time_left_s=req.time_left_s)
+                                              time_left_s=req.time_left_s, limit=limit)
         except HttpError as exc:
             if _logprobs_unsupported(exc):
                 raise Unsupported(f"{self._http.where} does not return prompt logprobs "
                                   f"({exc.message}); llama.cpp's server needs --logits_all "
                                   "true") from None
             return exc.response(start)
-        if not isinstance(data, dict):
-            return Response(error="unexpected answer from /v1/completions: not an object",
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+            what = "not an object" if not isinstance(data, dict) else "no choices"
+            return Response(error=self._http.redact(f"unexpected answer from /v1/completions: "
+                                                    f"{what} (body: {excerpt(data)})"),
                             latency_s=time.perf_counter() - start)
-        choice = (data.get("choices") or [{}])[0]
+        choice = choices[0]
         lp = choice.get("logprobs") or {}
         if not lp.get("token_logprobs"):
             raise Unsupported(f"{self._http.where} ignored echo/logprobs: it cannot score "

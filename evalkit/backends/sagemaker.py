@@ -29,8 +29,10 @@ from evalkit.backends.http import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     RETRY_OPTIONS,
+    BodyLimit,
     checked_options,
     error_detail,
+    excerpt,
     retryable_status,
 )
 from evalkit.backends.tgi import (
@@ -61,13 +63,14 @@ def _import_boto() -> tuple[Any, Any, Any]:
 
 
 class _Failed(Exception):
-    def __init__(self, message: str, retryable: bool) -> None:
+    def __init__(self, message: str, retryable: bool, truncated: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.truncated = truncated
 
     def response(self, start: float) -> Response:
-        return Response(error=self.message, retryable=self.retryable,
+        return Response(error=self.message, retryable=self.retryable, truncated=self.truncated,
                         latency_s=time.perf_counter() - start)
 
 
@@ -114,14 +117,27 @@ class SageMakerBackend:
     def special_tokens(self) -> Mapping[str, str]:
         return {"bos_token": self._counter.bos_text or "", "eos_token": ""}
 
-    def _invoke(self, payload: Mapping[str, Any]) -> Any:
-        """One invoke_endpoint; a failure is _Failed naming the endpoint, retryable or not."""
+    def _invoke(self, payload: Mapping[str, Any], limit: BodyLimit) -> Any:
+        """One invoke_endpoint, reading at most `limit` of the answer (see
+        evalkit/backends/http.py); a failure is _Failed naming the endpoint, retryable or not."""
         err = self._errors
         try:
             out = self.client.invoke_endpoint(
                 EndpointName=self.options["endpoint_name"], ContentType="application/json",
                 Accept="application/json", Body=json.dumps(payload).encode("utf-8"))
-            return json.loads(out["Body"].read())
+            body = out["Body"]
+            try:
+                raw = body.read(limit.max_bytes + 1)
+            finally:
+                body.close()  # the rest, if any, unread
+            if len(raw) > limit.max_bytes:
+                too_large = limit.too_large(raw)
+                raise _Failed(f"{self.where}: {too_large.message}", False, truncated=True)
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise _Failed(f"{self.where}: the answer is not JSON (it starts "
+                              f"{excerpt(raw)})", False) from None
         except err.ClientError as exc:
             info = exc.response.get("Error", {})
             code = str(info.get("Code", "?"))
@@ -138,21 +154,25 @@ class SageMakerBackend:
         except (err.ConnectionError, err.HTTPClientError) as exc:  # incl. timeouts
             raise _Failed(f"{self.where}: connection failed ({type(exc).__name__}: {exc})",
                           True) from None
-        except ValueError as exc:
-            raise _Failed(f"{self.where}: the answer is not JSON ({exc})", False) from None
 
     def _generate_one(self, req: Request) -> Response:
         start = time.perf_counter()
+        limit = BodyLimit.generation(req.max_new_tokens)
+        data: Any = None
         try:
-            data = self._invoke(generate_payload(self._counter.server_text(req.prompt), req))
+            data = self._invoke(generate_payload(self._counter.server_text(req.prompt), req),
+                                limit)
             text, n_out, n_in = parse_generated(data)
         except _Failed as exc:
             return exc.response(start)
         except (KeyError, ValueError, TypeError) as exc:
-            return Response(error=f"unexpected answer from the endpoint: {exc}",
+            return Response(error=f"unexpected answer from the endpoint: {type(exc).__name__}: "
+                                  f"{exc} (body: {excerpt(data)})",
                             latency_s=time.perf_counter() - start)
+        text, cut = limit.cut_text(text)  # a container that ignored max_new_tokens
         return Response(text=text, input_tokens=n_in or len(self._counter.encode(req.prompt)),
-                        output_tokens=n_out, latency_s=time.perf_counter() - start)
+                        output_tokens=n_out, truncated=cut,
+                        latency_s=time.perf_counter() - start)
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Response]:
         if len(items) <= 1:
@@ -167,8 +187,9 @@ class SageMakerBackend:
         start = time.perf_counter()
         text, n_cont = scored_text(req, self._counter.server_text(req.prompt + req.continuation),
                                    self.where)
+        limit = BodyLimit.prompt(len(req.context_tokens or ()) + n_cont, len(text))
         try:
-            data = self._invoke(loglikelihood_payload(text))
+            data = self._invoke(loglikelihood_payload(text), limit)
         except _Failed as exc:
             return exc.response(start)
         return prefill_response(data, n_cont, start, "the endpoint")

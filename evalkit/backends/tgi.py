@@ -20,11 +20,21 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from evalkit.backends import register_backend
 from evalkit.backends.counting import PromptCounter, server_tokenize
-from evalkit.backends.http import HTTP_OPTIONS, HttpClient, HttpError, checked_options
+from evalkit.backends.http import (
+    HTTP_OPTIONS,
+    BodyLimit,
+    CappedLines,
+    HttpClient,
+    HttpError,
+    checked_options,
+    excerpt,
+    read_json,
+)
 from evalkit.redact import redact
 from evalkit.templates import chat_template_source
 from evalkit.types import (
@@ -107,11 +117,12 @@ def scored_text(req: Request, server_text: str, where: str) -> tuple[str, int]:
 
 
 def prefill_response(data: Any, n_cont: int, start: float, source: str) -> Response:
-    """The Response of a loglikelihood request from a TGI answer (TGI or SageMaker)."""
+    """The Response of a loglikelihood request from a TGI answer (TGI or SageMaker); its
+    error, if any, is not yet redacted."""
     try:
         logprob, n_in = parse_prefill(data, n_cont)
     except (KeyError, ValueError, TypeError) as exc:
-        return Response(error=f"unexpected answer from {source}: {exc}",
+        return Response(error=f"unexpected answer from {source}: {exc} (body: {excerpt(data)})",
                         latency_s=time.perf_counter() - start)
     return Response(logprob=logprob, input_tokens=n_in, output_tokens=0,
                     latency_s=time.perf_counter() - start)
@@ -132,21 +143,20 @@ def stream_event(line: str) -> dict[str, Any] | None:
     return dict(event)
 
 
-async def _read_with_headers(resp: Any) -> tuple[Any, Mapping[str, str]]:
-    await resp.aread()
-    try:
-        return resp.json(), resp.headers
-    except ValueError:
-        raise HttpError(f"the server answered {resp.status_code} with a body that is not "
-                        "JSON") from None
+async def _read_with_headers(resp: Any, limit: BodyLimit) -> tuple[Any, Mapping[str, str]]:
+    return await read_json(resp, limit), resp.headers
 
 
-async def _read_stream(resp: Any) -> tuple[str, int | None, None]:
-    """The text assembled from the token events (special tokens left out); where the final
-    event carries generated_text (TGI decodes it from all tokens at once), that wins."""
+async def _read_stream(resp: Any, limit: BodyLimit) -> tuple[str, int | None, bool]:
+    """(text, generated tokens, whether it was cut): the text assembled from the token
+    events (special tokens left out); where the final event carries generated_text (TGI
+    decodes it from all tokens at once), that wins. A stream that passes the limit (its
+    bytes, or its text's characters: a server that ignores max_new_tokens) is read no
+    further, and its text so far is the answer, cut."""
     pieces: list[str] = []
-    n_events = 0
-    async for line in resp.aiter_lines():
+    n_chars = n_events = 0
+    reader = CappedLines(resp, limit.max_bytes)
+    async for line in reader.lines():
         event = stream_event(line)
         if event is None:
             continue
@@ -156,11 +166,18 @@ async def _read_stream(resp: Any) -> tuple[str, int | None, None]:
         token = event.get("token") or {}
         if not token.get("special"):
             pieces.append(str(token.get("text", "")))
+            n_chars += len(pieces[-1])
         if event.get("generated_text") is not None or event.get("details") is not None:
             final = event.get("generated_text")
             details = event.get("details") or {}
-            return (str(final) if final is not None else "".join(pieces),
-                    details.get("generated_tokens", n_events), None)
+            text, cut = limit.cut_text(str(final) if final is not None else "".join(pieces))
+            return text, details.get("generated_tokens", n_events), cut
+        if limit.max_chars is not None and n_chars > limit.max_chars:
+            return limit.cut_text("".join(pieces))[0], n_events, True
+    if reader.cut:
+        if not n_events:  # nothing of it can be read: the same as a JSON body too large
+            raise limit.too_large(reader.head)
+        return limit.cut_text("".join(pieces))[0], n_events, True
     raise HttpError("the stream ended before its final event", retryable=True)
 
 
@@ -234,24 +251,30 @@ class TgiBackend:
                             n_counted: int | None) -> Response:
         start = time.perf_counter()
         payload = generate_payload(counter.server_text(req.prompt), req)
+        limit = BodyLimit.generation(req.max_new_tokens)
+        data: Any = None
+        n_in: int | None = None
         try:
             if self.options.get("stream"):
-                text, n_out, n_in = await self._http.call("POST", "/generate_stream", payload,
-                                                          read=_read_stream,
-                                                          time_left_s=req.time_left_s)
+                text, n_out, cut = await self._http.call(
+                    "POST", "/generate_stream", payload, read=_read_stream,
+                    time_left_s=req.time_left_s, limit=limit)
             else:
                 data, headers = await self._http.call("POST", "/generate", payload,
                                                       read=_read_with_headers,
-                                                      time_left_s=req.time_left_s)
+                                                      time_left_s=req.time_left_s, limit=limit)
                 text, n_out, n_in = parse_generated(data)
+                text, cut = limit.cut_text(text)  # a server that ignored max_new_tokens
                 n_in = n_in or int(headers.get("x-prompt-tokens", 0)) or None
         except HttpError as exc:
             return exc.response(start)
         except (KeyError, ValueError, TypeError) as exc:
-            return Response(error=f"unexpected answer from TGI: {type(exc).__name__}: {exc}",
+            body = f" (body: {excerpt(data)})" if data is not None else ""
+            return Response(error=self._http.redact(f"unexpected answer from TGI: "
+                                                    f"{type(exc).__name__}: {exc}{body}"),
                             latency_s=time.perf_counter() - start)
         return Response(text=text, input_tokens=n_in or n_counted, output_tokens=n_out,
-                        latency_s=time.perf_counter() - start)
+                        truncated=cut, latency_s=time.perf_counter() - start)
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         counter = self._prompt_counter()
@@ -267,12 +290,15 @@ class TgiBackend:
 
     async def _loglikelihood_one(self, req: Request, text: str, n_cont: int) -> Response:
         start = time.perf_counter()
+        # the prefill holds a logprob and the text of each prompt token
+        limit = BodyLimit.prompt(len(req.context_tokens or ()) + n_cont, len(text))
         try:
             data: Any = await self._http.call("POST", "/generate", loglikelihood_payload(text),
-                                              time_left_s=req.time_left_s)
+                                              time_left_s=req.time_left_s, limit=limit)
         except HttpError as exc:
             return exc.response(start)
-        return prefill_response(data, n_cont, start, "TGI")
+        resp = prefill_response(data, n_cont, start, "TGI")
+        return resp if resp.error is None else replace(resp, error=self._http.redact(resp.error))
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:
         counter = self._prompt_counter()
