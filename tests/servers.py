@@ -102,14 +102,24 @@ def llama_server(model_file: Path, log: Path, n_ctx: int, api_key: str | None = 
         yield url
 
 
+def _alias_of(model_file: Path) -> str:
+    """The embedded model's alias (the name the tests' configs give it), else the file's
+    stem: the name the server serves it under."""
+    from evalkit.models import ALIASES, resolve_gguf
+
+    return next((a for a in ALIASES if resolve_gguf(a) == model_file), model_file.stem)
+
+
 @contextmanager
 def llama_server_process(model_file: Path, log: Path, n_ctx: int, api_key: str | None = None,
-                         logits_all: bool = True, port: int | None = None
+                         logits_all: bool = True, port: int | None = None,
+                         alias: str | None = None
                          ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """llama_server, yielding its process too (to kill it), on `port` if given (a server
-    started again where it was)."""
+    started again where it was), serving the model under `alias` (default: _alias_of)."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_file),
+           "--model_alias", alias or _alias_of(model_file),
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
            "--n_threads", "2", "--logits_all", json.dumps(logits_all)]
     if api_key:

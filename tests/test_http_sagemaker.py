@@ -154,3 +154,23 @@ def test_credentials_come_only_from_the_aws_chain(monkeypatch: pytest.MonkeyPatc
 
 ANY_PARAMS = {"EndpointName": ENDPOINT, "ContentType": "application/json",
               "Accept": "application/json", "Body": ANY}
+
+
+def test_the_variant_answers_and_names_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """target_variant / inference_component route the request (invoke_endpoint's
+    TargetVariant / InferenceComponentName) and, with deployment, key the cache: another
+    variant of the endpoint never answers from the first one's cached answers."""
+    model = make_model("sagemaker", "mistral-7b", {**OPTIONS, "target_variant": "fp8"},
+                       use_cache=False)
+    payload = generate_payload(PROMPT, _req())
+    with Stubber(model.backend.client) as stub:
+        stub.add_response("invoke_endpoint", _ok([{"generated_text": " 4242."}]),
+                          {**_expected(payload), "TargetVariant": "fp8"})
+        [resp] = model.generate([_req()])
+        stub.assert_no_pending_responses()
+    assert resp.text == " 4242."
+    prints = {make_backend("sagemaker", "mistral-7b", {**OPTIONS, **extra}).fingerprint()
+              for extra in ({}, {"target_variant": "fp8"}, {"inference_component": "ic-2"},
+                            {"deployment": "2026-12-01"})}
+    assert len(prints) == 4
+

@@ -27,6 +27,7 @@ from evalkit.backends.hf_common import (
     resolve_hf_model,
     token_pairs,
 )
+from evalkit.backends.identity import weights_identity
 from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
 
 OPTIONS: dict[str, type] = {"dtype": str, "device_map": str, "attn_implementation": str,
@@ -219,9 +220,9 @@ class HFBackend:
         return out
 
     def fingerprint(self) -> str:
-        path = self.folder / (self.gguf_file or "config.json")
-        st = path.stat()
-        ident = json.dumps([self.folder.name, self.gguf_file, st.st_size, int(st.st_mtime),
+        weights = self.folder / self.gguf_file if self.gguf_file else self.folder
+        ident = json.dumps([weights_identity(weights), self._tf.__version__,
+                            self._torch.__version__,
                             {k: v for k, v in sorted(self.options.items())
                              if k not in ("max_batch_size", "device_map")}], default=str)
         return "hf:" + hashlib.sha256(ident.encode()).hexdigest()[:16]

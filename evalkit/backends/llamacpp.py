@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.backends import check_options, register_backend
+from evalkit.backends.identity import weights_identity
 from evalkit.models import resolve_gguf
 from evalkit.templates import chat_template_source
 from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
@@ -34,6 +35,9 @@ from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response
 OPTIONS: dict[str, type] = {"n_threads": int, "n_ctx": int, "n_batch": int,
                             "n_gpu_layers": int, "flash_attn": bool, "rope_freq_base": float,
                             "rope_freq_scale": float, "chat_template": str}
+# Options that change answers (the rest change speed only); chat_template's text is in the
+# prompt itself.
+_ANSWER_OPTIONS = ("rope_freq_base", "rope_freq_scale", "flash_attn", "n_gpu_layers")
 
 
 def _import_llama() -> Any:
@@ -241,14 +245,12 @@ class LlamaCppBackend:
         return total, greedy
 
     def fingerprint(self) -> str:
-        st = self.path.stat()
-        ident = f"{self.path.name}:{st.st_size}:{int(st.st_mtime)}"
-        # options that change what the model answers (a cached answer of the model with
-        # its own RoPE settings must not stand for one with others)
-        for key in ("rope_freq_base", "rope_freq_scale"):
-            if self.options.get(key):
-                ident += f":{key}={float(self.options[key])!r}"
-        return "llamacpp:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+        # the file by its content, the engine's version, and the options that change what
+        # the model answers (a cached answer of the model with its own RoPE settings must
+        # not stand for one with others; flash attention and GPU layers change the sums)
+        ident = [weights_identity(self.path), getattr(self._llama_cpp, "__version__", "?"),
+                 {k: self.options[k] for k in _ANSWER_OPTIONS if k in self.options}]
+        return "llamacpp:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:
         return {"backend": self.name, "model": self.model, "model_file": self.path.name,

@@ -39,6 +39,8 @@ from evalkit.backends.http import (
     checked_options,
     excerpt,
 )
+from evalkit.backends.identity import IDENTITY_OPTIONS, server_identity
+from evalkit.model import notify_stderr
 from evalkit.redact import redact
 from evalkit.templates import chat_template_source, make_template
 from evalkit.types import (
@@ -52,7 +54,19 @@ from evalkit.types import (
 )
 
 OPTIONS: dict[str, type] = {**HTTP_OPTIONS, "model": str, "endpoint": str, "tokenizer": str,
-                            "context_window": int, "chat_template": str, "extra_body": dict}
+                            "context_window": int, "chat_template": str, "extra_body": dict,
+                            **IDENTITY_OPTIONS, "allow_model_mismatch": bool}
+
+# What a server says about itself that tells one deployment from another, by where it says
+# it (and only that: `created` and vLLM's permission ids change on every call).
+_MODEL_FIELDS = ("id", "root", "parent", "max_model_len", "owned_by", "meta")
+_ABOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("/props", ("model_path", "build_info", "chat_template")),  # llama.cpp's server
+    ("/version", ("version",)),  # vLLM
+    ("/info", ("model_id", "model_sha", "model_dtype", "version", "sha")),  # TGI
+)
+# tokenized by the server: a vocabulary (another model's, another tokenizer revision) shows
+PROBE_TEXT = "Hello world! 0123456789 <s> </s> <|im_start|> über 東京 \n\t   end"
 
 # (flavour, path, request body, token ids out of the answer); tried in this order, once.
 _TOKENIZERS: tuple[tuple[str, str, Callable[[str, str], Any], Callable[[Any], list[int]]], ...] = (
@@ -100,6 +114,7 @@ class OpenAIBackend:
         self._tokenize_flavour: str | None = None
         self._window: int | None = None
         self._served: dict[str, Any] | None = None
+        self._about: dict[str, Any] | None = None
 
     def capabilities(self) -> Capabilities:
         return Capabilities(generate=True, loglikelihood=self.endpoint == "completions",
@@ -139,6 +154,7 @@ class OpenAIBackend:
                            "set backend option tokenizer (e.g. mistral-v1)")
 
     def tokenizer(self) -> TokenCounter:
+        self._served_model()  # the configured model is the one served: checked at start
         counter = self._prompt_counter()
         if self.endpoint == "completions":
             return counter
@@ -147,13 +163,32 @@ class OpenAIBackend:
         return ChatCounter(counter, render)
 
     def _served_model(self) -> dict[str, Any]:
+        """The server's /v1/models entry of the model it serves (the one named `model`
+        where it lists several). A server whose list does not name the configured model is
+        refused, unless option allow_model_mismatch (then one line says so)."""
         if self._served is None:
             self._served = {}
             try:
-                data = self._http.get_json("/v1/models").get("data") or [{}]
-                self._served = dict(data[0])
+                data = self._http.get_json("/v1/models").get("data") or []
+                listed = [dict(d) for d in data if isinstance(d, Mapping)]
             except (HttpError, AttributeError, TypeError):
-                pass
+                listed = []
+            ids = [str(d.get("id")) for d in listed]
+            if listed:
+                self._served = next((d for d in listed if d.get("id") == self.api_model),
+                                    listed[0])
+            if ids and self.api_model not in ids:
+                shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5
+                                              else "")
+                what = (f"{self._http.where} serves {shown}, not {self.api_model!r}, the "
+                        "model this run names")
+                if not self.options.get("allow_model_mismatch"):
+                    raise EvalkitError(
+                        f"openai backend: {what}: name the served model (backend option "
+                        f"model: {ids[0]}), or set backend option allow_model_mismatch: true "
+                        "to run it under this name")
+                notify_stderr(f"openai backend: {what}; running it anyway "
+                              "(allow_model_mismatch), run.json records both")
         return self._served
 
     def context_window(self) -> int | None:
@@ -325,11 +360,31 @@ class OpenAIBackend:
         return self._http.run_all([self._loglikelihood_one(r, p)
                                    for r, p in zip(requests, prompts, strict=True)])
 
+    def _deployment(self) -> dict[str, Any]:
+        """What the server says about itself (see server_identity): its /v1/models entry,
+        llama.cpp's /props, vLLM's /version, TGI's /info where the server has them, and
+        the token ids its tokenizer gives PROBE_TEXT."""
+        if self._about is None:
+            served = self._served_model()
+            about: dict[str, Any] = {"/v1/models": {k: served[k] for k in _MODEL_FIELDS
+                                                    if k in served}}
+            for path, keys in _ABOUT:
+                try:
+                    found = self._http.get_json(path)
+                except HttpError:
+                    continue  # not this server's flavour
+                if isinstance(found, Mapping):
+                    about[path] = {k: found[k] for k in keys if k in found}
+            if self.options.get("tokenizer") is None:
+                about["probe_ids"] = self._prompt_counter().encode(PROBE_TEXT)
+            self._about = about
+        return self._about
+
     def fingerprint(self) -> str:
         # extra_body as redacted: a key in it (rotated at will) is no decoding parameter
-        ident = [self.api_model, self._served_model().get("id"), self.endpoint,
-                 self.options.get("chat_template"), self._jinja,
-                 sorted(redact(self.options.get("extra_body", {})).items())]
+        ident = [self.api_model, self.endpoint, self.options.get("chat_template"), self._jinja,
+                 sorted(redact(self.options.get("extra_body", {})).items()),
+                 server_identity(self.options, self._deployment)]
         return "openai:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:
@@ -337,6 +392,8 @@ class OpenAIBackend:
                 "served_model": self._served_model().get("id"), "endpoint": self.endpoint,
                 "tokenize": self._tokenize_flavour or self.options.get("tokenizer"),
                 "context_window": self.context_window(),
+                "server": redact({k: v for k, v in self._deployment().items()
+                                  if k != "probe_ids"}),
                 "options": redact(dict(self.options))}  # no password, no key in extra_body
 
 

@@ -4,7 +4,11 @@ application/json); the container answers [{"generated_text", "details"}].
 
 Options: endpoint_name and region (required), tokenizer (required: an endpoint has no
 tokenize route; e.g. mistral-v1), context_window, concurrency, connect_timeout_s,
-timeout_s, total_timeout_s, max_retries, backoff_s, chat_template. Credentials come only
+timeout_s, total_timeout_s, max_retries, backoff_s, chat_template; target_variant and
+inference_component (which of the endpoint's models answers: invoke_endpoint's
+TargetVariant and InferenceComponentName); deployment (a label in the cache key: change
+it when the endpoint is updated with another model under the same name, which the
+runtime API cannot see). Credentials come only
 from AWS's standard chain (environment, ~/.aws, instance or task role), never from options.
 botocore's own retries are off: each call is one attempt, and a failure says as data
 whether it is worth another (throttling, 5xx, a model error whose container answered
@@ -43,10 +47,23 @@ from evalkit.backends.tgi import (
     scored_text,
 )
 from evalkit.templates import chat_template_source
-from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
+from evalkit.types import (
+    Backend,
+    Capabilities,
+    EvalkitError,
+    Interrupted,
+    Request,
+    Response,
+    TokenCounter,
+)
 
 OPTIONS: dict[str, type] = {**RETRY_OPTIONS, "endpoint_name": str, "region": str,
-                            "tokenizer": str, "context_window": int, "chat_template": str}
+                            "tokenizer": str, "context_window": int, "chat_template": str,
+                            "target_variant": str, "inference_component": str,
+                            "deployment": str}
+# invoke_endpoint's routing parameters, by the option that sets them: which model of the
+# endpoint answers (a production variant, an inference component)
+_ROUTING = {"target_variant": "TargetVariant", "inference_component": "InferenceComponentName"}
 _RETRYABLE_CODES = {"ThrottlingException", "Throttling", "ServiceUnavailable",
                     "InternalFailure", "ModelNotReadyException", "InternalDependencyException"}
 
@@ -124,7 +141,9 @@ class SageMakerBackend:
         try:
             out = self.client.invoke_endpoint(
                 EndpointName=self.options["endpoint_name"], ContentType="application/json",
-                Accept="application/json", Body=json.dumps(payload).encode("utf-8"))
+                Accept="application/json", Body=json.dumps(payload).encode("utf-8"),
+                **{param: self.options[k] for k, param in _ROUTING.items()
+                   if k in self.options})
             body = out["Body"]
             try:
                 raw = body.read(limit.max_bytes + 1)
@@ -175,10 +194,20 @@ class SageMakerBackend:
                         latency_s=time.perf_counter() - start)
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Response]:
+        """fn over the items, `concurrency` at a time; interrupted (Ctrl-C, SIGTERM), the
+        answers that had arrived go up with the Interrupted, the rest are not waited for."""
         if len(items) <= 1:
             return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=min(self.max_batch_size, len(items))) as pool:
-            return list(pool.map(fn, items))
+        pool = ThreadPoolExecutor(max_workers=min(self.max_batch_size, len(items)))
+        futures = [pool.submit(fn, x) for x in items]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt as exc:
+            arrived = {i: f.result() for i, f in enumerate(futures)
+                       if f.done() and not f.cancelled() and f.exception() is None}
+            raise Interrupted.of(exc, arrived) from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         return self._map(self._generate_one, requests)
@@ -199,7 +228,8 @@ class SageMakerBackend:
 
     def fingerprint(self) -> str:
         ident = [self.model, self.options["endpoint_name"], self.options["region"],
-                 self.options.get("chat_template"), self._jinja]
+                 self.options.get("target_variant"), self.options.get("inference_component"),
+                 self.options.get("deployment"), self.options.get("chat_template"), self._jinja]
         return "sagemaker:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:

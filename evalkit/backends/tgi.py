@@ -35,6 +35,7 @@ from evalkit.backends.http import (
     excerpt,
     read_json,
 )
+from evalkit.backends.identity import IDENTITY_OPTIONS, server_identity
 from evalkit.redact import redact
 from evalkit.templates import chat_template_source
 from evalkit.types import (
@@ -48,7 +49,10 @@ from evalkit.types import (
 )
 
 OPTIONS: dict[str, type] = {**HTTP_OPTIONS, "tokenizer": str, "context_window": int,
-                            "stream": bool, "chat_template": str}
+                            "stream": bool, "chat_template": str, **IDENTITY_OPTIONS}
+# /info's fields that tell one deployment from another (not its load settings)
+_INFO_IDENTITY = ("model_id", "model_sha", "model_dtype", "model_device_type",
+                  "model_pipeline_tag", "version", "sha", "docker_label")
 _RETRYABLE_STREAM_ERRORS = {"overloaded", "incomplete_generation"}
 MAX_STREAM_EVENTS = 1_000_000  # far above any max_new_tokens: a guard, not a limit
 
@@ -308,9 +312,11 @@ class TgiBackend:
                                    for r, (text, n) in zip(requests, scored, strict=True)])
 
     def fingerprint(self) -> str:
-        info = self.info()
-        ident = [self.model, info.get("model_id"), info.get("model_sha"),
-                 self.options.get("chat_template"), self._jinja]
+        def about() -> dict[str, Any]:
+            return {k: self.info()[k] for k in _INFO_IDENTITY if k in self.info()}
+
+        ident = [self.model, self.options.get("chat_template"), self._jinja,
+                 server_identity(self.options, about)]
         return "tgi:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from evalkit.backends import check_options, register_backend
 from evalkit.backends.hf_common import HFCounter, check_torchvision, model_name, token_pairs
+from evalkit.backends.identity import weights_identity
 from evalkit.convert import cached_hf_folder
 from evalkit.models import resolve_gguf
 from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
@@ -176,8 +177,7 @@ class VLLMBackend:
         return responses
 
     def fingerprint(self) -> str:
-        st = (self.folder / "config.json").stat()
-        ident = json.dumps([self.folder.name, st.st_size, int(st.st_mtime),
+        ident = json.dumps([weights_identity(self.folder), self._vllm.__version__,
                             {k: self.options[k] for k in _ANSWER_OPTIONS if k in self.options}],
                            sort_keys=True, default=str)
         return "vllm:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
