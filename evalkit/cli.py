@@ -1,12 +1,15 @@
 """The `evalkit` command: a thin shell over the Python API (same names).
 
 Bad input is one line on stderr and exit code 2; a run that ends with errored samples
-exits 3; Ctrl-C keeps every finished sample and says how to resume (exit 130).
+exits 3; Ctrl-C, SIGTERM and SIGHUP keep every answer that arrived and say how to resume
+(exit 128 + the signal: 130, 143, 129).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import statistics
 import sys
 from collections import defaultdict
@@ -27,8 +30,8 @@ from evalkit.config import (
 from evalkit.generators import get_task, task_names
 from evalkit.generators.importers import detect_longeval_kind
 from evalkit.models import ALIASES, model_label
-from evalkit.report.tables import format_table
-from evalkit.types import EvalkitError, SummaryRow
+from evalkit.report.tables import counted, format_table
+from evalkit.types import EvalkitError, Interrupted, SummaryRow
 
 
 def _untyped_flags(params: list[Any]) -> list[Any]:
@@ -60,7 +63,8 @@ app = typer.Typer(cls=_Group, add_completion=False, pretty_exceptions_enable=Fal
 
 # Exit codes: 0 done; 1 a regression (gate) or an internal error; 2 bad input or a fault
 # that stopped the command (one line on stderr says what to do); 3 a run that finished
-# partial (some samples errored: rerun to retry them); 130 interrupted (Ctrl-C).
+# partial (some samples errored: rerun to retry them); 128 + the signal when interrupted:
+# 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (the same command resumes).
 EXIT_BAD_INPUT = 2
 EXIT_PARTIAL = 3
 
@@ -154,10 +158,8 @@ def run(
         run_out = out / store.safe_name(label) if out is not None and len(specs) > 1 else out
         try:
             result = runner.run(spec, out=run_out, results_root=results, progress=progress)
-        except KeyboardInterrupt:
-            _err("\ninterrupted: every finished sample is saved; run the same command again "
-                 "to resume")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(_interrupted(exc)) from None
         s = result.summary
         results_rows.extend(s.rows)
         typer.echo(format_table(s.rows))
@@ -165,7 +167,7 @@ def run(
                    + (f", {s.n_errors} with errors (rerun to retry them)" if s.n_errors else "")
                    + f"; results in {result.run_dir}")
         for message, count in _errors(result.run_dir):
-            _err(f"error ({count} samples): {message}")
+            _err(f"error ({counted(count, 'sample')}): {message}")
         if s.status != "complete":
             partial.append(f"{label}: {s.n_samples - s.n_done} of {s.n_samples}")
     if len(specs) > 1:
@@ -424,19 +426,46 @@ def convert_gguf(
     typer.echo(str(convert(resolve_gguf(gguf), out_dir)))
 
 
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Say that the command was interrupted, and by what; its exit code (128 + signal)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        _err(f"\ninterrupted ({name}): every finished sample is saved; run the same command "
+             "again to resume")
+    return 128 + int(signum)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def handle_signals() -> None:
+    """SIGTERM (timeout, docker stop, Kubernetes, Slurm, a CI cancel) and SIGHUP (the
+    terminal closed) stop a run as Ctrl-C does: the answers that arrived are recorded, the
+    session is recorded as interrupted, and the exit code is 128 + the signal (143, 129).
+    A signal that the parent set to be ignored stays ignored (nohup)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _raise_interrupted)
+
+
 def main() -> None:
     """The console script: every failure is one line on stderr and an exit code, never a
     traceback (EVALKIT_DEBUG=1 shows the traceback of an internal error)."""
     import os
 
+    handle_signals()
     try:
         app()
     except EvalkitError as exc:
         _err(f"error: {exc}")
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        _err("\ninterrupted: every finished sample is saved; run the same command again to resume")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(_interrupted(exc))
     except OSError as exc:  # disk full, permission denied, a vanished file: say which
         where = f" ({exc.filename})" if exc.filename else ""
         _err(f"error: {exc.strerror or exc}{where}: fix that and run the same command again")

@@ -56,7 +56,7 @@ from evalkit.analysis import (
     records_frame,
     row_info,
 )
-from evalkit.report.tables import fmt_length
+from evalkit.report.tables import counted, fmt_length
 from evalkit.scoring import interval_se
 from evalkit.types import EvalkitError, MetricKind, SummaryRow
 
@@ -377,7 +377,7 @@ def _verdict(cell: Cell) -> Verdict:
     if b is None:
         return make("missing", "the candidate has no such cell")
     if b.n_errors:
-        return make("errors", f"{b.n_errors} of {b.n + b.n_errors} samples errored")
+        return make("errors", f"{b.n_errors} of {counted(b.n + b.n_errors, 'sample')} errored")
     if not a.n or not _finite(a.value):
         return make("untested", "the baseline has no scored value here")
     if not b.n or not _finite(b.value):

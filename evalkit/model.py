@@ -9,7 +9,13 @@
   carries one shared line, and the next run retries them;
 - the response cache (`ResponseCache`): a successful answer is kept on disk under its
   request's cache key, so that a re-run of the same prompts on the same backend costs
-  nothing; `--no-cache` (or `cache: false`) bypasses it;
+  nothing. "The same backend" is the backend's fingerprint: the model's identity and
+  everything that changes its answers, a server's address and what it says about itself
+  included (each backend's `fingerprint`), so that the cache never answers for another
+  server or a redeployed one. A cached answer is marked (`Response.cached`);
+  `--no-cache` (or `cache: false`) bypasses the cache;
+- interrupts (Ctrl-C, SIGTERM, SIGHUP): the answers that had arrived are cached and
+  carried up on the `Interrupted` exception, so that the runner records them;
 - continuation tokenization for loglikelihood (`split_continuation`), lm-eval's way, so
   that every backend scores the same tokens (the in-process ones and vllm/openai are fed
   those ids; TGI and SageMaker take text only: the whole text is sent and its last as many
@@ -22,6 +28,7 @@ Backends keep their engine calls only (see evalkit.types.Backend).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,6 +46,7 @@ from evalkit.types import (
     Backend,
     Capabilities,
     EvalkitError,
+    Interrupted,
     Request,
     RequestKind,
     Response,
@@ -347,7 +355,7 @@ class ResponseCache:
         if not fresh:
             return
         for k, r in fresh:
-            entries[k] = dataclasses.replace(r, retryable=False, retry_after_s=None)
+            entries[k] = dataclasses.replace(r, retryable=False, retry_after_s=None, cached=False)
         if self._broken:
             return
         lines = b"".join(json.dumps({"v": CACHE_VERSION, "key": k,
@@ -528,8 +536,9 @@ class Model:
         for kind, call in (("generate", self.generate), ("loglikelihood", self.loglikelihood)):
             idx = [i for i, r in enumerate(requests) if r.kind == kind]
             if idx:
-                for i, resp in zip(idx, call([requests[i] for i in idx]), strict=True):
-                    out[i] = resp
+                with _passing_answers(out, idx):
+                    for i, resp in zip(idx, call([requests[i] for i in idx]), strict=True):
+                        out[i] = resp
         missing = [requests[i].kind for i, r in enumerate(out) if r is None]
         if missing:
             raise EvalkitError(f"unknown request kind {missing[0]!r}: generate or loglikelihood")
@@ -596,7 +605,7 @@ class Model:
                 if hit is None:
                     misses.append(i)
                 else:
-                    out[i] = hit
+                    out[i] = dataclasses.replace(hit, cached=True)
         ready = {i: prepare(requests[i]) if prepare else requests[i] for i in misses}
         if prepare is not None:
             # longest contexts first, as lm-eval orders them: a batch's rows are about one
@@ -606,7 +615,16 @@ class Model:
                                        ready[i].context_tokens or ()))
         for batch in chunks(misses, self.max_batch_size):
             todo = [ready[i] for i in batch]
-            answers = self._with_retries(call, todo)
+            try:
+                answers = self._with_retries(call, todo)
+            except Interrupted as exc:  # keep what had arrived, then pass the interrupt on
+                answers_in = {batch[j]: resp for j, resp in exc.answered.items()}
+                if self.cache is not None:
+                    self.cache.put(self.fingerprint(),
+                                   [(keys[i], r) for i, r in answers_in.items()])
+                raise Interrupted.of(exc, {**_final(out), **answers_in}) from None
+            except KeyboardInterrupt as exc:
+                raise Interrupted.of(exc, _final(out)) from None
             for i, resp in zip(batch, answers, strict=True):
                 out[i] = resp
             if self.cache is not None:
@@ -641,7 +659,12 @@ class Model:
             elapsed = time.monotonic() - start
             sent = [dataclasses.replace(requests[i], time_left_s=policy.time_left_s(elapsed))
                     for i in pending]
-            answers = self._send(call, sent)
+            try:
+                answers = self._send(call, sent)
+            except KeyboardInterrupt as exc:  # the answers that arrived are final ones
+                arrived = {pending[j]: r for j, r in getattr(exc, "answered", {}).items()
+                           if r.error is None}
+                raise Interrupted.of(exc, {**_final(out), **arrived}) from None
             elapsed = time.monotonic() - start
             again: list[tuple[int, float, Response]] = []
             for i, resp in zip(pending, answers, strict=True):
@@ -672,7 +695,10 @@ class Model:
                          f"({requests[i].sample_id}) failed: {resp.error}; attempt "
                          f"{attempt[i]}/{policy.attempts}, retrying in {wait:.2g} s")
             if pending:
-                self._sleep(wait)
+                try:
+                    self._sleep(wait)
+                except KeyboardInterrupt as exc:
+                    raise Interrupted.of(exc, _final(out)) from None
         return [r if r is not None else Response(error="not run") for r in out]
 
     def _gave_up(self, resp: Response, attempt: int) -> Response:
@@ -682,6 +708,22 @@ class Model:
         if self.health is not None:
             message = self.health.failed(message)
         return dataclasses.replace(resp, error=message, retryable=True)
+
+
+def _final(out: Sequence[Response | None]) -> dict[int, Response]:
+    """The successful answers among `out`, by index (what an interrupt carries up)."""
+    return {i: r for i, r in enumerate(out) if r is not None and r.error is None}
+
+
+@contextlib.contextmanager
+def _passing_answers(out: list[Response | None], idx: Sequence[int]) -> Iterator[None]:
+    """Re-raise an interrupt of a call over the requests `idx` (of `out`'s) with the
+    answers it carried placed at their indices in `out`, beside those `out` holds."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        arrived = {idx[j]: r for j, r in getattr(exc, "answered", {}).items()}
+        raise Interrupted.of(exc, {**_final(out), **arrived}) from None
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:

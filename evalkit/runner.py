@@ -3,10 +3,12 @@
 A run is a RunSpec. Its samples are regenerated deterministically on every start, so that
 resuming needs nothing but samples.jsonl: the ids already recorded (without error) are
 skipped, the rest run, and each batch's records are fsynced before the next batch starts.
-A crash or Ctrl-C loses at most the batch in flight. Leaderboard tasks (evalkit.leaderboard)
-are run by lm-eval, which scores a task (an MMLU subject) as a whole: their records are
-appended per task, and a task cut short replays the answers it had from the response cache
-(with the cache off, it is asked again). Retries, the response cache and continuation
+Ctrl-C, SIGTERM or SIGHUP lose no answer that arrived (the answers of a batch cut short
+are recorded, evalkit.types.Interrupted); a crash (kill -9) loses at most the batch in
+flight. Leaderboard tasks (evalkit.leaderboard) are run by lm-eval, which scores a task (an
+MMLU subject) as a whole: their records are appended per task, and a task cut short
+replays the answers it had from the response cache (with the cache off, it is asked
+again). Retries, the response cache and continuation
 tokens are the Model's (evalkit/model.py).
 """
 
@@ -39,6 +41,7 @@ from evalkit.tokenizers import get_counter
 from evalkit.types import (
     Backend,
     EvalkitError,
+    Interrupted,
     Record,
     Request,
     RequestKind,
@@ -441,16 +444,29 @@ def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
             batch = [spool.get(p.where) for p in todo[start:start + size]]
             rendered = [templates[s.task].render(s.prompt) for s in batch]
             requests = [request_for(s, p, spec) for s, p in zip(batch, rendered, strict=True)]
-            responses = model.run(requests)
-            store.append_records(run_dir, [
-                _record(s, p, r, label, model.cache_key(req))
-                for s, p, r, req in zip(batch, rendered, responses, requests, strict=True)])
+            try:
+                responses: Sequence[Response | None] = model.run(requests)
+            except Interrupted as exc:  # record the answers that arrived, then stop
+                responses = [exc.answered.get(i) for i in range(len(batch))]
+                _append(run_dir, model, label, batch, rendered, responses, requests)
+                raise
+            _append(run_dir, model, label, batch, rendered, responses, requests)
             if bar is not None:
                 bar.update(len(batch))
                 bar.set_postfix_str(batch[-1].task)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _append(run_dir: Path, model: Model, label: str, batch: Sequence[Sample],
+            rendered: Sequence[str], responses: Sequence[Response | None],
+            requests: Sequence[Request]) -> None:
+    """Append the records of a batch's answers (None: not answered, not recorded)."""
+    store.append_records(run_dir, [
+        _record(s, p, r, label, model.cache_key(req))
+        for s, p, r, req in zip(batch, rendered, responses, requests, strict=True)
+        if r is not None])
 
 
 def request_for(sample: Sample, rendered: str, spec: RunSpec) -> Request:

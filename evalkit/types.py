@@ -29,6 +29,27 @@ class Unsupported(EvalkitError):
     """A backend cannot do what was asked (for example loglikelihood over a chat-only API)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """The work was stopped by a signal: Ctrl-C (SIGINT), SIGTERM (timeout, docker stop,
+    Kubernetes, Slurm, a CI cancel) or SIGHUP (the terminal closed). The CLI exits with
+    128 + the signal's number (130, 143, 129).
+
+    `answered` holds the answers that had arrived when it came, by the index of their
+    request in the interrupted call; each layer that passes it on re-indexes them for its
+    own caller, so that the runner can record them (an answer that arrived is never lost)."""
+
+    def __init__(self, signum: int = 2, answered: Mapping[int, Response] | None = None) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.answered: dict[int, Response] = dict(answered or {})
+
+    @classmethod
+    def of(cls, exc: BaseException, answered: Mapping[int, Response]) -> Interrupted:
+        """`exc` (a KeyboardInterrupt or an Interrupted) with `answered` in place of the
+        answers it carried."""
+        return cls(getattr(exc, "signum", 2), answered)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do, declared by the backend (see Backend.capabilities).

@@ -285,7 +285,11 @@ def test_a_rerun_of_the_same_prompts_asks_the_backend_nothing(
     second = run(spec, out=tmp_path / "second", progress=False, log=lambda m: None)
     second_s = time.perf_counter() - start
     assert calls.n == 18  # zero backend calls
-    assert _records(tmp_path / "first") == _records(tmp_path / "second")
+    first_records, second_records = _records(tmp_path / "first"), _records(tmp_path / "second")
+    # the same records, but that each answer of the second says it came from the cache
+    assert [r["response"].pop("cached") for r in first_records] == [False] * 18
+    assert [r["response"].pop("cached") for r in second_records] == [True] * 18
+    assert first_records == second_records
     assert first.summary.rows == second.summary.rows
     with capsys.disabled():
         print(f"\n[cache] first run {first_s:.2f} s, cached re-run {second_s:.2f} s "

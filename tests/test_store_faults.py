@@ -540,7 +540,7 @@ def test_index_reports_the_good_runs_and_lists_the_bad_ones(
     assert str(bad_run / store.RUN_JSON) + ": the file should be a JSON object" in err
     html = (tmp_path / "idx" / "index.html").read_text()
     assert html.count('href="runs/') == 1 and 'href="runs/2026-01-01_good/' in html
-    assert f"1 runs under {results}" in html and "Runs that could not be read (2)" in html
+    assert f"1 run under {results}" in html and "Runs that could not be read (2)" in html
     assert "2026-01-02_badline" in html and "line 4: not a JSON record" in html
     assert (tmp_path / "idx" / "runs" / "2026-01-01_good" / "index.html").is_file()
     assert not (tmp_path / "idx" / "runs" / "2026-01-02_badline").exists()

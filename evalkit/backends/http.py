@@ -71,7 +71,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from evalkit.backends import check_options
@@ -83,7 +83,7 @@ from evalkit.model import (
     retry_call,
 )
 from evalkit.redact import MASK, is_secret_key, redact_text, redact_url
-from evalkit.types import EvalkitError, Response
+from evalkit.types import EvalkitError, Interrupted, Response
 
 T = TypeVar("T")
 Notify = Callable[[str], None]
@@ -460,10 +460,25 @@ class HttpClient:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def run_all(self, coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
-        async def gather() -> list[T]:
-            return list(await asyncio.gather(*coros))
+        """Run the coroutines concurrently; their results in order. Interrupted (Ctrl-C,
+        SIGTERM) while waiting, it cancels what is still in flight and raises Interrupted
+        with the results that had arrived (by index), so that no answer is lost."""
+        done: dict[int, T] = {}
 
-        return self.run(gather())
+        async def one(i: int, coro: Coroutine[Any, Any, T]) -> None:
+            done[i] = await coro
+
+        async def gather() -> list[T]:
+            await asyncio.gather(*(one(i, c) for i, c in enumerate(coros)))
+            return [done[i] for i in range(len(coros))]
+
+        future = asyncio.run_coroutine_threadsafe(gather(), self._loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt as exc:
+            future.cancel()
+            # dict(): one step under the GIL; the results are Responses where it matters
+            raise Interrupted.of(exc, cast("dict[int, Response]", dict(done))) from None
 
     def get_json(self, path: str, metadata: bool = True) -> Any:
         """GET; a metadata call (the default) has METADATA_TIMEOUT_S in all."""

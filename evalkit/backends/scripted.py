@@ -20,7 +20,15 @@ from typing import Any
 
 from evalkit.backends import check_options, register_backend
 from evalkit.tokenizers import WhitespaceCounter
-from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
+from evalkit.types import (
+    Backend,
+    Capabilities,
+    EvalkitError,
+    Interrupted,
+    Request,
+    Response,
+    TokenCounter,
+)
 
 OPTIONS: dict[str, type] = {"reply": str, "delay_s": float, "fail_every": int,
                             "context_window": int, "loglikelihood": str}
@@ -76,15 +84,18 @@ class ScriptedBackend:
         return bool(every) and self._calls % every == 0
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
-        out = []
-        for req in requests:
-            if self._fails():
-                out.append(Response(error="scripted failure", retryable=True))
-                continue
-            text = self._answer(req.prompt)
-            out.append(Response(text=text, input_tokens=len(req.prompt.split()) + 1,
-                                output_tokens=len(text.split()),
-                                latency_s=float(self.options.get("delay_s", 0.0))))
+        out: list[Response] = []
+        try:
+            for req in requests:
+                if self._fails():
+                    out.append(Response(error="scripted failure", retryable=True))
+                    continue
+                text = self._answer(req.prompt)
+                out.append(Response(text=text, input_tokens=len(req.prompt.split()) + 1,
+                                    output_tokens=len(text.split()),
+                                    latency_s=float(self.options.get("delay_s", 0.0))))
+        except KeyboardInterrupt as exc:  # as an engine that answers one at a time would
+            raise Interrupted.of(exc, dict(enumerate(out))) from None
         return out
 
     def loglikelihood(self, requests: Sequence[Request]) -> list[Response]:

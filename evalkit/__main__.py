@@ -1,0 +1,32 @@
+"""The `evalkit` console script (and `python -m evalkit`).
+
+SIGTERM and SIGHUP are taken over first, before the second the imports take: a signal then
+ends the process at once with its exit code (nothing has begun, nothing is lost), and once
+the command runs, it stops the command as Ctrl-C does (evalkit.cli.handle_signals)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+
+def _before_start(signum: int, frame: object) -> None:
+    # an exception raised here could land in a finalizer and be ignored: exit at once
+    with contextlib.suppress(OSError):
+        os.write(2, f"interrupted ({signal.Signals(signum).name}) before the command "
+                    "began\n".encode())
+    os._exit(128 + signum)
+
+
+def main() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _before_start)
+    from evalkit.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

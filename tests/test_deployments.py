@@ -1,0 +1,287 @@
+"""evalkit against real deployments: the response cache answers only for the server (and
+deployment) that gave the answers, a server serving another model is refused, and
+SIGTERM / SIGHUP stop a run as Ctrl-C does, losing no answer that arrived.
+
+The servers are FakeOpenAI (vLLM's schemas, tests/fakeopenai.py) in this process; the
+signal tests run evalkit as its own process, as a user, timeout, docker or Slurm starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fakeopenai import FakeOpenAI
+
+from evalkit import store
+from evalkit.config import build_spec
+from evalkit.runner import run
+from evalkit.types import EvalkitError
+
+pytest.importorskip("httpx")
+
+
+def _spec(url: str, samples: int = 4, **options: Any) -> Any:
+    return build_spec({"model": "tiny", "backend": "openai", "lengths": [200],
+                       "samples": samples, "tasks": ["passkey"],
+                       "backend_options": {"base_url": url, **options}})
+
+
+def _run(spec: Any, out: Path, cache: Path) -> list[dict[str, Any]]:
+    run(spec, out=out, progress=False, log=lambda m: None, cache_dir=cache)
+    return [json.loads(x) for x in (out / store.SAMPLES).read_text().splitlines()]
+
+
+def test_the_cache_never_answers_for_another_server(tmp_path: Path) -> None:
+    """Two servers under one model name (fp16 and fp8, vLLM and TGI, before and after a
+    fix): the second is asked every prompt, and its own answers are recorded."""
+    cache = tmp_path / "cache"
+    with FakeOpenAI() as first, FakeOpenAI(wrong=True) as second:
+        a = _run(_spec(first.url), tmp_path / "a", cache)
+        b = _run(_spec(second.url), tmp_path / "b", cache)
+        assert first.asked == 4 and second.asked == 4
+        assert [r["response"]["cached"] for r in a + b] == [False] * 8
+        assert sum(r["scores"]["accuracy"] for r in a) == 4
+        assert sum(r["scores"]["accuracy"] for r in b) == 0  # its own (wrong) answers
+        # the same server again: every answer from the cache, marked so
+        again = _run(_spec(first.url), tmp_path / "a2", cache)
+        assert first.asked == 4 and [r["response"]["cached"] for r in again] == [True] * 4
+
+
+def test_two_llama_cpp_servers_of_one_model_name_each_answer_their_run(tmp_path: Path) -> None:
+    """The real engine: two llama.cpp servers serving SmolLM2 under one name. The second
+    is asked every prompt (its own log shows the completions), not only GET /v1/models."""
+    from servers import llama_server, require
+
+    require("llama_cpp", "'evalkit[llamacpp]'")
+    from evalkit.models import resolve_gguf
+
+    cache, smol = tmp_path / "cache", resolve_gguf("smollm2-135m")
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    with llama_server(smol, logs[0], n_ctx=1024) as first, \
+            llama_server(smol, logs[1], n_ctx=1024) as second:
+        for url, out in ((first, "a"), (second, "b")):
+            records = _run(build_spec({
+                "model": "smollm2-135m", "backend": "openai", "lengths": [256], "samples": 2,
+                "tasks": ["passkey"], "backend_options": {"base_url": f"{url}/v1"}}),
+                tmp_path / out, cache)
+            assert [r["response"]["cached"] for r in records] == [False, False]
+    asked = [log.read_text().count("POST /v1/completions") for log in logs]
+    assert asked == [2, 2], asked
+
+
+def test_a_redeployed_server_is_asked_again(tmp_path: Path) -> None:
+    """Same address, same model name, another deployment (it says another root, another
+    version): nothing of the old deployment's answers is reused."""
+    cache = tmp_path / "cache"
+    with FakeOpenAI(root="/models/tiny-fp16") as before:
+        _run(_spec(before.url), tmp_path / "a", cache)
+        port = before.port
+    with FakeOpenAI(root="/models/tiny-fp8", port=port) as after:
+        records = _run(_spec(after.url), tmp_path / "b", cache)
+        assert after.asked == 4 and not any(r["response"]["cached"] for r in records)
+    with FakeOpenAI(root="/models/tiny-fp8", version="0.12.0", port=port) as upgraded:
+        _run(_spec(upgraded.url), tmp_path / "c", cache)
+        assert upgraded.asked == 4
+    # what the server does not report: the user's deployment label
+    with FakeOpenAI(root="/models/tiny-fp8", version="0.12.0", port=port) as relabelled:
+        _run(_spec(relabelled.url, deployment="kv-fp8"), tmp_path / "d", cache)
+        assert relabelled.asked == 4
+        _run(_spec(relabelled.url, deployment="kv-fp8"), tmp_path / "e", cache)
+        assert relabelled.asked == 4  # the same deployment: answered from the cache
+
+
+def test_interchangeable_servers_share_their_answers(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with FakeOpenAI() as first, FakeOpenAI() as replica:
+        _run(_spec(first.url, interchangeable=True), tmp_path / "a", cache)
+        records = _run(_spec(replica.url, interchangeable=True), tmp_path / "b", cache)
+        assert (first.asked, replica.asked) == (4, 0)
+        assert all(r["response"]["cached"] for r in records)
+
+
+def test_one_url_spelled_two_ways_is_one_server() -> None:
+    from evalkit.backends.identity import server_address
+
+    same = {server_address(u) for u in ("http://LocalHost:80/v1/", "http://localhost/v1",
+                                         "HTTP://localhost", "http://localhost/?api_key=s3cret")}
+    assert same == {"http://localhost:80"}
+    assert server_address("https://h/openai?api-version=2024-06-01&api_key=zz") == (
+        "https://h:443/openai?[('api-version', '2024-06-01')]")
+
+
+def test_a_server_serving_another_model_is_refused(tmp_path: Path) -> None:
+    with FakeOpenAI(served_id="totally-different-model") as server:
+        with pytest.raises(EvalkitError, match="serves totally-different-model, not 'tiny'.*"
+                                               "allow_model_mismatch"):
+            run(_spec(server.url), out=tmp_path / "r", progress=False, log=lambda m: None,
+                cache_dir=tmp_path / "cache")
+        assert server.asked == 0 and not (tmp_path / "r").exists()
+        # confirmed: it runs, and run.json names both
+        run(_spec(server.url, allow_model_mismatch=True), out=tmp_path / "r", progress=False,
+            log=lambda m: None, cache_dir=tmp_path / "cache")
+        backend = json.loads((tmp_path / "r" / store.RUN_JSON).read_text())["backend"]
+        assert (backend["api_model"], backend["served_model"]) == (
+            "tiny", "totally-different-model")
+        assert backend["server"]["/v1/models"]["root"] == "/models/tiny"
+
+
+# -- signals: real processes ---------------------------------------------------------------
+
+def _config(tmp_path: Path, url: str, samples: int, concurrency: int) -> Path:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": "tiny", "backend": "openai", "lengths": [200], "samples": samples,
+        "tasks": ["passkey"], "backend_options": {"base_url": url, "concurrency": concurrency}}))
+    return cfg
+
+
+def _start(cfg: Path, out: Path, cache: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "EVALKIT_CACHE_DIR": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "evalkit", "run", str(cfg), "--out",
+                             str(out), "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _records(out: Path) -> list[dict[str, Any]]:
+    path = out / store.SAMPLES
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_keeps_the_answers_that_arrived(tmp_path: Path, sig: int) -> None:
+    """One batch of 8 in flight: 4 answered at once, 4 slow. SIGTERM (or SIGHUP) after the
+    fast ones arrived: they are recorded, the session says interrupted, one line, exit
+    128 + the signal; the next run asks only for the other 4."""
+    arrived: list[str] = []
+
+    def delay_s(prompt: str) -> float:
+        arrived.append(prompt)  # one at a time under the GIL
+        return 0.0 if len(arrived) <= 4 else 60.0
+
+    with FakeOpenAI(delay_s=delay_s) as server:
+        cfg = _config(tmp_path, server.url, samples=8, concurrency=8)
+        out, cache = tmp_path / "r", tmp_path / "cache"
+        proc = _start(cfg, out, cache)
+        deadline = time.monotonic() + 60
+        while server.answered < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fast = server.answered
+        assert fast == 4, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + sig, stderr
+        name = signal.Signals(sig).name
+        lines = [x for x in stderr.splitlines() if x.strip()]
+        assert lines[-1].startswith(f"interrupted ({name}): every finished sample is saved")
+        assert "Traceback" not in stderr
+        records = _records(out)
+        assert len(records) == fast and all(r["scores"]["accuracy"] == 1 for r in records)
+        assert [s["ended"] for s in store.read_sessions(out)] == ["interrupted"]
+
+        server.delay_s = lambda p: 0.0
+        asked = server.asked
+        resumed = _start(cfg, out, cache)
+        _, stderr = resumed.communicate(timeout=60)
+        assert resumed.returncode == 0, stderr
+        assert server.asked - asked == 8 - fast  # only the samples not recorded
+        ids = [r["sample"]["id"] for r in _records(out)]
+        assert len(ids) == len(set(ids)) == 8
+
+
+def test_signals_at_random_moments_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    """20 SIGTERMs and SIGHUPs at random moments of a run (planning, model start, requests
+    in flight, appends): every interrupted process exits 143 or 129 with one line, and
+    the resumed run is the uninterrupted run, sample for sample."""
+    rng = random.Random(7)
+    samples = 48
+    with FakeOpenAI(delay_s=lambda p: 0.03) as server:
+        cfg = _config(tmp_path, server.url, samples=samples, concurrency=4)
+        out, cache = tmp_path / "r", tmp_path / "cache"
+        signals = codes = 0
+        while signals < 20:
+            proc = _start(cfg, out, cache)
+            time.sleep(rng.uniform(0.3, 2.5))
+            sig = rng.choice([signal.SIGTERM, signal.SIGHUP])
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                signals += 1
+            _, stderr = proc.communicate(timeout=60)
+            assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+            assert proc.returncode in (0, 128 + sig), stderr
+            codes += proc.returncode == 128 + sig
+            ids = [r["sample"]["id"] for r in _records(out)]
+            assert len(ids) == len(set(ids)), "a sample was recorded twice"
+            if proc.returncode == 0:  # finished before the signal: start over
+                assert len(ids) == samples
+                os.rename(out, tmp_path / f"done{signals}")
+        assert codes >= 10  # most signals landed mid-run
+        finish = _start(cfg, out, cache)
+        _, stderr = finish.communicate(timeout=60)
+        assert finish.returncode == 0, stderr
+
+        clean = tmp_path / "clean"
+        whole = _start(cfg, clean, tmp_path / "cache-clean")
+        whole.communicate(timeout=60)
+        assert whole.returncode == 0
+    got, want = _records(out), _records(clean)
+    assert sorted(r["sample"]["id"] for r in got) == sorted(r["sample"]["id"] for r in want)
+    assert len(got) == samples
+    a, b = (json.loads((d / store.SUMMARY).read_text()) for d in (out, clean))
+    for key in ("status", "rows", "n_samples", "n_done", "n_errors"):
+        assert a[key] == b[key]
+
+
+# -- in-process engines: the weights by their content ---------------------------------------
+
+def test_weights_are_known_by_their_content_not_their_name_or_time(tmp_path: Path) -> None:
+    from evalkit.backends.identity import EDGE_BYTES, weights_identity
+
+    data = bytes(random.Random(0).randrange(256) for _ in range(3 * EDGE_BYTES))
+    a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    os.utime(b, (1, 1))  # a copy made elsewhere: another time, the same weights
+    assert weights_identity(a) == weights_identity(b)
+    b.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # its last tensor fine-tuned
+    assert weights_identity(a) != weights_identity(b)
+    b.write_bytes(bytes([data[0] ^ 1]) + data[1:])  # its header: another quantization
+    assert weights_identity(a) != weights_identity(b)
+    # an HF folder: every weight file and config.json / generation_config.json whole
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(data)
+    (folder / "config.json").write_text('{"rope_theta": 10000}')
+    before = weights_identity(folder)
+    (folder / "generation_config.json").write_text('{"repetition_penalty": 1.1}')
+    assert set(weights_identity(folder)) == {"model.safetensors", "config.json",
+                                               "generation_config.json"}
+    assert weights_identity(folder) != before
+
+
+def test_llamacpp_knows_its_file_by_content_and_its_engine(tmp_path: Path) -> None:
+    """A copy of the GGUF under another name and time answers as the original; options
+    that change the sums (flash attention) and the engine version are in the key."""
+    pytest.importorskip("llama_cpp")
+    from evalkit.backends import make_backend
+    from evalkit.models import resolve_gguf
+
+    original = resolve_gguf("smollm2-135m")
+    copy = tmp_path / "renamed.gguf"
+    copy.symlink_to(original)
+    be = make_backend("llamacpp", str(original), {})
+    assert make_backend("llamacpp", str(copy), {}).fingerprint() == be.fingerprint()
+    assert make_backend("llamacpp", str(original), {"flash_attn": True}).fingerprint() != (
+        be.fingerprint())
+    assert make_backend("llamacpp", "gemma3-270m", {}).fingerprint() != be.fingerprint()
