@@ -18,57 +18,31 @@ answered (`answered`), to show which server answered a run.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import threading
 import time
 import zlib
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from localserver import LocalServer
 
 _PASSKEY = re.compile(r"The pass key is (\d+)")
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalServer):
     def __init__(self, *, served_id: str = "tiny", root: str = "/models/tiny",
                  version: str = "0.11.0", window: int = 4096, wrong: bool = False,
                  delay_s: Callable[[str], float] = lambda prompt: 0.0,
                  port: int = 0) -> None:
+        super().__init__(port)
         self.served_id, self.root, self.version = served_id, root, version
         self.window, self.wrong, self.delay_s = window, wrong, delay_s
         self.asked = 0
         self.answered = 0
         self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake.get(self)
-
-            def do_POST(self) -> None:
-                n = int(self.headers.get("content-length") or 0)
-                fake.post(self, json.loads(self.rfile.read(n) or b"null"))
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeOpenAI:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     @staticmethod
     def token_ids(text: str) -> list[int]:
@@ -80,41 +54,33 @@ class FakeOpenAI:
             return " I do not know."
         return f" {int(key.group(1)) + 1 if self.wrong else key.group(1)}."
 
-    @staticmethod
-    def send(h: BaseHTTPRequestHandler, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("content-type", "application/json")
-        h.send_header("content-length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-
     def get(self, h: BaseHTTPRequestHandler) -> None:
         now = int(time.time())
         if h.path == "/v1/models":
-            self.send(h, 200, {"object": "list", "data": [{
+            self.send_json(h, 200, {"object": "list", "data": [{
                 "id": self.served_id, "object": "model", "created": now, "owned_by": "vllm",
                 "root": self.root, "parent": None, "max_model_len": self.window,
                 "permission": [{"id": f"modelperm-{secrets.token_hex(8)}", "created": now}]}]})
         elif h.path == "/version":
-            self.send(h, 200, {"version": self.version})
+            self.send_json(h, 200, {"version": self.version})
         else:
-            self.send(h, 404, {"detail": "Not Found"})
+            self.send_json(h, 404, {"detail": "Not Found"})
 
     def post(self, h: BaseHTTPRequestHandler, body: Any) -> None:
         if h.path == "/tokenize":
             if not isinstance(body, dict) or "prompt" not in body:
-                self.send(h, 400, {"object": "error", "message": "prompt: field required"})
+                self.send_json(h, 400, {"object": "error", "message": "prompt: field required"})
                 return
             ids = self.token_ids(str(body["prompt"]))
-            self.send(h, 200, {"count": len(ids), "max_model_len": self.window, "tokens": ids})
+            self.send_json(h, 200, {"count": len(ids), "max_model_len": self.window,
+                                    "tokens": ids})
         elif h.path == "/v1/completions":
             with self._lock:
                 self.asked += 1
             prompt = str(body.get("prompt", ""))
             time.sleep(self.delay_s(prompt))
             text = self.answer(prompt)
-            self.send(h, 200, {
+            self.send_json(h, 200, {
                 "id": f"cmpl-{secrets.token_hex(8)}", "object": "text_completion",
                 "created": int(time.time()), "model": self.served_id,
                 "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
@@ -124,4 +90,4 @@ class FakeOpenAI:
             with self._lock:
                 self.answered += 1
         else:
-            self.send(h, 404, {"detail": "Not Found"})
+            self.send_json(h, 404, {"detail": "Not Found"})

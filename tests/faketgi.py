@@ -23,8 +23,10 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from localserver import LocalServer
 
 GENERATE_PARAMETERS = {"best_of", "temperature", "repetition_penalty", "top_k", "top_p",
                        "typical_p", "do_sample", "max_new_tokens", "return_full_text", "stop",
@@ -37,10 +39,11 @@ def word_logprob(word: str) -> float:
     return -len(word) / 10
 
 
-class FakeTgi:
+class FakeTgi(LocalServer):
     def __init__(self, *, tokenize: bool = False, api_key: str | None = None,
                  max_input_length: int = 1024, max_total_tokens: int = 2048,
                  delay_s: float = 0.0, prefill: bool = True, final_text: bool = True) -> None:
+        super().__init__()
         self.tokenize = tokenize
         self.api_key = api_key
         self.max_input_length = max_input_length
@@ -53,32 +56,6 @@ class FakeTgi:
         self.max_inflight = 0
         self._inflight = 0
         self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake.get(self)
-
-            def do_POST(self) -> None:
-                fake.post(self)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeTgi:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     # -- the model -----------------------------------------------------------------------
     @staticmethod
@@ -102,18 +79,6 @@ class FakeTgi:
                 "validation_workers": 2, "version": "1.1.0", "sha": None, "docker_label": None}
 
     # -- HTTP ----------------------------------------------------------------------------
-    @staticmethod
-    def send_json(h: BaseHTTPRequestHandler, status: int, body: Any,
-                  headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
-
     def error(self, h: BaseHTTPRequestHandler, status: int, message: str, kind: str,
               headers: dict[str, str] | None = None) -> None:
         self.send_json(h, status, {"error": message, "error_type": kind}, headers)
@@ -125,8 +90,7 @@ class FakeTgi:
         else:
             self.send_json(h, 404, {})
 
-    def post(self, h: BaseHTTPRequestHandler) -> None:
-        body = json.loads(h.rfile.read(int(h.headers.get("Content-Length", 0))) or b"null")
+    def post(self, h: BaseHTTPRequestHandler, body: Any) -> None:
         self.requests.append((h.path, body))
         auth = h.headers.get("Authorization", "")
         if self.api_key is not None and auth != f"Bearer {self.api_key}":

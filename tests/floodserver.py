@@ -18,9 +18,11 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from localserver import LocalServer
 
 _PASSKEY = re.compile(r"The pass key is (\d+)")
 CHUNK_BYTES = 64 * 1024
@@ -61,8 +63,9 @@ def flood_line(n_bytes: int) -> Iterator[bytes]:
         yield b"a" * CHUNK_BYTES
 
 
-class FloodServer:
+class FloodServer(LocalServer):
     def __init__(self, served_id: str = "tiny", window: int = 4096) -> None:
+        super().__init__()
         self.served_id = served_id
         self.window = window
         self.script: list[tuple[Any, ...]] = []
@@ -71,33 +74,12 @@ class FloodServer:
         self.sent_bytes: list[int] = []  # per flood: the bytes written before the client left
         self.flood_finished: list[bool] = []
         self._lock = threading.Lock()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def get(self, h: BaseHTTPRequestHandler) -> None:
+        self.handle(h, None)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server.handle(self, None)
-
-            def do_POST(self) -> None:
-                n = int(self.headers.get("Content-Length", 0))
-                server.handle(self, json.loads(self.rfile.read(n) or b"null"))
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FloodServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def post(self, h: BaseHTTPRequestHandler, body: Any) -> None:
+        self.handle(h, body)
 
     def floods(self, n: int = 1, timeout_s: float = 20.0) -> list[int]:
         """The bytes each of the first `n` floods wrote, once they ended (the server sees a
@@ -108,21 +90,6 @@ class FloodServer:
         return self.sent_bytes[:n]
 
     # -- answers ---------------------------------------------------------------------------
-    @staticmethod
-    def send(h: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str,
-             headers: dict[str, str] | None = None) -> None:
-        h.send_response(status)
-        h.send_header("Content-Type", content_type)
-        h.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(body)
-
-    def send_json(self, h: BaseHTTPRequestHandler, status: int, body: Any,
-                  headers: dict[str, str] | None = None) -> None:
-        self.send(h, status, json.dumps(body).encode(), "application/json", headers)
-
     def flood(self, h: BaseHTTPRequestHandler, chunks: Iterator[bytes], content_type: str,
               length: int | None) -> None:
         """Send the chunks (with a Content-Length when given, else chunked) until done or

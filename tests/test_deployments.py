@@ -33,7 +33,7 @@ pytest.importorskip("httpx")
 def _spec(url: str, samples: int = 4, **options: Any) -> Any:
     return build_spec({"model": "tiny", "backend": "openai", "lengths": [200],
                        "samples": samples, "tasks": ["passkey"],
-                       "backend_options": {"base_url": url, **options}})
+                       "backend_options": {"base_url": f"{url}/v1", **options}})
 
 
 def _run(spec: Any, out: Path, cache: Path) -> list[dict[str, Any]]:
@@ -141,7 +141,8 @@ def _config(tmp_path: Path, url: str, samples: int, concurrency: int) -> Path:
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({
         "model": "tiny", "backend": "openai", "lengths": [200], "samples": samples,
-        "tasks": ["passkey"], "backend_options": {"base_url": url, "concurrency": concurrency}}))
+        "tasks": ["passkey"],
+        "backend_options": {"base_url": f"{url}/v1", "concurrency": concurrency}}))
     return cfg
 
 
