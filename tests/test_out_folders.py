@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from clirun import in_proc, one_line_error
 from typer.testing import CliRunner
 
 import evalkit.cli
@@ -28,28 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG: dict[str, Any] = {"name": "outs", "model": "scripted", "backend": "scripted",
                           "samples": 2, "lengths": [1000], "tasks": ["passkey"]}
 FOREIGN = "holds files evalkit did not write"
-
-
-def _evalkit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-             *args: Any) -> tuple[int, str, str]:
-    """`evalkit ARGS` in this process: exit code, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["evalkit", *map(str, args)])
-    try:
-        evalkit.cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _tree(folder: Path) -> dict[str, bytes | None]:
@@ -72,7 +50,7 @@ def cfg(tmp_path: Path) -> Path:
 
 def _run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cfg: Path,
          *args: Any) -> tuple[int, str, str]:
-    return _evalkit(capsys, monkeypatch, "run", cfg, "--no-progress", *args)
+    return in_proc(capsys, monkeypatch, "run", cfg, "--no-progress", *args)
 
 
 def _foreign(folder: Path, files: dict[str, str]) -> Path:
@@ -101,7 +79,7 @@ def test_run_refuses_another_tools_folder_before_writing(
     out = _foreign(tmp_path / "theirs", files)
     before = _tree(out)
     code, _, err = _run(capsys, monkeypatch, cfg, "--out", out)
-    _one_line_error(code, err, f"{out} {FOREIGN} {names}: pass an empty or new folder as --out")
+    one_line_error(code, err, f"{out} {FOREIGN} {names}: pass an empty or new folder as --out")
     assert _tree(out) == before  # no .lock, no probe, no run.json
 
 
@@ -135,12 +113,12 @@ def test_merge_refuses_another_tools_folder_and_a_run(
                                  "empty or new folder as --out"),
                         (a_run, "not an empty folder")):
         before = _tree(out)
-        code, _, err = _evalkit(capsys, monkeypatch, "merge", *shards, "--out", out)
-        _one_line_error(code, err, needle)
+        code, _, err = in_proc(capsys, monkeypatch, "merge", *shards, "--out", out)
+        one_line_error(code, err, needle)
         assert _tree(out) == before
     # an empty folder but for evalkit's leftovers is empty
     leftovers = _foreign(tmp_path / "leftovers", {".lock": "", ".probe-1-ab.tmp": ""})
-    code, stdout, err = _evalkit(capsys, monkeypatch, "merge", *shards, "--out", leftovers)
+    code, stdout, err = in_proc(capsys, monkeypatch, "merge", *shards, "--out", leftovers)
     assert code == 0, err
     assert "2/2 samples scored, from 2 shards" in stdout
     assert not (leftovers / ".probe-1-ab.tmp").exists()
@@ -165,8 +143,8 @@ def test_report_refuses_another_tools_folder_before_writing(
               "or an evalkit report's, as --out")
     for args in (("report", a_run), ("report", "--index", a_run.parent),
                  ("compare", a_run, a_run)):  # compare's plots would come first
-        code, _, err = _evalkit(capsys, monkeypatch, *args, "--out", site)
-        _one_line_error(code, err, needle)
+        code, _, err = in_proc(capsys, monkeypatch, *args, "--out", site)
+        one_line_error(code, err, needle)
         assert _tree(site) == before
 
 
@@ -175,17 +153,17 @@ def test_report_replaces_a_report_evalkit_made(
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "report"
     for _ in range(2):
-        code, _, err = _evalkit(capsys, monkeypatch, "report", a_run, "--out", out)
+        code, _, err = in_proc(capsys, monkeypatch, "report", a_run, "--out", out)
         assert code == 0, err
     assert (out / ".evalkit-report").is_file()
     (out / "notes.txt").write_text("a note beside the report")  # the report is still evalkit's
     (out / ".evalkit-report").unlink()  # a report made before the mark: known by its page
-    code, _, err = _evalkit(capsys, monkeypatch, "report", a_run, "--out", out)
+    code, _, err = in_proc(capsys, monkeypatch, "report", a_run, "--out", out)
     assert code == 0, err
     assert (out / "notes.txt").read_text() == "a note beside the report"
     index = tmp_path / "index"
     for _ in range(2):
-        code, _, err = _evalkit(capsys, monkeypatch, "report", "--index", a_run.parent,
+        code, _, err = in_proc(capsys, monkeypatch, "report", "--index", a_run.parent,
                                 "--out", index)
         assert code == 0, err
 
@@ -213,8 +191,8 @@ def test_a_symbolic_link_loop_is_one_line_that_says_so(
             (("merge", a_run, "--out", loop), "another --out"),
             (("gate", "--baseline", a_run, "--candidate", a_run, "--junit", loop),
              "another path")):
-        code, _, err = _evalkit(capsys, monkeypatch, *args)
-        line = _one_line_error(code, err, said, instead)
+        code, _, err = in_proc(capsys, monkeypatch, *args)
+        line = one_line_error(code, err, said, instead)
         assert "File exists" not in line and "Too many levels" not in line
 
 
@@ -224,7 +202,7 @@ def test_a_link_to_nothing_names_its_target(
     dangling = tmp_path / "out"
     dangling.symlink_to(tmp_path / "gone")
     code, _, err = _run(capsys, monkeypatch, cfg, "--out", dangling)
-    _one_line_error(code, err, f"{dangling} is a symbolic link to {tmp_path / 'gone'}, which "
+    one_line_error(code, err, f"{dangling} is a symbolic link to {tmp_path / 'gone'}, which "
                                "does not exist")
     assert not (tmp_path / "gone").exists()
 

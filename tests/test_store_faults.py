@@ -38,8 +38,8 @@ from typing import Any
 
 import pytest
 import yaml
+from clirun import in_proc, one_line_error
 
-import evalkit.cli
 from evalkit import store
 from evalkit.config import build_spec
 from evalkit.runner import run
@@ -71,31 +71,6 @@ def _cli(*args: Any, preexec: Callable[[], None] | None = None, cwd: Path | None
     return subprocess.run([sys.executable, "-m", "evalkit.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout,
                           preexec_fn=preexec, cwd=cwd)
-
-
-def _evalkit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-             *args: Any) -> tuple[int, str, str]:
-    """`evalkit ARGS` in this process (the same main() as the console script): exit code,
-    stdout, stderr. An exception that main() does not turn into one line propagates."""
-    monkeypatch.setattr(sys, "argv", ["evalkit", *map(str, args)])
-    try:
-        evalkit.cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(code: int, err: str, *needles: str) -> str:
-    """Exit 2 and exactly one stderr line, `error: ...`, holding every needle."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
@@ -227,7 +202,7 @@ def test_read_only_run_without_summary_shows_in_memory_and_rerun_says_so_once(
         assert shown.stdout == from_summary.stdout  # the same table, computed in memory
         # the summary must now be written, and cannot be: one line, before any model work
         again = _cli("run", cfg, "--out", run_dir, "--no-progress")
-        _one_line_error(again.returncode, again.stderr, str(run_dir), refusal(how),
+        one_line_error(again.returncode, again.stderr, str(run_dir), refusal(how),
                         "run the same command again")
     assert _snapshot(run_dir) == before
 
@@ -239,7 +214,7 @@ def test_show_writes_nothing_even_where_it_could(finished: Path, tmp_path: Path,
     (run_dir / store.SUMMARY).unlink()
     (run_dir / store.TABLE).unlink()
     before = _snapshot(run_dir)
-    code, out, err = _evalkit(capsys, monkeypatch, "show", run_dir)
+    code, out, err = in_proc(capsys, monkeypatch, "show", run_dir)
     assert code == 0, err
     assert f"status=complete ({N_SCRIPTED}/{N_SCRIPTED})" in out
     assert _snapshot(run_dir) == before
@@ -265,7 +240,7 @@ def test_unwritable_results_folder_is_one_line_before_the_model_loads(
     results.mkdir()
     with read_only(results, how):
         res = _cli("run", cfg, "--results", results, "--no-progress")
-    line = _one_line_error(res.returncode, res.stderr, str(results), refusal(how))
+    line = one_line_error(res.returncode, res.stderr, str(results), refusal(how))
     assert "model" not in line.split(str(results))[0], line  # the folder, not the model
     assert "not found" not in line and "pip install" not in line, line
     assert list(results.iterdir()) == []
@@ -315,7 +290,7 @@ def test_full_disk_at_start_is_one_line_before_the_model_loads(
         results, why, advice = tmp_path / "results", "File too large", "ulimit -f"
         preexec = _file_limit(0)
     res = _cli("run", cfg, "--results", results, "--no-progress", preexec=preexec)
-    line = _one_line_error(res.returncode, res.stderr, str(results), why, advice,
+    line = one_line_error(res.returncode, res.stderr, str(results), why, advice,
                            "run the same command again")
     assert "not found" not in line and "pip install" not in line, line
     assert not results.exists() or list(results.iterdir()) == []  # no empty run folder left
@@ -333,7 +308,7 @@ def test_full_disk_during_appends_leaves_whole_records_and_resumes(
         out, preexec = tmp_path / "run", _file_limit(150_000)
         why, advice = "File too large", "run the same command again"
     res = _cli("run", cfg, "--out", out, "--no-progress", preexec=preexec)
-    _one_line_error(res.returncode, res.stderr, str(out), why, advice, "to resume")
+    one_line_error(res.returncode, res.stderr, str(out), why, advice, "to resume")
     kept = _records(out)  # every line whole: the failed batch was rolled back
     assert 0 < len(kept) < N_SCRIPTED
 
@@ -412,14 +387,14 @@ def test_a_bad_line_in_samples_is_one_line_for_every_reader_and_the_resume(
     run_dir = _copy(finished, tmp_path / "run")
     _edit_line(run_dir / store.SAMPLES, lineno, edit)
     where = f"{run_dir / store.SAMPLES} {message}"
-    code, _, err = _evalkit(capsys, monkeypatch, "report", run_dir, "--out", tmp_path / "rep")
-    _one_line_error(code, err, where, "remove or restore that line")
+    code, _, err = in_proc(capsys, monkeypatch, "report", run_dir, "--out", tmp_path / "rep")
+    one_line_error(code, err, where, "remove or restore that line")
     cfg = _config(tmp_path, SCRIPTED)
-    code, _, err = _evalkit(capsys, monkeypatch, "run", cfg, "--out", run_dir, "--no-progress")
-    _one_line_error(code, err, where)
+    code, _, err = in_proc(capsys, monkeypatch, "run", cfg, "--out", run_dir, "--no-progress")
+    one_line_error(code, err, where)
     (run_dir / store.SUMMARY).unlink()  # show then reads the records
-    code, _, err = _evalkit(capsys, monkeypatch, "show", run_dir)
-    _one_line_error(code, err, where)
+    code, _, err = in_proc(capsys, monkeypatch, "show", run_dir)
+    one_line_error(code, err, where)
 
 
 def test_only_a_torn_last_line_is_forgiven(finished: Path, tmp_path: Path) -> None:
@@ -479,8 +454,8 @@ def test_a_damaged_run_json_is_one_line(finished: Path, tmp_path: Path, fault: s
     _damage(run_dir / store.RUN_JSON, how)
     for args in (("show", run_dir), ("report", run_dir, "--out", tmp_path / "rep"),
                  ("run", _config(tmp_path, SCRIPTED), "--out", run_dir, "--no-progress")):
-        code, _, err = _evalkit(capsys, monkeypatch, *args)
-        _one_line_error(code, err, str(run_dir / store.RUN_JSON), message)
+        code, _, err = in_proc(capsys, monkeypatch, *args)
+        one_line_error(code, err, str(run_dir / store.RUN_JSON), message)
 
 
 def test_resuming_by_spec_names_a_damaged_run_instead_of_starting_beside_it(
@@ -491,9 +466,9 @@ def test_resuming_by_spec_names_a_damaged_run_instead_of_starting_beside_it(
     partial = _copy(finished, results / f"2026-01-01T00-00-00_faults_scripted_{spec_hash[:6]}")
     (partial / store.SUMMARY).unlink()
     (partial / store.RUN_JSON).write_text('{"run_id": ')
-    code, _, err = _evalkit(capsys, monkeypatch, "run", _config(tmp_path, SCRIPTED),
+    code, _, err = in_proc(capsys, monkeypatch, "run", _config(tmp_path, SCRIPTED),
                             "--results", results, "--no-progress")
-    _one_line_error(code, err, str(partial / store.RUN_JSON), "not valid JSON")
+    one_line_error(code, err, str(partial / store.RUN_JSON), "not valid JSON")
     assert [p.name for p in results.iterdir()] == [partial.name]  # no second run beside it
 
 
@@ -506,16 +481,16 @@ def test_a_damaged_summary_json_is_one_line_and_a_resume_rebuilds_it(
     good = (run_dir / store.SUMMARY).read_bytes()
     _damage(run_dir / store.SUMMARY, how)
     # readers of a run with samples need no summary.json: show computes it from samples.jsonl
-    code, out, err = _evalkit(capsys, monkeypatch, "show", run_dir)
+    code, out, err = in_proc(capsys, monkeypatch, "show", run_dir)
     assert code == 0 and "status=complete" in out, err
     # a summary.json alone (a committed baseline) is all there is: a fault is one line
     alone = tmp_path / "baseline"
     alone.mkdir()
     shutil.copy(run_dir / store.SUMMARY, alone / store.SUMMARY)
-    code, _, err = _evalkit(capsys, monkeypatch, "show", alone / store.SUMMARY)
-    _one_line_error(code, err, str(alone / store.SUMMARY), message, "delete it")
+    code, _, err = in_proc(capsys, monkeypatch, "show", alone / store.SUMMARY)
+    one_line_error(code, err, str(alone / store.SUMMARY), message, "delete it")
     # the writer rebuilds what is derived
-    code, _, err = _evalkit(capsys, monkeypatch, "run", _config(tmp_path, SCRIPTED),
+    code, _, err = in_proc(capsys, monkeypatch, "run", _config(tmp_path, SCRIPTED),
                             "--out", run_dir, "--no-progress")
     assert code == 0, err
     assert (run_dir / store.SUMMARY).read_bytes() == good
@@ -531,7 +506,7 @@ def test_index_reports_the_good_runs_and_lists_the_bad_ones(
     bad_run = _copy(finished, results / "2026-01-03_badrun")
     (bad_run / store.RUN_JSON).write_text("[]")
     (results / "notes").mkdir()  # not a run: ignored
-    code, out, err = _evalkit(capsys, monkeypatch, "report", "--index", results,
+    code, out, err = in_proc(capsys, monkeypatch, "report", "--index", results,
                               "--out", tmp_path / "idx")
     assert code == 0, err
     lines = err.strip().splitlines()
@@ -553,14 +528,14 @@ def test_report_out_that_is_a_file_is_one_line(finished: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "report.html"
     target.write_text("keep me")
-    code, _, err = _evalkit(capsys, monkeypatch, "report", finished, "--out", target)
-    _one_line_error(code, err, f"--out {target} is a file, not a folder")
-    code, _, err = _evalkit(capsys, monkeypatch, "report", "--index", finished.parent,
+    code, _, err = in_proc(capsys, monkeypatch, "report", finished, "--out", target)
+    one_line_error(code, err, f"--out {target} is a file, not a folder")
+    code, _, err = in_proc(capsys, monkeypatch, "report", "--index", finished.parent,
                             "--out", target)
-    _one_line_error(code, err, f"--out {target} is a file, not a folder")
-    code, _, err = _evalkit(capsys, monkeypatch, "report", finished, "--out",
+    one_line_error(code, err, f"--out {target} is a file, not a folder")
+    code, _, err = in_proc(capsys, monkeypatch, "report", finished, "--out",
                             target / "sub")
-    _one_line_error(code, err, str(target / "sub"))
+    one_line_error(code, err, str(target / "sub"))
     assert target.read_text() == "keep me"
 
 
@@ -569,8 +544,8 @@ def test_report_never_writes_into_a_run(finished: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = _copy(finished, tmp_path / "run")
     before = _snapshot(run_dir)
-    code, _, err = _evalkit(capsys, monkeypatch, "report", run_dir, "--out", run_dir)
-    _one_line_error(code, err, "is a run folder")
+    code, _, err = in_proc(capsys, monkeypatch, "report", run_dir, "--out", run_dir)
+    one_line_error(code, err, "is a run folder")
     assert _snapshot(run_dir) == before
 
 
