@@ -1,8 +1,9 @@
 """The `evalkit` console script (and `python -m evalkit`).
 
-SIGTERM and SIGHUP are taken over first, before the second the imports take: a signal then
-ends the process at once with its exit code (nothing has begun, nothing is lost), and once
-the command runs, it stops the command as Ctrl-C does (evalkit.cli.handle_signals)."""
+Ctrl-C, SIGTERM and SIGHUP are taken over first, before the second the imports take: a
+signal then ends the process at once with its exit code (nothing has begun, nothing is
+lost); once the command runs, it stops the command without losing an answer
+(evalkit.interrupts)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def _before_start(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    from evalkit.interrupts import SIGNALS  # light: the standard library and evalkit.types
+
+    for sig in SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _before_start)
     from evalkit.cli import main as cli_main

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import statistics
 import sys
@@ -19,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from evalkit import analysis, store
+from evalkit import analysis, interrupts, store
 from evalkit.config import (
     Overrides,
     build_specs,
@@ -31,7 +32,7 @@ from evalkit.generators import get_task, task_names
 from evalkit.generators.importers import detect_longeval_kind
 from evalkit.models import ALIASES, model_label
 from evalkit.report.tables import counted, format_table
-from evalkit.types import EvalkitError, Interrupted, SummaryRow
+from evalkit.types import EvalkitError, SummaryRow
 
 
 def _untyped_flags(params: list[Any]) -> list[Any]:
@@ -51,10 +52,23 @@ class _Command(TyperCommand):
 
 
 class _Group(TyperGroup):
-    """`evalkit --help` likewise."""
+    """`evalkit --help` likewise; and an interrupt of any command is one line and exit
+    128 + the signal (typer would exit 130 without a word)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _untyped_flags(super().get_params(ctx))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            code = _interrupted(exc)
+            # at once: what arrived is recorded, and a server call still running in a
+            # worker thread (SageMaker's pool) must not hold the exit up to its timeout
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
 
 
 app = typer.Typer(cls=_Group, add_completion=False, pretty_exceptions_enable=False,
@@ -156,10 +170,7 @@ def run(
         if len(specs) > 1:
             typer.echo(f"== {label} ({spec.backend})")
         run_out = out / store.safe_name(label) if out is not None and len(specs) > 1 else out
-        try:
-            result = runner.run(spec, out=run_out, results_root=results, progress=progress)
-        except KeyboardInterrupt as exc:
-            raise typer.Exit(_interrupted(exc)) from None
+        result = runner.run(spec, out=run_out, results_root=results, progress=progress)
         s = result.summary
         results_rows.extend(s.rows)
         typer.echo(format_table(s.rows))
@@ -348,7 +359,6 @@ def gate(
     the baseline, has errored samples in one, or is not complete; exit 0 otherwise; exit 2
     on bad input. See docs/ci.md for sample counts per cell and CI examples.
     """
-    import os
 
     from evalkit.gate import format_gate, junit_xml
     from evalkit.gate import gate as run_gate
@@ -429,43 +439,21 @@ def convert_gguf(
 def _interrupted(exc: KeyboardInterrupt) -> int:
     """Say that the command was interrupted, and by what; its exit code (128 + signal)."""
     signum = getattr(exc, "signum", signal.SIGINT)
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
     with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-        _err(f"\ninterrupted ({name}): every finished sample is saved; run the same command "
-             "again to resume")
+        _err(f"\ninterrupted ({signal.Signals(signum).name}): every finished sample is saved; "
+             "run the same command again to resume")
     return 128 + int(signum)
-
-
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
-def handle_signals() -> None:
-    """SIGTERM (timeout, docker stop, Kubernetes, Slurm, a CI cancel) and SIGHUP (the
-    terminal closed) stop a run as Ctrl-C does: the answers that arrived are recorded, the
-    session is recorded as interrupted, and the exit code is 128 + the signal (143, 129).
-    A signal that the parent set to be ignored stays ignored (nohup)."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, _raise_interrupted)
 
 
 def main() -> None:
     """The console script: every failure is one line on stderr and an exit code, never a
     traceback (EVALKIT_DEBUG=1 shows the traceback of an internal error)."""
-    import os
-
-    handle_signals()
+    interrupts.install()
     try:
         app()
     except EvalkitError as exc:
         _err(f"error: {exc}")
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt as exc:
-        sys.exit(_interrupted(exc))
     except OSError as exc:  # disk full, permission denied, a vanished file: say which
         where = f" ({exc.filename})" if exc.filename else ""
         _err(f"error: {exc.strerror or exc}{where}: fix that and run the same command again")

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from evalkit import interrupts
 from evalkit.types import (
     Backend,
     Capabilities,
@@ -660,7 +661,8 @@ class Model:
             sent = [dataclasses.replace(requests[i], time_left_s=policy.time_left_s(elapsed))
                     for i in pending]
             try:
-                answers = self._send(call, sent)
+                with interrupts.allowed():
+                    answers = self._send(call, sent)
             except KeyboardInterrupt as exc:  # the answers that arrived are final ones
                 arrived = {pending[j]: r for j, r in getattr(exc, "answered", {}).items()
                            if r.error is None}
@@ -696,7 +698,8 @@ class Model:
                          f"{attempt[i]}/{policy.attempts}, retrying in {wait:.2g} s")
             if pending:
                 try:
-                    self._sleep(wait)
+                    with interrupts.allowed():
+                        self._sleep(wait)
                 except KeyboardInterrupt as exc:
                     raise Interrupted.of(exc, _final(out)) from None
         return [r if r is not None else Response(error="not run") for r in out]

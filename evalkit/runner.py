@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit import leaderboard, store
+from evalkit import interrupts, leaderboard, store
 from evalkit.analysis import build_summary
 from evalkit.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec_sha256
 from evalkit.generators import Plan, get_task, make_params
@@ -429,7 +429,9 @@ def _ids_hash(ids: Sequence[str]) -> str:
 def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
              todo: Sequence[Planned], spool: Spool, progress: bool) -> None:
     """Ask the model for `todo`, in the order given (the schedule), a batch at a time;
-    each batch's records are on disk before the next is asked."""
+    each batch's records are on disk before the next is asked. A signal is taken only
+    while the model is asked (interrupts.allowed, in the Model), never between an
+    answer's arrival and its record: the answers that arrived are recorded, then it stops."""
     if not todo:
         return
     templates = {t.name: resolve_template(t, model.backend) for t in spec.tasks}
@@ -439,21 +441,23 @@ def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
 
         bar = tqdm(total=len(todo), desc=f"{label}", unit="sample", smoothing=0.1)
     try:
-        size = model.max_batch_size
-        for start in range(0, len(todo), size):
-            batch = [spool.get(p.where) for p in todo[start:start + size]]
-            rendered = [templates[s.task].render(s.prompt) for s in batch]
-            requests = [request_for(s, p, spec) for s, p in zip(batch, rendered, strict=True)]
-            try:
-                responses: Sequence[Response | None] = model.run(requests)
-            except Interrupted as exc:  # record the answers that arrived, then stop
-                responses = [exc.answered.get(i) for i in range(len(batch))]
+        with interrupts.deferred():
+            size = model.max_batch_size
+            for start in range(0, len(todo), size):
+                batch = [spool.get(p.where) for p in todo[start:start + size]]
+                rendered = [templates[s.task].render(s.prompt) for s in batch]
+                requests = [request_for(s, p, spec)
+                            for s, p in zip(batch, rendered, strict=True)]
+                try:
+                    responses: Sequence[Response | None] = model.run(requests)
+                except Interrupted as exc:
+                    responses = [exc.answered.get(i) for i in range(len(batch))]
+                    _append(run_dir, model, label, batch, rendered, responses, requests)
+                    raise
                 _append(run_dir, model, label, batch, rendered, responses, requests)
-                raise
-            _append(run_dir, model, label, batch, rendered, responses, requests)
-            if bar is not None:
-                bar.update(len(batch))
-                bar.set_postfix_str(batch[-1].task)
+                if bar is not None:
+                    bar.update(len(batch))
+                    bar.set_postfix_str(batch[-1].task)
     finally:
         if bar is not None:
             bar.close()

@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -170,10 +171,19 @@ def refuse_bad_link(path: Path, option: str | None = None, file_ok: bool = False
                                    f"the link, or pass {instead}") from None
 
 
-def _leftover(name: str) -> bool:
-    """A file evalkit leaves in a folder that holds nothing else of it: the lock of a start
-    that failed before run.json, a temporary file of a write cut short (a probe, *.tmp)."""
-    return name == ".lock" or name.endswith(".tmp")
+# the temporary files evalkit's own writes make (write_text_atomic's, prepare_run_dir's)
+_OWN_TEMPORARY = re.compile(r"\.probe-\d+-[0-9a-f]{8}\.tmp|\..+\.[0-9a-f]{8}\.tmp")
+
+
+def _leftover(folder: Path, name: str) -> bool:
+    """A file evalkit leaves in a folder that holds nothing else of it: the (empty) lock of
+    a start that failed before run.json, a temporary file of a write cut short. Only these
+    names: a user's notes.tmp or .lock with something in it is theirs."""
+    if name == ".lock":
+        with contextlib.suppress(OSError):
+            return (folder / name).stat().st_size == 0
+        return False
+    return bool(_OWN_TEMPORARY.fullmatch(name))
 
 
 def foreign_names(folder: Path) -> list[str]:
@@ -182,7 +192,7 @@ def foreign_names(folder: Path) -> list[str]:
     try:
         with os.scandir(folder) as it:
             return sorted(e.name + ("/" if e.is_dir(follow_symlinks=False) else "")
-                          for e in it if not _leftover(e.name))
+                          for e in it if not _leftover(Path(folder), e.name))
     except (FileNotFoundError, NotADirectoryError):  # creating it will say what is wrong
         return []
     except OSError as exc:
@@ -215,10 +225,11 @@ def is_run_folder(folder: Path) -> bool:
 
 def check_run_folder(run_dir: Path, option: str | None = "--out") -> None:
     """A run writes only into a folder that does not exist, an empty one (evalkit's own
-    leftovers aside: .lock, *.tmp) or its own run folder (is_run_folder): anything else,
-    such as another tool's summary.json and table.csv, is refused with one line naming what
-    the folder holds. Reads only, so the refusal comes before any file is written there.
-    `option` names how the user gives the folder (`--out`), None when it was derived."""
+    leftovers aside: an empty .lock, its temporary files) or its own run folder
+    (is_run_folder): anything else, such as another tool's summary.json and table.csv, is
+    refused with one line naming what the folder holds. Reads only, so the refusal comes
+    before any file is written there. `option` names how the user gives the folder
+    (`--out`), None when it was derived."""
     run_dir = Path(run_dir)
     refuse_bad_link(run_dir, option)
     as_option = f" as {option}" if option else ""
@@ -234,7 +245,7 @@ def check_run_folder(run_dir: Path, option: str | None = "--out") -> None:
 def remove_leftovers(folder: Path) -> None:
     """Remove evalkit's leftovers (_leftover) from a folder, e.g. before it is replaced."""
     for name in os.listdir(folder):
-        if _leftover(name):
+        if _leftover(Path(folder), name):
             with contextlib.suppress(FileNotFoundError):
                 (Path(folder) / name).unlink()
 

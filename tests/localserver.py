@@ -6,11 +6,18 @@ started and stopped as a context manager."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from typing_extensions import Self
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)
 
 
 class LocalServer:
@@ -30,7 +37,7 @@ class LocalServer:
                 n = int(self.headers.get("Content-Length") or 0)
                 server.post(self, json.loads(self.rfile.read(n) or b"null"))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server = _QuietServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True  # a handler still sleeping never holds up a stop
         self.port = int(self._server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"

@@ -137,12 +137,13 @@ def test_a_server_serving_another_model_is_refused(tmp_path: Path) -> None:
 
 # -- signals: real processes ---------------------------------------------------------------
 
-def _config(tmp_path: Path, url: str, samples: int, concurrency: int) -> Path:
+def _config(tmp_path: Path, url: str, samples: int, concurrency: int,
+            **options: Any) -> Path:
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({
         "model": "tiny", "backend": "openai", "lengths": [200], "samples": samples,
         "tasks": ["passkey"],
-        "backend_options": {"base_url": f"{url}/v1", "concurrency": concurrency}}))
+        "backend_options": {"base_url": f"{url}/v1", "concurrency": concurrency, **options}}))
     return cfg
 
 
@@ -176,9 +177,8 @@ def test_a_signal_keeps_the_answers_that_arrived(tmp_path: Path, sig: int) -> No
         deadline = time.monotonic() + 60
         while server.answered < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
-        fast = server.answered
-        assert fast == 4, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.2)
+        assert server.answered == 4, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)  # the client reads them (were it slower, fewer would be recorded)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 128 + sig, stderr
@@ -187,7 +187,8 @@ def test_a_signal_keeps_the_answers_that_arrived(tmp_path: Path, sig: int) -> No
         assert lines[-1].startswith(f"interrupted ({name}): every finished sample is saved")
         assert "Traceback" not in stderr
         records = _records(out)
-        assert len(records) == fast and all(r["scores"]["accuracy"] == 1 for r in records)
+        fast = len(records)
+        assert 1 <= fast <= 4 and all(r["scores"]["accuracy"] == 1 for r in records)
         assert [s["ended"] for s in store.read_sessions(out)] == ["interrupted"]
 
         server.delay_s = lambda p: 0.0
@@ -201,32 +202,50 @@ def test_a_signal_keeps_the_answers_that_arrived(tmp_path: Path, sig: int) -> No
 
 
 def test_signals_at_random_moments_lose_and_duplicate_nothing(tmp_path: Path) -> None:
-    """20 SIGTERMs and SIGHUPs at random moments of a run (planning, model start, requests
-    in flight, appends): every interrupted process exits 143 or 129 with one line, and
-    the resumed run is the uninterrupted run, sample for sample."""
+    """20 SIGTERMs and SIGHUPs at random moments of a run: a quarter early (while Python
+    imports evalkit, while it plans), the rest while requests are in flight and records
+    are appended (after a random number of new records, then a random fraction of a
+    batch). Every interrupted process exits 143 or 129 with one line and no traceback; no
+    sample is ever recorded twice; the resumed run equals the uninterrupted one."""
     rng = random.Random(7)
     samples = 48
-    with FakeOpenAI(delay_s=lambda p: 0.03) as server:
-        cfg = _config(tmp_path, server.url, samples=samples, concurrency=4)
+    with FakeOpenAI(delay_s=lambda p: 0.1) as server:
+        # counted locally (no tokenize round trips), so that a run's time goes to requests
+        cfg = _config(tmp_path, server.url, samples=samples, concurrency=4,
+                      tokenizer="whitespace", context_window=4096)
         out, cache = tmp_path / "r", tmp_path / "cache"
         signals = codes = 0
         while signals < 20:
+            before = len(_records(out))
             proc = _start(cfg, out, cache)
-            time.sleep(rng.uniform(0.3, 2.5))
+            if rng.random() < 0.25:
+                time.sleep(rng.uniform(0.2, 1.5))  # past the interpreter's own start
+            else:
+                deadline = time.monotonic() + 60
+                want = before + rng.randint(1, 8)
+                while (len(_records(out)) < want and proc.poll() is None
+                       and time.monotonic() < deadline):
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.1))
             sig = rng.choice([signal.SIGTERM, signal.SIGHUP])
             if proc.poll() is None:
                 proc.send_signal(sig)
                 signals += 1
-            _, stderr = proc.communicate(timeout=60)
+            stdout, stderr = proc.communicate(timeout=60)
             assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+            if proc.returncode == -sig:  # it came as Python shut down, the run finished
+                assert (out / store.SUMMARY).is_file() and "samples scored" in stdout, stderr
+                proc.returncode = 0
             assert proc.returncode in (0, 128 + sig), stderr
-            codes += proc.returncode == 128 + sig
+            if proc.returncode == 128 + sig:
+                codes += 1
+                assert stderr.strip().splitlines()[-1].startswith(
+                    f"interrupted ({signal.Signals(sig).name})"), stderr
             ids = [r["sample"]["id"] for r in _records(out)]
             assert len(ids) == len(set(ids)), "a sample was recorded twice"
             if proc.returncode == 0:  # finished before the signal: start over
                 assert len(ids) == samples
                 os.rename(out, tmp_path / f"done{signals}")
-        assert codes >= 10  # most signals landed mid-run
         finish = _start(cfg, out, cache)
         _, stderr = finish.communicate(timeout=60)
         assert finish.returncode == 0, stderr
@@ -235,6 +254,14 @@ def test_signals_at_random_moments_lose_and_duplicate_nothing(tmp_path: Path) ->
         whole = _start(cfg, clean, tmp_path / "cache-clean")
         whole.communicate(timeout=60)
         assert whole.returncode == 0
+    # most signals landed while requests were under way: each left a session recorded as
+    # interrupted (one during imports or planning leaves none)
+    folders = [out, *tmp_path.glob("done*")]
+    interrupted = sum(s["ended"] == "interrupted" for d in folders
+                      for s in store.read_sessions(d))
+    print(f"\n[signals] {signals} signals: {codes} interrupted a process, {interrupted} "
+          "while it was asking the server")
+    assert interrupted >= 10 and codes >= interrupted
     got, want = _records(out), _records(clean)
     assert sorted(r["sample"]["id"] for r in got) == sorted(r["sample"]["id"] for r in want)
     assert len(got) == samples
@@ -245,29 +272,46 @@ def test_signals_at_random_moments_lose_and_duplicate_nothing(tmp_path: Path) ->
 
 # -- in-process engines: the weights by their content ---------------------------------------
 
-def test_weights_are_known_by_their_content_not_their_name_or_time(tmp_path: Path) -> None:
-    from evalkit.backends.identity import EDGE_BYTES, weights_identity
+def test_weights_are_known_by_their_content_not_their_name_or_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evalkit.backends import identity
+    from evalkit.backends.identity import weights_identity
 
-    data = bytes(random.Random(0).randrange(256) for _ in range(3 * EDGE_BYTES))
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(identity, "_digests", None)
+    data = random.Random(0).randbytes(5 << 20)
     a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
     for path in (a, b):
         path.parent.mkdir()
         path.write_bytes(data)
     os.utime(b, (1, 1))  # a copy made elsewhere: another time, the same weights
     assert weights_identity(a) == weights_identity(b)
-    b.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # its last tensor fine-tuned
+    middle = bytearray(data)
+    middle[len(data) // 2] ^= 1  # a layer in the middle fine-tuned
+    b.write_bytes(middle)
     assert weights_identity(a) != weights_identity(b)
-    b.write_bytes(bytes([data[0] ^ 1]) + data[1:])  # its header: another quantization
-    assert weights_identity(a) != weights_identity(b)
-    # an HF folder: every weight file and config.json / generation_config.json whole
+    # digests are remembered for later processes, by file and modification
+    memo = (tmp_path / "cache" / identity.DIGESTS_FILE).read_text().splitlines()
+    assert len(memo) == 3
+    monkeypatch.setattr(identity, "_digests", None)
+    assert weights_identity(b) == weights_identity(b) and len(
+        (tmp_path / "cache" / identity.DIGESTS_FILE).read_text().splitlines()) == 3
+    # a hub cache names a file by its sha256: not read at all
+    blob = tmp_path / "hub" / "blobs" / ("ab" * 32)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"x")
+    link = tmp_path / "hub" / "model.safetensors"
+    link.symlink_to(blob)
+    assert weights_identity(link) == {"file": "sha256:" + "ab" * 32}
+    # an HF folder: every weight file, and the config, generation and tokenizer files
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(data)
     (folder / "config.json").write_text('{"rope_theta": 10000}')
     before = weights_identity(folder)
-    (folder / "generation_config.json").write_text('{"repetition_penalty": 1.1}')
+    (folder / "tokenizer_config.json").write_text('{"add_bos_token": false}')
     assert set(weights_identity(folder)) == {"model.safetensors", "config.json",
-                                               "generation_config.json"}
+                                             "tokenizer_config.json"}
     assert weights_identity(folder) != before
 
 

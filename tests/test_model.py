@@ -8,6 +8,7 @@ import importlib.util
 import json
 import multiprocessing
 import random
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from evalkit.tokenizers import WhitespaceCounter
 from evalkit.types import (
     Capabilities,
     EvalkitError,
+    Interrupted,
     Request,
     Response,
     TokenCounter,
@@ -636,3 +638,43 @@ def test_llamacpp_loglikelihood_agrees_with_hf_on_smollm2() -> None:
         assert rank_a == rank_b
     assert a[0].is_greedy and b[0].is_greedy  # " Paris" is what both would write
     assert not a[2].is_greedy and not b[2].is_greedy
+
+
+# -- interrupts --------------------------------------------------------------------------------
+
+def test_an_interrupt_carries_every_answer_that_arrived_to_the_callers_index(
+        tmp_path: Path) -> None:
+    """Model.run over interleaved kinds, in batches, some answers from the cache: an
+    interrupt in the middle of the third generate batch, after the backend had one of its
+    two answers, carries exactly the answers that arrived, each at its index in the call, and
+    leaves them cached."""
+
+    class Cut(ScriptBackend):
+        def generate(self, requests: Sequence[Request]) -> list[Response]:
+            answers = super().generate(requests)
+            if len(self.batches) == 3:  # the third batch: one arrived, then SIGTERM
+                raise Interrupted(signal.SIGTERM, dict(enumerate(answers[:1])))
+            return answers
+
+    gen = _reqs(*(f"g{i}" for i in range(10)))
+    ll = [Request(sample_id=f"l{i}", kind="loglikelihood", prompt=f"context {i}",
+                  continuation=" yes", max_new_tokens=0) for i in range(3)]
+    mixed = [gen[0], ll[0], gen[1], gen[2], ll[1], *gen[3:8], ll[2], *gen[8:]]
+    cache = ResponseCache(tmp_path)
+    warm = Model(ScriptBackend(max_batch_size=3), cache=cache)
+    warm.generate([gen[1], gen[4]])  # answered before: from the cache this time
+    backend = Cut(max_batch_size=3)
+    model = Model(backend, cache=ResponseCache(tmp_path), retry=RetryPolicy(max_retries=0))
+    with pytest.raises(Interrupted) as caught:
+        model.run(mixed)
+    exc = caught.value
+    assert exc.signum == signal.SIGTERM
+    # the 8 misses in batches of 3 (g1, g4 were cached): g8 of the third arrived, g9 not
+    assert backend.batches == [["g0", "g2", "g3"], ["g5", "g6", "g7"], ["g8", "g9"]]
+    arrived = {mixed[i].sample_id: r for i, r in exc.answered.items()}
+    assert set(arrived) == {"g0", "g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8"}
+    assert all(r.text == f"answer to {sid}" for sid, r in arrived.items())
+    assert {sid for sid, r in arrived.items() if r.cached} == {"g1", "g4"}
+    assert not any(r.sample_id.startswith("l") for r in (mixed[i] for i in exc.answered))
+    again = Model(ScriptBackend(max_batch_size=3), cache=ResponseCache(tmp_path))
+    assert [r.cached for r in again.generate(gen)] == [True] * 9 + [False]  # g9 never came

@@ -68,6 +68,8 @@ FOREIGN_FOLDERS = {
     "samples": ({"samples.jsonl": '{"id": 1}\n'}, "(samples.jsonl)"),
     "run-json": ({"run.json": '{"tool": "other", "steps": 3}\n'}, "(run.json)"),
     "other": ({"notes.txt": "mine\n", "sub/data.bin": "x"}, "(notes.txt, sub/)"),
+    # names like evalkit's leftovers that are not: a user's (merge would delete them)
+    "user-tmp-and-lock": ({"notes.tmp": "mine\n", ".lock": "pid 42\n"}, "(.lock, notes.tmp)"),
 }
 
 
@@ -88,7 +90,7 @@ def test_run_takes_an_empty_folder_its_leftovers_and_its_own_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    leftovers = _foreign(tmp_path / "leftovers", {".lock": "", ".probe-1-ab.tmp": "",
+    leftovers = _foreign(tmp_path / "leftovers", {".lock": "", ".probe-1-0123abcd.tmp": "",
                                                   ".run.json.1234abcd.tmp": "{"})
     for out in (empty, leftovers, tmp_path / "new" / "deeper"):
         code, stdout, err = _run(capsys, monkeypatch, cfg, "--out", out)
@@ -117,11 +119,11 @@ def test_merge_refuses_another_tools_folder_and_a_run(
         one_line_error(code, err, needle)
         assert _tree(out) == before
     # an empty folder but for evalkit's leftovers is empty
-    leftovers = _foreign(tmp_path / "leftovers", {".lock": "", ".probe-1-ab.tmp": ""})
+    leftovers = _foreign(tmp_path / "leftovers", {".lock": "", ".probe-1-0123abcd.tmp": ""})
     code, stdout, err = in_proc(capsys, monkeypatch, "merge", *shards, "--out", leftovers)
     assert code == 0, err
     assert "2/2 samples scored, from 2 shards" in stdout
-    assert not (leftovers / ".probe-1-ab.tmp").exists()
+    assert not (leftovers / ".probe-1-0123abcd.tmp").exists()
 
 
 @pytest.fixture

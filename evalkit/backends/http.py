@@ -480,6 +480,18 @@ class HttpClient:
             # dict(): one step under the GIL; the results are Responses where it matters
             raise Interrupted.of(exc, cast("dict[int, Response]", dict(done))) from None
 
+    def probe_json(self, path: str) -> Any:
+        """GET a route that not every server has: ONE quiet attempt of METADATA_TIMEOUT_S/3,
+        no retry, no notice. None where the server lacks it (a 4xx or 501); "unavailable"
+        where it could not say (no answer, a 5xx), which the caller treats as an answer of
+        its own, never as an absent route."""
+        try:
+            return self.run(self.call("GET", path, read_s=METADATA_TIMEOUT_S / 3,
+                                      time_left_s=METADATA_TIMEOUT_S / 3))
+        except HttpError as exc:
+            lacks = exc.status is not None and (400 <= exc.status < 500 or exc.status == 501)
+            return None if lacks else "unavailable"
+
     def get_json(self, path: str, metadata: bool = True) -> Any:
         """GET; a metadata call (the default) has METADATA_TIMEOUT_S in all."""
         return self.request_json("GET", path, metadata=metadata)

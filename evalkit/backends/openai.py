@@ -369,12 +369,11 @@ class OpenAIBackend:
             about: dict[str, Any] = {"/v1/models": {k: served[k] for k in _MODEL_FIELDS
                                                     if k in served}}
             for path, keys in _ABOUT:
-                try:
-                    found = self._http.get_json(path)
-                except HttpError:
-                    continue  # not this server's flavour
+                found = self._http.probe_json(path)  # None: not this server's flavour
                 if isinstance(found, Mapping):
                     about[path] = {k: found[k] for k in keys if k in found}
+                elif found is not None:  # it could not say: share no answer with other runs
+                    about[path] = found
             if self.options.get("tokenizer") is None:
                 about["probe_ids"] = self._prompt_counter().encode(PROBE_TEXT)
             self._about = about
