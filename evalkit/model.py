@@ -142,8 +142,7 @@ class RetryPolicy:
         if not self.in_budget(elapsed_s):
             return f"{budget} used up"
         if retry_after_s is not None:
-            return (f"the server asked to wait {round(retry_after_s, 1):g} s (Retry-After), "
-                    f"past {budget}")
+            return waited_past(retry_after_s, budget)
         return f"the wait before the next ({wait_s:.1f} s) would pass {budget}"
 
     @classmethod
@@ -159,6 +158,11 @@ class RetryPolicy:
         return cls(int(options.get("max_retries", default)),
                    float(options.get("backoff_s", DEFAULT_BACKOFF_S)),
                    None if total is None else float(total))
+
+
+def waited_past(retry_after_s: float, budget: str) -> str:
+    """Why a request was given up when the server's Retry-After outlasts its time."""
+    return f"the server asked to wait {round(retry_after_s, 1):g} s (Retry-After), past {budget}"
 
 
 def gave_up_message(last: str, attempts: int, budget: str | None, *,
@@ -706,8 +710,11 @@ class Model:
 
     def _gave_up(self, resp: Response, attempt: int) -> Response:
         out_of_time = attempt + 1 < self.retry.attempts
+        budget = self.retry.budget_text()
+        why = (waited_past(resp.retry_after_s, budget)
+               if out_of_time and resp.retry_after_s is not None else None)
         message = gave_up_message(str(resp.error), attempt + 1,
-                                  self.retry.budget_text() if out_of_time else None)
+                                  budget if out_of_time else None, why=why)
         if self.health is not None:
             message = self.health.failed(message)
         return dataclasses.replace(resp, error=message, retryable=True)

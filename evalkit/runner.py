@@ -3,13 +3,12 @@
 A run is a RunSpec. Its samples are regenerated deterministically on every start, so that
 resuming needs nothing but samples.jsonl: the ids already recorded (without error) are
 skipped, the rest run, and each batch's records are fsynced before the next batch starts.
-Ctrl-C, SIGTERM or SIGHUP lose no answer that arrived (the answers of a batch cut short
-are recorded, evalkit.types.Interrupted); a crash (kill -9) loses at most the batch in
-flight. Leaderboard tasks (evalkit.leaderboard) are run by lm-eval, which scores a task (an
-MMLU subject) as a whole: their records are appended per task, and a task cut short
-replays the answers it had from the response cache (with the cache off, it is asked
-again). Retries, the response cache and continuation
-tokens are the Model's (evalkit/model.py).
+Ctrl-C, SIGTERM or SIGHUP lose no answer that arrived (evalkit.interrupts); a crash
+(kill -9) loses at most the batch in flight. Leaderboard tasks (evalkit.leaderboard) are
+run by lm-eval, which scores a task (an MMLU subject) as a whole: their records are
+appended per task, and a task cut short replays the answers it had from the response
+cache (with the cache off, it is asked again). Retries, the response cache and
+continuation tokens are the Model's (evalkit/model.py).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from evalkit.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec
 from evalkit.generators import Plan, get_task, make_params
 from evalkit.model import Model, make_model
 from evalkit.models import model_label
+from evalkit.report.tables import counted
 from evalkit.scoring import sample_cell
 from evalkit.shards import Selection
 from evalkit.templates import Template, make_template, split_sent
@@ -403,8 +403,8 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
                 leaderboard.run_lm_eval_task(spec, task, model, run_dir, spec.limit, log,
                                              progress=progress)
     if model.cache is not None and model.cache.hits:
-        log(f"{model.cache.hits} answer{'' if model.cache.hits == 1 else 's'} came from the "
-            f"response cache ({model.cache.root}; --no-cache asks the backend again)")
+        log(f"{counted(model.cache.hits, 'answer')} came from the response cache "
+            f"({model.cache.root}; --no-cache asks the backend again)")
     summary = summarize(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, resumed_from=len(done))
 

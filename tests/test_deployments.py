@@ -119,6 +119,17 @@ def test_one_url_spelled_two_ways_is_one_server() -> None:
         "https://h:443/openai?[('api-version', '2024-06-01')]")
 
 
+def test_a_model_file_served_without_an_alias_is_named_by_its_file() -> None:
+    from evalkit.backends.openai import _names
+
+    served = "/models/mistral-7b-instruct-v0.1.Q4_K_M.gguf"
+    assert _names("mistral-7b-instruct-v0.1.Q4_K_M", served)
+    assert _names("mistral-7b-instruct-v0.1.Q4_K_M.gguf", served)
+    assert not _names("mistral-7b", served)
+    # a hub id is the name vLLM answers to, whole (it refuses requests for another)
+    assert not _names("Mistral-7B-Instruct-v0.1", "mistralai/Mistral-7B-Instruct-v0.1")
+
+
 def test_a_server_serving_another_model_is_refused(tmp_path: Path) -> None:
     with FakeOpenAI(served_id="totally-different-model") as server:
         with pytest.raises(EvalkitError, match="serves totally-different-model, not 'tiny'.*"

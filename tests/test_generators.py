@@ -20,7 +20,7 @@ from evalkit.types import EvalkitError, to_jsonable
 GOLDEN = {
     "passkey": "d4dd1ba9eace7922533d661565b1608211261109039e13c75569473d24a1f6fb",
     "lines": "2ac09cc6ac1a889d0a4376188ad5d36173c90620c2888b59cfabaa74a8969b60",
-    "topics": "578ebf605ee31e5716d51ef6cb2985183ce5986310f74aef16ebbdf128456939",
+    "topics": "c432949adbeeb1c35fdde27912c3d6689b47ef3b27a098f67b2aef62944acff5",
     "longqa": "cd9df221d97b846a49aead6bb05596d18b0a01595a74b1eb850841ed66956ab5",
 }
 
@@ -143,16 +143,17 @@ def test_builtin_short_conversations_are_longevals_format() -> None:
 
 
 def test_topics_cases_hold_at_least_three_topics() -> None:
-    """At 1000 tokens two conversations of LongEval's size fill the prompt: cases there are
-    drawn from the short ones; where three of LongEval's size always fit, from those."""
+    """Below 2K tokens (where two or three conversations of LongEval's size fill the
+    prompt) cases are drawn from the short ones, from 2K from those of LongEval's size:
+    by the length alone, whatever the tokenizer."""
     long_topics = {t for t, _ in topics_mod.load_corpus(None)}
     short_topics = {t for t, _ in topics_mod.load_corpus(None, short=True)}
-    out = _samples("topics", lengths=(1000, 2000, 9000), samples=3)
-    assert len(out) == 9
+    out = _samples("topics", lengths=(1000, 2047, 2048, 9000), samples=3)
+    assert len(out) == 12 and topics_mod.SHORT_BELOW == 2048
     for s in out:
         assert s.meta["num_topics"] >= topics_mod.MIN_TOPICS == 3
         assert f"on {s.meta['num_topics']} different topics" in s.prompt
-        assert set(s.meta["topics"]) <= (short_topics if s.target_tokens == 1000
+        assert set(s.meta["topics"]) <= (short_topics if s.target_tokens < 2048
                                          else long_topics)
 
 

@@ -94,6 +94,8 @@ DEFAULT_TIMEOUT_S = 300.0  # silence allowed within one attempt: prefill + gener
 # Metadata and probes (/v1/models, /info, /props, tokenizing "Hello world") answer at once
 # on any live server: a longer silence means a hung one. Each attempt gets a third of it.
 METADATA_TIMEOUT_S = 60.0
+PROBE_S = 5.0  # a route asked for in passing (HttpClient.probe_json)
+UNAVAILABLE = "unavailable"  # what a probe that got no answer found
 SLOW_NOTICE_S = 60.0  # one line when a request has waited this long (once per client)
 MIN_SECRET_CHARS = 4  # see secret_values
 
@@ -481,16 +483,16 @@ class HttpClient:
             raise Interrupted.of(exc, cast("dict[int, Response]", dict(done))) from None
 
     def probe_json(self, path: str) -> Any:
-        """GET a route that not every server has: ONE quiet attempt of METADATA_TIMEOUT_S/3,
-        no retry, no notice. None where the server lacks it (a 4xx or 501); "unavailable"
-        where it could not say (no answer, a 5xx), which the caller treats as an answer of
-        its own, never as an absent route."""
+        """GET a route that not every server has: ONE quiet attempt of at most PROBE_S (a
+        live server says 404 in milliseconds), no retry, no notice. None where the server
+        lacks it (a 4xx or 501); UNAVAILABLE where it could not say (no answer, a 5xx),
+        which the caller treats as an answer of its own, never as an absent route."""
+        within_s = min(PROBE_S, self.timeout_s, self.retry.total_timeout_s or PROBE_S)
         try:
-            return self.run(self.call("GET", path, read_s=METADATA_TIMEOUT_S / 3,
-                                      time_left_s=METADATA_TIMEOUT_S / 3))
+            return self.run(self.call("GET", path, read_s=within_s, time_left_s=within_s))
         except HttpError as exc:
             lacks = exc.status is not None and (400 <= exc.status < 500 or exc.status == 501)
-            return None if lacks else "unavailable"
+            return None if lacks else UNAVAILABLE
 
     def get_json(self, path: str, metadata: bool = True) -> Any:
         """GET; a metadata call (the default) has METADATA_TIMEOUT_S in all."""
@@ -620,14 +622,13 @@ class HttpClient:
                     parsed = json.loads(text)
                 except ValueError:
                     parsed = None
-                wait_s = parse_retry_after(resp.headers.get("retry-after"))
-                # said here, so that a give-up for want of time says why (model.gave_up_message)
-                asked = (f" (the server asked to wait {round(wait_s, 1):g} s: Retry-After)"
-                         if wait_s is not None else "")
+                # the wait asked is data (the give-up line says it), not part of the
+                # message: the samples of one failure keep one shared line
                 raise HttpError(
                     f"HTTP {resp.status_code} {resp.reason_phrase}: "
-                    f"{error_detail(parsed, text)}{asked}",
-                    resp.status_code, retryable_status(resp.status_code), wait_s)
+                    f"{error_detail(parsed, text)}",
+                    resp.status_code, retryable_status(resp.status_code),
+                    parse_retry_after(resp.headers.get("retry-after")))
             try:
                 return await read(resp, limit)
             except HttpError as exc:

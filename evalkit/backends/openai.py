@@ -22,6 +22,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +34,7 @@ from evalkit.backends.counting import (
 )
 from evalkit.backends.http import (
     HTTP_OPTIONS,
+    UNAVAILABLE,
     BodyLimit,
     HttpClient,
     HttpError,
@@ -80,6 +82,17 @@ _TOKENIZERS: tuple[tuple[str, str, Callable[[str, str], Any], Callable[[Any], li
 
 
 _TOKEN_PROMPTS = ("vllm", "llama.cpp")  # servers that take a prompt as token ids
+
+
+def _names(model: str, served_id: str) -> bool:
+    """Whether `model` names the model a server lists as `served_id`: the same id, or, where
+    the server lists a model file's path (llama.cpp's servers started without an alias,
+    which answer whatever model a request names), that file's name or stem."""
+    if model == served_id:
+        return True
+    path = PurePosixPath(served_id)
+    return (served_id.startswith(("/", "./", "~")) or path.suffix == ".gguf") and (
+        model in (path.name, path.stem))
 
 
 def _logprobs_unsupported(err: HttpError) -> bool:
@@ -177,7 +190,7 @@ class OpenAIBackend:
             if listed:
                 self._served = next((d for d in listed if d.get("id") == self.api_model),
                                     listed[0])
-            if ids and self.api_model not in ids:
+            if ids and not any(_names(self.api_model, i) for i in ids):
                 shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5
                                               else "")
                 what = (f"{self._http.where} serves {shown}, not {self.api_model!r}, the "
@@ -369,10 +382,14 @@ class OpenAIBackend:
             about: dict[str, Any] = {"/v1/models": {k: served[k] for k in _MODEL_FIELDS
                                                     if k in served}}
             for path, keys in _ABOUT:
-                found = self._http.probe_json(path)  # None: not this server's flavour
+                # None: not this server's flavour; UNAVAILABLE: it could not say, so this
+                # run shares no answer with others (nor is the next route asked: a server
+                # silent to one is silent to all)
+                found = (UNAVAILABLE if UNAVAILABLE in about.values()
+                         else self._http.probe_json(path))
                 if isinstance(found, Mapping):
                     about[path] = {k: found[k] for k in keys if k in found}
-                elif found is not None:  # it could not say: share no answer with other runs
+                elif found is not None:
                     about[path] = found
             if self.options.get("tokenizer") is None:
                 about["probe_ids"] = self._prompt_counter().encode(PROBE_TEXT)

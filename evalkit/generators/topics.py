@@ -3,15 +3,15 @@
 The prompt is LongEval's, to the character; conversations are joined as LongEval joins
 them. The default corpus (tasks/data/topics/) is ours, in LongEval's format: part*.jsonl
 holds conversations of LongEval's size (about 550-650 tokens), short*.jsonl shorter ones
-(about 170-230), drawn only at lengths where three of LongEval's size may not fit, so that
-a 1K case still asks for the first of several topics. Where that is is measured with the
-model's tokenizer and template (Gemma 3 270M: 2010 tokens, SmolLM2 with its chat template:
-2046), so a 1K case holds 4 short conversations, a 2K case 3 of LongEval's size, and a
-length between holds more, shorter ones. Cases of LongEval's size and cases by topic count
-are the ones made before short*.jsonl existed. `corpus` takes LongEval's
-conversations.jsonl to reproduce it. A fitted case holds at least MIN_TOPICS topics: a
-shorter length is refused, naming the shortest that works. Scored by a normalised match of
-the first topic (accuracy) and by an exact match of the answer's first line (exact_match).
+(about 170-230), drawn below SHORT_BELOW (2K) tokens, where three of LongEval's size do not
+fit, so that a 1K case still asks for the first of several topics: a 1K case holds 4
+short conversations, a 2K case 3 of LongEval's size. The corpus is chosen by the length
+alone, so every model gets the same cases at a length. Cases of LongEval's size (2K and
+longer) and cases by topic count are the ones made before short*.jsonl existed. `corpus`
+takes LongEval's conversations.jsonl to reproduce it. A fitted case holds at least
+MIN_TOPICS topics: a shorter length is refused, naming the shortest that works. Scored by a
+normalised match of the first topic (accuracy) and by an exact match of the answer's first
+line (exact_match).
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ HEADER = (
 QUESTION = (" Now the record ends. What is the first topic we discussed? Only give me the topic "
             "name. Do not summarize yourself.")
 MIN_TOPICS = 3  # LongEval's cases hold 5 to 25; with one or two, "the first" is no search
+# Below this length cases are drawn from our short conversations: three of LongEval's size
+# take 2010 tokens with Gemma 3 270M's tokenizer, 2046 with SmolLM2's chat template.
+SHORT_BELOW = 2048
 
 Corpus = tuple[tuple[str, str], ...]
 
@@ -89,20 +92,24 @@ def _fewest_tokens(corpus: Corpus, plan: Plan, n: int = MIN_TOPICS) -> int:
     return plan.measure(build_prompt(longest[:n], n))
 
 
-def _pools(params: TopicsParams, plan: Plan) -> list[tuple[Corpus, int]]:
-    """The corpora a fitted case may be drawn from, each with its _fewest_tokens, in the
-    order they are tried: ours of LongEval's size first, then ours short; a given corpus
-    alone. Refuses, in one line, a length at which no corpus holds MIN_TOPICS."""
-    corpora = ([load_corpus(params.corpus)] if params.corpus is not None
-               else [load_corpus(None), load_corpus(None, short=True)])
-    for corpus in corpora:
+def _corpus_for(params: TopicsParams, target: int) -> Corpus:
+    """The corpus a case of `target` tokens is drawn from: a given one; else ours short
+    below SHORT_BELOW tokens, ours of LongEval's size from there. A function of the length
+    alone, so that every model gets the same cases at a length."""
+    if params.corpus is not None:
+        return load_corpus(params.corpus)
+    return load_corpus(None, short=target < SHORT_BELOW)
+
+
+def _check_lengths(params: TopicsParams, plan: Plan) -> None:
+    """Refuse, in one line, a length at which a case may hold fewer than MIN_TOPICS."""
+    for target in plan.lengths:
+        corpus = _corpus_for(params, target)
         if len(corpus) < MIN_TOPICS:
             raise EvalkitError(f"topics: the corpus has {len(corpus)} conversations, "
                                f"LongEval's task needs at least {MIN_TOPICS}: pass a larger "
                                "--corpus")
-    pools = [(corpus, _fewest_tokens(corpus, plan)) for corpus in corpora]
-    corpus, shortest = min(pools, key=lambda p: p[1])
-    for target in plan.lengths:
+        shortest = _fewest_tokens(corpus, plan)
         if target < shortest:
             longest = sorted((c for _, c in corpus), key=plan.fitter.estimator, reverse=True)
             held = sum(plan.measure(build_prompt(longest[:k], k)) <= target
@@ -110,8 +117,9 @@ def _pools(params: TopicsParams, plan: Plan) -> list[tuple[Corpus, int]]:
             raise EvalkitError(
                 f"topics: at {target} tokens a case may hold only {held} "
                 f"topic{'' if held == 1 else 's'}, LongEval's task needs at least {MIN_TOPICS}:"
-                f" use lengths of at least {shortest}")
-    return pools
+                f" use lengths of at least {shortest}"
+                + (f" (or below {SHORT_BELOW}, where its short conversations are drawn)"
+                   if params.corpus is None and target >= SHORT_BELOW else ""))
 
 
 def build_prompt(conversations: Sequence[str], n: int) -> str:
@@ -166,10 +174,9 @@ def generate(params: TopicsParams, plan: Plan) -> Iterator[Sample]:
         return
     if not plan.lengths:
         raise EvalkitError("topics needs lengths or num_topics: pass --lengths, e.g. 2k,4k")
-    pools = _pools(params, plan)
+    _check_lengths(params, plan)
     for target in plan.lengths:
-        # the first corpus whose every case holds MIN_TOPICS at this length (one exists)
-        corpus = next(c for c, fewest in pools if fewest <= target)
+        corpus = _corpus_for(params, target)
         for i in range(plan.samples):
             sid = f"topics/{target}/{plan.seed}/{i}"
             if plan.wants(sid):
