@@ -403,7 +403,7 @@ def test_payloads_do_not_execute_in_chromium(browser, tmp_path: Path) -> None:
     corpus.write_text("\n".join(json.dumps({
         "topic": f"Topic {i} {PAYLOAD}",
         "conversation": f"USER: I would like to discuss the topic of topic {i} {PAYLOAD}. "
-                        + " \n ASSISTANT: " + "words " * 300}) for i in range(12)) + "\n")
+                        + " \n ASSISTANT: " + "words " * 200}) for i in range(12)) + "\n")
     d = _scripted_run(tmp_path, "evil", reply=PAYLOAD,
                       tasks=["passkey", {"topics": {"corpus": str(corpus)}}])
     page = build_report([d], tmp_path / "rep", title=PAYLOAD)
