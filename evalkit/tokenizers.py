@@ -13,37 +13,44 @@ import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
+from evalkit.registry import Registry
 from evalkit.types import EvalkitError, TokenCounter
-
-_COUNTERS: dict[str, Callable[[], TokenCounter]] = {}  # name -> factory
-
 
 CounterFactory = Callable[[], TokenCounter]
 
 
+def _factory(obj: object) -> CounterFactory:
+    if not callable(obj):
+        raise TypeError(f"a token counter is a callable () -> TokenCounter, not "
+                        f"{type(obj).__name__}")
+    return cast(CounterFactory, obj)
+
+
+# named counters (evalkit's own are in this module; plugins add theirs by entry point)
+COUNTERS: Registry[CounterFactory] = Registry("tokenizer", "evalkit.counters", {}, _factory)
+
+
 def register_counter(name: str) -> Callable[[CounterFactory], CounterFactory]:
     def deco(factory: CounterFactory) -> CounterFactory:
-        _COUNTERS[name] = factory
-        return factory
+        return COUNTERS.register(name, factory)
 
     return deco
 
 
 def counter_names() -> list[str]:
-    return sorted(_COUNTERS)
+    return sorted(COUNTERS.names())
 
 
 def get_counter(name: str) -> TokenCounter:
-    """A named counter ("mistral-v1", "whitespace")."""
-    try:
-        factory = _COUNTERS[name]
-    except KeyError:
+    """A named counter ("mistral-v1", "whitespace", or a plugin's)."""
+    if name not in COUNTERS.names():
         raise EvalkitError(
             f"unknown tokenizer '{name}': use 'auto' (the backend's own) or one of "
             f"{', '.join(counter_names())}"
-        ) from None
-    return factory()
+        )
+    return COUNTERS.get(name)()
 
 
 class WhitespaceCounter:

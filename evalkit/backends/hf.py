@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from evalkit.backends import check_options, register_backend
+from evalkit.backends import check_options
 from evalkit.backends.hf_common import (
     HFCounter,
     apply_overrides,
@@ -28,7 +28,7 @@ from evalkit.backends.hf_common import (
     token_pairs,
 )
 from evalkit.backends.identity import weights_identity
-from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
+from evalkit.types import Capabilities, EvalkitError, Request, Response, TokenCounter
 
 OPTIONS: dict[str, type] = {"dtype": str, "device_map": str, "attn_implementation": str,
                             "rope_theta": float, "rope_scaling": dict, "sliding_window": int,
@@ -235,8 +235,3 @@ class HFBackend:
                 "engine_version": f"transformers {self._tf.__version__}, "
                                   f"torch {self._torch.__version__}",
                 "options": self.options}
-
-
-@register_backend("hf")
-def _make(model: str, options: Mapping[str, Any]) -> Backend:
-    return HFBackend(model, options)

@@ -23,11 +23,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.backends import check_options, register_backend
+from evalkit.backends import check_options
 from evalkit.backends.identity import weights_identity
 from evalkit.models import resolve_gguf
 from evalkit.templates import chat_template_source
-from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
+from evalkit.types import Capabilities, EvalkitError, Request, Response, TokenCounter
 
 # rope_freq_base / rope_freq_scale override the GGUF's RoPE settings (llama.cpp's
 # --rope-freq-base / --rope-freq-scale); chat_template is a jinja file that replaces the
@@ -258,8 +258,3 @@ class LlamaCppBackend:
                 "context_window": self._ctx_train,
                 "engine_version": getattr(self._llama_cpp, "__version__", "?"),
                 "options": self.options}
-
-
-@register_backend("llamacpp")
-def _make(model: str, options: Mapping[str, Any]) -> Backend:
-    return LlamaCppBackend(model, options)

@@ -26,7 +26,6 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from evalkit.backends import register_backend
 from evalkit.backends.counting import (
     ChatCounter,
     PromptCounter,
@@ -46,7 +45,6 @@ from evalkit.model import notify_stderr
 from evalkit.redact import redact
 from evalkit.templates import chat_template_source, make_template
 from evalkit.types import (
-    Backend,
     Capabilities,
     EvalkitError,
     Request,
@@ -411,8 +409,3 @@ class OpenAIBackend:
                 "server": redact({k: v for k, v in self._deployment().items()
                                   if k != "probe_ids"}),
                 "options": redact(dict(self.options))}  # no password, no key in extra_body
-
-
-@register_backend("openai")
-def _make(model: str, options: Mapping[str, Any]) -> Backend:
-    return OpenAIBackend(model, options)

@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from evalkit.backends import register_backend
 from evalkit.backends.counting import PromptCounter
 from evalkit.backends.http import (
     DEFAULT_CONCURRENCY,
@@ -48,7 +47,6 @@ from evalkit.backends.tgi import (
 )
 from evalkit.templates import chat_template_source
 from evalkit.types import (
-    Backend,
     Capabilities,
     EvalkitError,
     Interrupted,
@@ -235,9 +233,3 @@ class SageMakerBackend:
     def describe(self) -> Mapping[str, Any]:
         return {"backend": self.name, "model": self.model, "context_window":
                 self.context_window(), "options": dict(self.options)}
-
-
-@register_backend("sagemaker")
-def _make(model: str, options: Mapping[str, Any]) -> Backend:
-    return SageMakerBackend(model, options)
-

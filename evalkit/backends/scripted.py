@@ -18,10 +18,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from evalkit.backends import check_options, register_backend
+from evalkit.backends import check_options
 from evalkit.tokenizers import WhitespaceCounter
 from evalkit.types import (
-    Backend,
     Capabilities,
     EvalkitError,
     Interrupted,
@@ -119,8 +118,3 @@ class ScriptedBackend:
 
     def describe(self) -> Mapping[str, Any]:
         return {"backend": self.name, "model": self.model, "options": self.options}
-
-
-@register_backend("scripted")
-def _make(model: str, options: Mapping[str, Any]) -> Backend:
-    return ScriptedBackend(model, options)

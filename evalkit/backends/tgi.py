@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from evalkit.backends import register_backend
 from evalkit.backends.counting import PromptCounter, server_tokenize
 from evalkit.backends.http import (
     HTTP_OPTIONS,
@@ -39,7 +38,6 @@ from evalkit.backends.identity import IDENTITY_OPTIONS, server_identity
 from evalkit.redact import redact
 from evalkit.templates import chat_template_source
 from evalkit.types import (
-    Backend,
     Capabilities,
     EvalkitError,
     Request,
@@ -326,8 +324,3 @@ class TgiBackend:
                 "max_input_length": info.get("max_input_length"),
                 "context_window": self.context_window(),
                 "options": redact(dict(self.options))}  # no password in base_url
-
-
-@register_backend("tgi")
-def _make(model: str, options: Mapping[str, Any]) -> Backend:
-    return TgiBackend(model, options)

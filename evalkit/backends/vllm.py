@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.backends import check_options, register_backend
+from evalkit.backends import check_options
 from evalkit.backends.hf_common import HFCounter, check_torchvision, model_name, token_pairs
 from evalkit.backends.identity import weights_identity
 from evalkit.convert import cached_hf_folder
 from evalkit.models import resolve_gguf
-from evalkit.types import Backend, Capabilities, EvalkitError, Request, Response, TokenCounter
+from evalkit.types import Capabilities, EvalkitError, Request, Response, TokenCounter
 
 # Everything but max_batch_size goes to vllm.LLM as it is; only what is listed here.
 OPTIONS: dict[str, type] = {
@@ -191,8 +191,3 @@ class VLLMBackend:
                 "model_type": self._config.get("model_type"),
                 "context_window": self.context_window(),
                 "engine_version": f"vllm {self._vllm.__version__}", "options": self.options}
-
-
-@register_backend("vllm")
-def _make(model: str, options: Mapping[str, Any]) -> Backend:
-    return VLLMBackend(model, options)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.fitting import Fitter, Measure
+from evalkit.registry import Registry
 from evalkit.types import EvalkitError, MetricDef, RequestKind, Response, Sample
 
 
@@ -85,32 +86,38 @@ class TaskDef:
     metrics: tuple[MetricDef, ...]
 
 
-_TASKS: dict[str, TaskDef] = {}
+def _task_def(obj: object) -> TaskDef:
+    if not isinstance(obj, TaskDef):
+        raise TypeError(f"a task is an evalkit TaskDef, not {type(obj).__name__}")
+    return obj
+
+
+# evalkit's own tasks, loaded when first asked for; plugins add theirs by entry point
+TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
+    "lines": "evalkit.generators.lines:TASK",
+    "lines_shared": "evalkit.generators.lines:TASK_SHARED",
+    "longqa": "evalkit.generators.longqa:TASK",
+    "passkey": "evalkit.generators.passkey:TASK",
+    "passkey_ll": "evalkit.generators.passkey:TASK_LL",
+    "passkey_shared": "evalkit.generators.passkey:TASK_SHARED",
+    "topics": "evalkit.generators.topics:TASK",
+}, _task_def)
 
 
 def register_task(task: TaskDef) -> TaskDef:
-    _TASKS[task.name] = task
-    return task
+    return TASKS.register(task.name, task)
 
 
 def get_task(name: str) -> TaskDef:
-    _load_builtin()
-    try:
-        return _TASKS[name]
-    except KeyError:
+    if name not in TASKS.names():
         raise EvalkitError(
             f"unknown task '{name}': use one of {', '.join(task_names())} (see `evalkit tasks`)"
-        ) from None
+        )
+    return TASKS.get(name)
 
 
 def task_names() -> list[str]:
-    _load_builtin()
-    return list(_TASKS)
-
-
-def _load_builtin() -> None:
-    # importing registers; modules import once, so this is cheap after the first call
-    from evalkit.generators import lines, longqa, passkey, topics  # noqa: F401
+    return TASKS.names()
 
 
 def make_params(task: TaskDef, values: Mapping[str, Any]) -> Any:
