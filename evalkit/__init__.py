@@ -1,0 +1,109 @@
+"""evalkit: how well a language model uses a long input, by input length.
+
+The Python API; the `evalkit` command is a thin shell over it, with the same names:
+
+    import evalkit
+    spec = evalkit.build_spec(evalkit.load_config("configs/quickstart.yaml"))
+    result = evalkit.run(spec, out=Path("results/qs"))   # runs or resumes: .run_dir, .summary
+    run = evalkit.read_run(result.run_dir)                # records, rows, status
+    frame = evalkit.summary_frame(run.rows)               # pandas: one row per cell and metric
+    verdict = evalkit.run_gate(baseline_dir, result.run_dir)  # .exit_code: 0 pass, 1 failed
+    evalkit.build_report([result.run_dir], Path("reports/qs"))  # the HTML report
+    evalkit.register_task(task_def)                       # or by entry point (evalkit.registry)
+
+Names are imported when first used, so `import evalkit` costs nothing of pandas, the
+engines or the CLI. (The gate and the report are `run_gate` and `build_report`: the names
+`gate` and `report` are evalkit's modules.)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> (module, attribute)
+_API: dict[str, tuple[str, str]] = {
+    # configs and runs
+    "load_config": ("evalkit.config", "load_config_file"),
+    "build_spec": ("evalkit.config", "build_spec"),
+    "build_specs": ("evalkit.config", "build_specs"),
+    "RunSpec": ("evalkit.config", "RunSpec"),
+    "run": ("evalkit.runner", "run"),
+    "RunResult": ("evalkit.runner", "RunResult"),
+    "merge": ("evalkit.shards", "merge"),
+    # reading, comparing, gating, reporting
+    "read_run": ("evalkit.analysis", "read_run"),
+    "summary_frame": ("evalkit.analysis", "summary_frame"),
+    "records_frame": ("evalkit.analysis", "records_frame"),
+    "compare_runs": ("evalkit.report.compare", "compare_runs"),
+    "run_gate": ("evalkit.gate", "gate"),
+    "build_report": ("evalkit.report.html", "build_report"),
+    "build_index": ("evalkit.report.html", "build_index"),
+    # models
+    "make_model": ("evalkit.model", "make_model"),
+    "Model": ("evalkit.model", "Model"),
+    # extending
+    "register_task": ("evalkit.generators.base", "register_task"),
+    "register_backend": ("evalkit.backends", "register_backend"),
+    "register_counter": ("evalkit.tokenizers", "register_counter"),
+    "TaskDef": ("evalkit.generators.base", "TaskDef"),
+    "Plan": ("evalkit.generators.base", "Plan"),
+    "Score": ("evalkit.generators.base", "Score"),
+    # the core data types
+    "Sample": ("evalkit.types", "Sample"),
+    "Request": ("evalkit.types", "Request"),
+    "Response": ("evalkit.types", "Response"),
+    "Record": ("evalkit.types", "Record"),
+    "Capabilities": ("evalkit.types", "Capabilities"),
+    "MetricDef": ("evalkit.types", "MetricDef"),
+    "EvalkitError": ("evalkit.types", "EvalkitError"),
+    "Unsupported": ("evalkit.types", "Unsupported"),
+    "Interrupted": ("evalkit.types", "Interrupted"),
+}
+
+__all__ = [
+    "Capabilities", "EvalkitError", "Interrupted", "MetricDef", "Model", "Plan", "Record",
+    "Request", "Response", "RunResult", "RunSpec", "Sample", "Score", "TaskDef", "Unsupported",
+    "build_index", "build_report", "build_spec", "build_specs", "compare_runs", "load_config",
+    "make_model", "merge", "read_run", "records_frame", "register_backend", "register_counter",
+    "register_task", "run", "run_gate", "summary_frame",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'evalkit' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # the same names, for type checkers
+    from evalkit.analysis import read_run, records_frame, summary_frame
+    from evalkit.backends import register_backend
+    from evalkit.config import RunSpec, build_spec, build_specs
+    from evalkit.config import load_config_file as load_config
+    from evalkit.gate import gate as run_gate
+    from evalkit.generators.base import Plan, Score, TaskDef, register_task
+    from evalkit.model import Model, make_model
+    from evalkit.report.compare import compare_runs
+    from evalkit.report.html import build_index, build_report
+    from evalkit.runner import RunResult, run
+    from evalkit.shards import merge
+    from evalkit.tokenizers import register_counter
+    from evalkit.types import (
+        Capabilities,
+        EvalkitError,
+        Interrupted,
+        MetricDef,
+        Record,
+        Request,
+        Response,
+        Sample,
+        Unsupported,
+    )
