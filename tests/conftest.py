@@ -46,3 +46,12 @@ def response_cache(tmp_path_factory: pytest.TempPathFactory,
     folder = tmp_path_factory.mktemp("response-cache")
     monkeypatch.setenv("EVALKIT_CACHE_DIR", str(folder))
     return folder
+
+
+@pytest.fixture
+def aws_test_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made-up AWS credentials in the standard chain's first place, and no instance
+    metadata: the sagemaker tests stub every call, and nothing may go out."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEVALKITTEST00000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "evalkit-test-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

@@ -179,13 +179,10 @@ def test_a_server_that_never_answers_while_planning_is_one_line_and_exit_2(
 # -- the sagemaker backend: the same policy -----------------------------------------------
 
 def test_sagemaker_stops_calling_an_endpoint_that_keeps_failing(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        aws_test_credentials: None) -> None:
     require("boto3", "'evalkit[sagemaker]'")
     from botocore.stub import Stubber
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEVALKITTEST00000")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "evalkit-test-secret")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     notices: list[str] = []
     model = make_model("sagemaker", "m", {
         "endpoint_name": "ep", "region": "eu-west-1", "tokenizer": "whitespace",

@@ -220,14 +220,11 @@ def test_counting_tokens_reads_no_further_than_its_cap(server: FloodServer) -> N
 
 
 def test_a_50_mb_sagemaker_answer_is_read_no_further_than_its_cap(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        aws_test_credentials: None) -> None:
     require("boto3", "'evalkit[sagemaker]'")
     from botocore.response import StreamingBody
     from botocore.stub import ANY, Stubber
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEVALKITTEST00000")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "evalkit-test-secret")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     model = make_model("sagemaker", "m", {"endpoint_name": "e", "region": "eu-west-1",
                                           "tokenizer": "whitespace", "max_retries": 2,
                                           "backoff_s": 0.01}, use_cache=False)

@@ -32,11 +32,8 @@ PROMPT = "The pass key is 4242. Remember it. What is the pass key?"
 
 
 @pytest.fixture(autouse=True)
-def fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Made-up credentials in the standard chain's first place; nothing may go out."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEVALKITTEST00000")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "evalkit-test-secret")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def fake_credentials(aws_test_credentials: None) -> None:
+    """Every test here: made-up credentials (conftest.aws_test_credentials)."""
 
 
 @pytest.fixture
