@@ -5,6 +5,7 @@ tasks, run, report and gate, with no change to evalkit."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ PLUGIN = Path(__file__).parent / "data" / "plugin"
 def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The plugin package installed (as pip installs it: dist-info, entry points) into a
     folder of its own, put on the path of the commands below."""
-    target = tmp_path_factory.mktemp("site")
+    source, target = tmp_path_factory.mktemp("src") / "plugin", tmp_path_factory.mktemp("site")
+    shutil.copytree(PLUGIN, source)  # pip builds in the source folder: not in the checkout
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(PLUGIN)],
+                    "--no-build-isolation", "--target", str(target), str(source)],
                    check=True, capture_output=True, timeout=300)
     return target
 
