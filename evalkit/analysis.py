@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from evalkit import leaderboard, store
+from evalkit import store
 from evalkit.scoring import aggregate, length_key, wilson
 from evalkit.types import EvalkitError, MetricKind, Record, RunSummary, SummaryRow
 
@@ -43,10 +43,10 @@ class MetricInfo:
 def _known_tasks(tasks: Iterable[str]) -> dict[str, Any]:
     """The TaskDefs of those of `tasks` this evalkit knows (an older run, or a task from
     elsewhere, may name others)."""
-    from evalkit.generators import get_task, task_names
+    from evalkit.generators.base import known_task
 
-    known = set(task_names())
-    return {task: get_task(task) for task in sorted(set(tasks) & known)}
+    found = {task: known_task(task) for task in sorted(set(tasks))}
+    return {task: tdef for task, tdef in found.items() if tdef is not None}
 
 
 def declared_metrics(tasks: Iterable[str]) -> dict[tuple[str, str], MetricInfo]:
@@ -125,16 +125,32 @@ def summary_of(run_dir: Path, info: Mapping[str, Any], records: Sequence[Record]
     runner writes it as summary.json; readers compute it in memory."""
     n_ok = sum(1 for r in records if r.ok)
     n_planned = int(info.get("n_samples", len(records)))
-    scored_once = [r for r in records if leaderboard.is_leaderboard_task(r.sample.task)]
-    by_length = [r for r in records if not leaderboard.is_leaderboard_task(r.sample.task)]
     return RunSummary(
         run_id=str(info.get("run_id", Path(run_dir).name)),
         status="complete" if n_ok >= n_planned else "partial",
-        rows=(*aggregate(by_length, metric_kinds(by_length)),
-              *leaderboard.leaderboard_rows(scored_once)),
+        rows=tuple(summary_rows(records)),
         n_samples=n_planned, n_done=n_ok,
         n_errors=len(records) - n_ok,
     )
+
+
+def summary_rows(records: Sequence[Record]) -> list[SummaryRow]:
+    """The summary rows of records: by length cell and subset (scoring.aggregate), but for
+    the tasks that summarize themselves (TaskDef.summarize: a suite's average, a mean of
+    subjects), which do so over the records of every task sharing their summarize."""
+    tasks = _known_tasks({r.sample.task for r in records})
+    own: dict[Any, list[Record]] = {}
+    plain: list[Record] = []
+    for r in records:
+        summarize = getattr(tasks.get(r.sample.task), "summarize", None)
+        if summarize is None:
+            plain.append(r)
+        else:
+            own.setdefault(summarize, []).append(r)
+    rows = aggregate(plain, metric_kinds(plain))
+    for summarize, recs in own.items():
+        rows.extend(summarize(recs))
+    return rows
 
 
 def build_summary(run_dir: Path) -> RunSummary:
@@ -279,7 +295,7 @@ def load_runs(paths: Sequence[Path], join_disjoint: bool = False) -> list[Run]:
     """Runs with display labels that tell them apart: the model, else the model with its
     file (two quantizations of one model), else model@run-folder, else a position (#2) for
     the same run given twice. `join_disjoint`: runs of one model whose tasks do not overlap
-    (the long-context tasks in one run, the leaderboard in another) keep one label, so
+    (the long-context tasks in one run, lm-eval's in another) keep one label, so
     that a report shows them as one column."""
     runs = [read_run(p) for p in paths]
     column = _joined(runs) if join_disjoint else list(range(len(runs)))
@@ -316,7 +332,7 @@ def records_frame(records: Iterable[Record]) -> pd.DataFrame:
     data = [(r.sample.task, length_key(r), str(subset), metric, r.sample.id, float(value),
              r.prompt_sha256)
             for r in records if r.ok
-            for subset in ("all", *r.sample.meta.get("subsets", []))
+            for subset in ("all", *r.sample.subsets)
             for metric, value in r.scores.items()]
     # lengths are ints (tokens) or bin names: one object column, so that a run of either
     # kind joins with a run of the other

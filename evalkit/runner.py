@@ -4,10 +4,10 @@ A run is a RunSpec. Its samples are regenerated deterministically on every start
 resuming needs nothing but samples.jsonl: the ids already recorded (without error) are
 skipped, the rest run, and each batch's records are fsynced before the next batch starts.
 Ctrl-C, SIGTERM or SIGHUP lose no answer that arrived (evalkit.interrupts); a crash
-(kill -9) loses at most the batch in flight. Leaderboard tasks (evalkit.leaderboard) are
-run by lm-eval, which scores a task (an MMLU subject) as a whole: their records are
-appended per task, and a task cut short replays the answers it had from the response
-cache (with the cache off, it is asked again). Retries, the response cache and
+(kill -9) loses at most the batch in flight. A task planned whole (TaskDef.whole: lm-eval,
+which scores a task as a whole) runs through its own harness, which asks the Model: its
+records are appended a unit at a time, and a unit cut short replays the answers it had
+from the response cache (with the cache off, it is asked again). Retries, the response cache and
 continuation tokens are the Model's (evalkit/model.py).
 """
 
@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit import interrupts, leaderboard, store
+from evalkit import interrupts, store
 from evalkit.analysis import build_summary
 from evalkit.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec_sha256
 from evalkit.generators import Plan, get_task, make_params
+from evalkit.generators.base import WholeRun
 from evalkit.model import Model, make_model
 from evalkit.models import model_label
 from evalkit.report.tables import counted
-from evalkit.scoring import sample_cell
 from evalkit.shards import Selection
 from evalkit.templates import Template, make_template, split_sent
 from evalkit.tokenizers import get_counter
@@ -42,6 +42,7 @@ from evalkit.types import (
     Backend,
     EvalkitError,
     Interrupted,
+    Log,
     Record,
     Request,
     RequestKind,
@@ -52,8 +53,6 @@ from evalkit.types import (
     sample_from_json,
     to_jsonable,
 )
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,8 @@ def needs_model_template(task: TaskSpec) -> bool:
 
 
 def resolve_template(task: TaskSpec, backend: Backend | None) -> Template:
-    """"auto" is the protocol's choice: plain completion for passkey, the model's chat
-    template for the others, or plain completion when the model has none. `backend` may be
+    """"auto" is the protocol's choice (TaskDef.default_template): plain completion, or the
+    model's chat template, or plain completion when the model has none. `backend` may be
     None where no task needs the model's template (a dry run with a named tokenizer)."""
     if backend is None:
         if needs_model_template(task):
@@ -110,8 +109,9 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
     with `counter`, one at a time. `backend` is only read for the model's chat template
     (None: every template is a fixed one)."""
     seen: set[str] = set()
-    for task in long_context_tasks(spec):
+    for task in sample_tasks(spec):
         tdef = get_task(task.name)
+        assert tdef.generate is not None  # a task planned per sample has one
         template = resolve_template(task, backend)
 
         def measure(text: str, render: Callable[[str], str] = template.render) -> int:
@@ -130,7 +130,7 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
                 raise EvalkitError("two tasks made samples with the same id: list each task once")
             seen.add(sample.id)
             # generators ask before fitting; samples read from files are sliced here
-            if selection is None or selection(sample.id, sample.meta.get("haystack")):
+            if selection is None or selection(sample.id, sample.cluster):
                 yield sample
 
 
@@ -141,22 +141,35 @@ def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
     return list(iter_samples(spec, backend, counter, progress, Selection(spec.shard)))
 
 
-def long_context_tasks(spec: RunSpec) -> list[TaskSpec]:
-    """The run's generated tasks (planned and sent here); the others are leaderboard tasks
-    (run by lm-eval, evalkit.leaderboard)."""
-    return [t for t in spec.tasks if not leaderboard.is_leaderboard_task(t.name)]
+def sample_tasks(spec: RunSpec) -> list[TaskSpec]:
+    """The run's tasks planned per sample (made, fitted and sent here); the others are
+    planned whole (TaskDef.whole)."""
+    return [t for t in spec.tasks if get_task(t.name).whole is None]
 
 
-def leaderboard_tasks(spec: RunSpec) -> list[TaskSpec]:
-    return [t for t in spec.tasks if leaderboard.is_leaderboard_task(t.name)]
+def whole_tasks(spec: RunSpec) -> list[TaskSpec]:
+    return [t for t in spec.tasks if get_task(t.name).whole is not None]
 
 
-def plan_leaderboard(spec: RunSpec, shard_only: bool = False) -> dict[str, list[str]]:
-    """The sample ids each leaderboard task of the whole run (or, `shard_only`, of this
-    shard) will record (its data, no model)."""
+def whole_run(task: TaskSpec, spec: RunSpec, **more: Any) -> WholeRun:
+    """What a task planned whole plans, describes or runs with."""
+    return WholeRun(params=make_params(get_task(task.name), task.params),
+                    lengths=task.lengths, limit=spec.limit, **more)
+
+
+def plan_whole(spec: RunSpec, counter: TokenCounter | None, shard_only: bool = False
+               ) -> dict[str, dict[str, int | str]]:
+    """task -> sample id -> length cell, of each task planned whole of the whole run (or,
+    `shard_only`, of this shard): its data, no model. A task planned whole is one shard's."""
     selection = Selection(spec.shard if shard_only else None)
-    return {t.name: leaderboard.plan_lm_eval_task(t, spec.limit)
-            for t in leaderboard_tasks(spec) if selection.takes(t.name)}
+    return {t.name: dict(whole_of(t).plan(whole_run(t, spec, counter=counter)))
+            for t in whole_tasks(spec) if selection.takes(t.name)}
+
+
+def whole_of(task: TaskSpec) -> Any:
+    whole = get_task(task.name).whole
+    assert whole is not None
+    return whole
 
 
 def _expected_count(task: TaskSpec, params: Any) -> int | None:
@@ -249,7 +262,7 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
                 selection = Selection(spec.shard)
                 samples = _plan_checked(spec, backend, counter, label, progress, selection,
                                         spool)
-                scored_once = plan_leaderboard(spec)  # a leaderboard task: whole, one shard
+                scored_once = plan_whole(spec, counter)  # planned whole: one shard's
                 whole_ids = [*selection.seen, *(i for ids in scored_once.values() for i in ids)]
                 planned = {name: ids for name, ids in scored_once.items()
                            if selection.takes(name)}
@@ -262,10 +275,7 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
 
 
 def task_kind(task: TaskSpec) -> RequestKind:
-    """The request kind a task's samples become (lm-eval's leaderboard tasks: the
-    loglikelihood of each choice)."""
-    if leaderboard.is_leaderboard_task(task.name):
-        return "loglikelihood"
+    """The request kind a task's samples become (TaskDef.kind)."""
     return get_task(task.name).kind
 
 
@@ -277,7 +287,7 @@ class Planned:
     id: str
     order: tuple[str, bytes]
     where: tuple[int, int]  # offset and size in the spool
-    cell: int | str  # the length cell (scoring.sample_cell)
+    cell: int | str  # the length cell (Sample.cell)
 
 
 PREFIX_BLOCK = 1024  # characters per prefix digest: the grain of the schedule
@@ -344,7 +354,7 @@ def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label:
             example = example or f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens"
             continue
         planned.append(Planned(s.id, (s.task, prefix_key(s.prompt)), spool.add(s),
-                               sample_cell(s)))
+                               s.cell))
     if too_long:
         raise EvalkitError(
             f"{too_long} sample(s) are over the context window of {label} ({window} "
@@ -368,7 +378,7 @@ def _up_to_date(run_dir: Path) -> bool:
 
 
 def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
-                samples: list[Planned], planned: Mapping[str, list[str]],
+                samples: list[Planned], planned: Mapping[str, Mapping[str, int | str]],
                 whole_ids: Sequence[str], spool: Spool, run_dir: Path, progress: bool,
                 log: Log, started: float) -> RunResult:
     backend = model.backend
@@ -394,14 +404,16 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
     todo = sorted((s for s in samples if s.id not in done), key=lambda s: s.order)
     if done:
         log(f"resuming {run_dir}: {len(done)} of {len(ids)} samples already done")
-    scored_once = [task for task in leaderboard_tasks(spec) if task.name in planned
+    scored_once = [task for task in whole_tasks(spec) if task.name in planned
                    and not all(i in done for i in planned[task.name])]  # not another shard's
     if todo or scored_once:
         with store.session(run_dir, started):
             _execute(spec, model, label, run_dir, todo, spool, progress)
             for task in scored_once:
-                leaderboard.run_lm_eval_task(spec, task, model, run_dir, spec.limit, log,
-                                             progress=progress)
+                run = whole_run(task, spec, counter=counter, model=model, label=label,
+                                done=frozenset(done), log=log, progress=progress)
+                for records in whole_of(task).run(run):
+                    store.append_records(run_dir, records)
     if model.cache is not None and model.cache.hits:
         log(f"{counted(model.cache.hits, 'answer')} came from the response cache "
             f"({model.cache.root}; --no-cache asks the backend again)")
@@ -410,15 +422,17 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
 
 
 def planned_cells(samples: Sequence[Planned],
-                  scored_once: Mapping[str, Sequence[str]]) -> dict[str, dict[str, int]]:
+                  scored_once: Mapping[str, Mapping[str, int | str]]
+                  ) -> dict[str, dict[str, int]]:
     """task -> length cell -> the number of samples planned (what ran, whatever the spec's
-    `samples` says: case files bring their own count); a task scored once has one cell,
-    "all", of its documents."""
+    `samples` says: case files bring their own count), for a task planned whole as its
+    plan gives its cells."""
     cells: dict[str, dict[str, int]] = {}
-    for p in samples:
-        task = cells.setdefault(p.order[0], {})
-        task[str(p.cell)] = task.get(str(p.cell), 0) + 1
-    cells.update({name: {"all": len(ids)} for name, ids in scored_once.items()})
+    pairs = [*((p.order[0], p.cell) for p in samples),
+             *((name, cell) for name, ids in scored_once.items() for cell in ids.values())]
+    for name, cell in pairs:
+        task = cells.setdefault(name, {})
+        task[str(cell)] = task.get(str(cell), 0) + 1
     return cells
 
 
@@ -492,7 +506,9 @@ def _record(sample: Sample, rendered: str, response: Response, label: str,
     if response.error is not None:
         return Record(sample=sample, response=response, scores={}, model=label,
                       prompt_sha256=prompt_sha, cache_key=cache_key, parsed=None, sent=sent)
-    result = get_task(sample.task).score(sample, response)
+    score = get_task(sample.task).score
+    assert score is not None  # a sample made here is of a task planned per sample
+    result = score(sample, response)
     return Record(sample=sample, response=response, scores=dict(result.scores), model=label,
                   prompt_sha256=prompt_sha, cache_key=cache_key, parsed=result.parsed,
                   sent=sent)

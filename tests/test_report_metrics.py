@@ -23,7 +23,7 @@ from evalkit import store
 from evalkit.analysis import summary_of
 from evalkit.cli import app
 from evalkit.gate import paired_t, welch
-from evalkit.leaderboard import MMLU_SUBJECTS
+from evalkit.generators.leaderboard import MMLU_SUBJECTS
 from evalkit.report.compare import compare_runs, format_compare
 from evalkit.report.html import build_index, build_report
 from evalkit.report.tables import format_table
@@ -305,7 +305,7 @@ def test_welch_when_the_samples_do_not_pair(tmp_path: Path) -> None:
 def test_rows_of_the_leaderboard_writer_render_and_compare(tmp_path: Path) -> None:
     """A leaderboard-only run of each model, summarized by the runner: the score table ends
     in the average, MMLU is its unweighted mean, compare tests every cell (subjects too)."""
-    from evalkit import leaderboard
+    from evalkit.generators import leaderboard
 
     folders = []
     for name, skill, seed in (("lb-a", 0.5, 8), ("lb-b", 0.8, 9)):

@@ -12,14 +12,24 @@ import dataclasses
 import functools
 import random
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evalkit.fitting import Fitter, Measure
 from evalkit.registry import Registry
-from evalkit.types import EvalkitError, MetricDef, RequestKind, Response, Sample
+from evalkit.types import (
+    EvalkitError,
+    Log,
+    MetricDef,
+    Record,
+    RequestKind,
+    Response,
+    Sample,
+    SummaryRow,
+    TokenCounter,
+)
 
 
 @dataclass(frozen=True)
@@ -65,25 +75,90 @@ def accuracy(rule: str) -> MetricDef:
 
 
 @dataclass(frozen=True)
+class WholeRun:
+    """What a task planned whole gets to plan, describe or run with. `model` (an evalkit
+    Model) is None while planning and describing; `counter` is the model's tokenizer where a
+    task's data are sized with it (None: the task needs none, or a dry run without it)."""
+
+    params: Any
+    lengths: tuple[int, ...]  # the length cells asked for (empty: all, or the task has none)
+    limit: int | None  # --limit: the first N documents (of each unit, of each length cell)
+    counter: TokenCounter | None = None
+    model: Any = None
+    label: str = ""
+    done: frozenset[str] = frozenset()  # sample ids already recorded: not recorded again
+    log: Log = print
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class Whole:
+    """How a task scored as a whole by its own harness (lm-eval, which scores a task over
+    all its documents at once) plans and runs, instead of one request a sample.
+
+    plan: every sample id the task will record, with its length cell (loads its data,
+      asks no model), for run.json's counts before the model is made;
+    run: the records of the samples not in `done`, a unit (one lm-eval task) at a time, the
+      Model asked through the harness; the runner appends each unit's records as they come;
+    describe: the lines a dry run prints for it."""
+
+    plan: Callable[[WholeRun], Mapping[str, int | str]]
+    run: Callable[[WholeRun], Iterator[Sequence[Record]]]
+    describe: Callable[[WholeRun], list[str]]
+
+
+# the options of a config's task entry that set how samples are made (TaskSpec's fields)
+SAMPLE_OPTIONS: tuple[str, ...] = ("lengths", "samples", "template", "max_new_tokens")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskDef:
     """A task: how its samples are made, which request each becomes, how it is scored.
 
+    Planned per sample (`generate`, `score`): samples are made here, fitted to lengths, and
     `kind` is the request every sample becomes: "generate" (the model writes up to
     max_new_tokens) or "loglikelihood" (the model scores the continuation
     `sample.targets[0]` after the rendered prompt). The scorer receives the whole Response
     (text, or logprob and is_greedy) and returns scores named as `metrics` declares, which
-    reports and comparisons iterate over."""
+    reports and comparisons iterate over.
+
+    Planned whole (`whole`): the task's harness makes, asks and scores its samples (see
+    Whole); `kind` is what it asks the model for.
+
+    What else a task may declare, so that no generic module names it:
+    - parse: its parameters from a config entry (default: `params_type`'s fields, typed);
+      spec_params: those parameters as the run's spec records them;
+    - options: which of SAMPLE_OPTIONS a config entry may set (`fixed` says why the others
+      are not: the protocol sets them); limited: --limit applies to it;
+    - summarize: its summary rows from its records (default: a mean per length cell and
+      subset); tasks sharing one summarize are summarized together (a suite's average);
+    - axes: sample fields (Sample.axis) the report plots against length as heatmaps;
+    - details: more lines for `evalkit tasks`."""
 
     name: str
     description: str
     params_type: type
-    default_template: str  # "raw" or "chat": the protocol's choice
-    max_new_tokens: int
-    generate: Generate
-    score: Scorer
-    fitted: Callable[[Any], bool]  # whether these params fit samples to lengths
     kind: RequestKind
     metrics: tuple[MetricDef, ...]
+    default_template: str = "raw"  # "raw" or "chat": the protocol's choice
+    max_new_tokens: int = 0
+    generate: Generate | None = None
+    score: Scorer | None = None
+    fitted: Callable[[Any], bool] = lambda params: True  # whether params fit to lengths
+    whole: Whole | None = None
+    parse: Callable[[Mapping[str, Any]], Any] | None = None
+    spec_params: Callable[[Any], Mapping[str, Any]] | None = None
+    options: frozenset[str] = frozenset(SAMPLE_OPTIONS)
+    fixed: str = ""
+    limited: bool = False
+    summarize: Callable[[Sequence[Record]], list[SummaryRow]] | None = None
+    axes: tuple[str, ...] = ()
+    details: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.whole is None and (self.generate is None or self.score is None):
+            raise TypeError(f"task {self.name}: give generate and score (planned per sample) "
+                            "or whole (planned whole)")
 
 
 def _task_def(obj: object) -> TaskDef:
@@ -101,7 +176,15 @@ TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
     "passkey_ll": "evalkit.generators.passkey:TASK_LL",
     "passkey_shared": "evalkit.generators.passkey:TASK_SHARED",
     "topics": "evalkit.generators.topics:TASK",
-}, _task_def)
+    "arc_challenge": "evalkit.generators.leaderboard:ARC_CHALLENGE",
+    "hellaswag": "evalkit.generators.leaderboard:HELLASWAG",
+    "truthfulqa_mc2": "evalkit.generators.leaderboard:TRUTHFULQA_MC2",
+    "mmlu": "evalkit.generators.leaderboard:MMLU",
+}, _task_def, families={"lm_eval:": "evalkit.generators.lm_eval_tasks:make_task"})
+
+
+# what a config without `tasks:` runs: the long-context tasks of the headline comparison
+DEFAULT_TASKS: tuple[str, ...] = ("passkey", "lines", "topics", "longqa")
 
 
 def register_task(task: TaskDef) -> TaskDef:
@@ -109,7 +192,7 @@ def register_task(task: TaskDef) -> TaskDef:
 
 
 def get_task(name: str) -> TaskDef:
-    if name not in TASKS.names():
+    if not TASKS.knows(name):
         raise EvalkitError(
             f"unknown task '{name}': use one of {', '.join(task_names())} (see `evalkit tasks`)"
         )
@@ -120,9 +203,26 @@ def task_names() -> list[str]:
     return TASKS.names()
 
 
+def known_task(name: str) -> TaskDef | None:
+    """The definition of a task this installation knows, else None (a run made elsewhere,
+    a plugin not installed here, lm-eval not installed for an lm_eval:NAME task)."""
+    try:
+        return TASKS.get(name) if TASKS.knows(name) else None
+    except EvalkitError:
+        return None
+
+
+def has_length_axis(name: str) -> bool:
+    """Whether a task's samples are made at lengths asked for (TaskDef.options)."""
+    task = known_task(name)
+    return task is not None and "lengths" in task.options
+
+
 def make_params(task: TaskDef, values: Mapping[str, Any]) -> Any:
     """Task parameters from a config mapping, checked against the dataclass's annotations
     (pydantic: configs are untrusted input); unknown keys and wrong types are refused by name."""
+    if task.parse is not None:
+        return task.parse(values)
     from pydantic import TypeAdapter, ValidationError
 
     fields = {f.name: f for f in dataclasses.fields(task.params_type)}

