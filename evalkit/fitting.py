@@ -16,6 +16,11 @@ the whole prompt at every step (10-18 times the final tokens). Here:
   taken on the estimate's word only when the estimate has been exact for this fit so far;
   otherwise it is measured.
 
+A conversation (a list of messages, the template rendering them as one prompt) is fitted the
+same way (`Fitter.fit_messages`): build(k) makes the messages, the measure counts them
+rendered (`measure_messages`: a Plan's measure made by evalkit.templates.PromptMeasure), and
+the estimate is the generator's, over the messages' texts.
+
 Every answer fits (the prompt is measured) and k + 1 was either measured over budget or
 estimated over by an estimate that has been exact so far. Where the chunk rule holds, the
 answer is the one bisection gives (`fit_max`, kept as the reference) whenever the count
@@ -32,10 +37,12 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, Message
 
 Measure = Callable[[str], int]
+P = TypeVar("P")  # a prompt: a text, or a conversation's messages
 
 _CHUNK = re.compile(r"\s*\S+|\s+")
 _ANCHOR = "x"  # what a chunk is counted after: one token that no whitespace-led chunk joins
@@ -46,10 +53,24 @@ _SLOW_CALL_S = 3e-4  # a counter slower than this per call (a server) is asked p
 
 
 @dataclass(frozen=True)
-class Fit:
+class Fit(Generic[P]):
     size: int
-    prompt: str
+    prompt: P
     tokens: int
+
+
+def measure_messages(measure: Measure, messages: Sequence[Message]) -> int:
+    """Tokens of a conversation rendered as the model reads it, by a Plan's `measure`: one
+    that measures conversations too (its `conversation` method, as
+    evalkit.templates.PromptMeasure has). A measure of user texts alone is one EvalkitError
+    line."""
+    conversation: Callable[[Sequence[Message]], int] | None = getattr(
+        measure, "conversation", None)
+    if conversation is None:
+        raise EvalkitError("this plan measures prompts of one user text only: a task that "
+                           "makes conversations needs a plan whose measure is an "
+                           "evalkit.templates.PromptMeasure")
+    return conversation(messages)
 
 
 class Estimator:
@@ -222,21 +243,39 @@ class Fitter:
               tail: Callable[[int], str]) -> Units:
         return Units(self.estimator, unit, head, tail)
 
+    def measure_messages(self, messages: Sequence[Message]) -> int:
+        """Tokens of a conversation rendered as the model reads it (measure_messages)."""
+        return measure_messages(self.measure, messages)
+
     def fit(self, key: str, build: Callable[[int], str], estimate: Estimate, budget: int,
-            lo: int, hi: int, what: str = "haystack") -> Fit:
+            lo: int, hi: int, what: str = "haystack") -> Fit[str]:
         """The k in [lo, hi] with measure(build(k)) <= budget < measure(build(k + 1)) (or
         k = hi when everything fits: the caller decides whether the source ran out).
         Raises EvalkitError when even build(lo) is over budget."""
+        return self._fit(key, build, self.measure, estimate, budget, lo, hi, what)
+
+    def fit_messages(self, key: str, build: Callable[[int], Sequence[Message]],
+                     estimate: Estimate, budget: int, lo: int, hi: int,
+                     what: str = "turns") -> Fit[tuple[Message, ...]]:
+        """`fit` for a conversation: build(k) makes its messages, which are measured
+        rendered (measure_messages); the estimate is over their texts (the template's text
+        around each turn is learned as the offset, and where it grows with k the fit only
+        measures more)."""
+        return self._fit(key, lambda k: tuple(build(k)), self.measure_messages, estimate,
+                         budget, lo, hi, what)
+
+    def _fit(self, key: str, build: Callable[[int], P], measure: Callable[[P], int],
+             estimate: Estimate, budget: int, lo: int, hi: int, what: str) -> Fit[P]:
         if lo > hi:
             raise ValueError(f"empty search range [{lo}, {hi}]")
         offset = self.offsets.get(key, 0)
         learned = key in self.offsets  # the first fit of a call site measures k + 1 itself
-        best: Fit | None = None
+        best: Fit[P] | None = None
         over = hi + 1  # the smallest k measured over budget
         k = min(hi, max(lo, estimate.largest_within(budget - offset, lo, hi)))
         for step in range(64 + _GUIDED_STEPS):
             prompt = build(k)
-            tokens = self.measure(prompt)
+            tokens = measure(prompt)
             predicted = estimate.at(k) + offset
             if tokens != predicted and step:  # missed with this fit's own offset: from now
                 self.exact[key] = False  # on, k + 1 is always measured at this call site
@@ -295,7 +334,7 @@ class Fitter:
 
 
 def fit_max(build: Callable[[int], str], measure: Measure, budget: int, lo: int, hi: int,
-            what: str = "haystack") -> Fit:
+            what: str = "haystack") -> Fit[str]:
     """Largest k in [lo, hi] with measure(build(k)) <= budget, by bisection: at most
     ceil(log2(hi - lo + 1)) + 1 measurements. The reference the Fitter is tested against.
 

@@ -5,6 +5,14 @@
 - mistrallite: `<|prompter|>{prompt}</s><|assistant|>` (MistralLite).
 - chat: the model's own chat template (from the GGUF or tokenizer config), one user turn.
 
+A sample may be a conversation instead (Sample.messages: system, user and assistant turns);
+`Template.render_sample` renders either kind, and `sent_of` says where its user text stands
+in the result. A chat template renders a conversation as apply_chat_template does (the
+messages list, add_generation_prompt). raw renders it as a plain transcript: each message
+as "System: ", "User: " or "Assistant: " and its content, a blank line between messages,
+then "\n\nAssistant:" for the model to go on from. mistral-instruct and mistrallite are
+formats of one user text, and refuse a conversation.
+
 A chat template is rendered exactly as transformers' `apply_chat_template` renders it (the
 reference every model's template is written and tested against), without importing
 transformers: the same sandboxed jinja2 environment, extensions, filters, globals and
@@ -17,11 +25,11 @@ A template that writes the BOS text itself gets no second BOS from the token cou
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jinja2
 import jinja2.ext
@@ -29,7 +37,7 @@ from jinja2 import nodes
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, Message, Sample, TokenCounter
 
 # Literal texts of the fixed templates (jinja2). The user text is inserted unescaped.
 FIXED_TEMPLATES: dict[str, str] = {
@@ -49,10 +57,80 @@ _RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupError, Attr
 _CHAT_VARIABLES = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
 
 
+_TRANSCRIPT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def transcript(messages: Sequence[Message]) -> str:
+    """The raw template's conversation: a plain transcript (see the module docstring)."""
+    turns = [f"{_TRANSCRIPT_ROLES[m.role]}: {m.content}" for m in messages]
+    return "\n\n".join([*turns, "Assistant:"])
+
+
+def _as_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
 @dataclass(frozen=True)
 class Template:
+    """A named template: `render` makes the prompt of one user text, `render_messages` that
+    of a conversation (None: the template takes one user text only)."""
+
     name: str
     render: Callable[[str], str]
+    render_messages: Callable[[Sequence[Message]], str] | None = None
+
+    def render_conversation(self, messages: Sequence[Message]) -> str:
+        """The prompt of a conversation; one EvalkitError line where the template takes
+        one user text only."""
+        if self.render_messages is None:
+            raise EvalkitError(f"template {self.name} renders one user text, not a "
+                               "conversation: use template chat (the model's own) or raw")
+        return self.render_messages(messages)
+
+    def render_sample(self, sample: Sample) -> str:
+        """The prompt of any sample, as the model reads it: its user text or its
+        conversation rendered."""
+        if sample.messages is None:
+            return self.render(sample.prompt)
+        return self.render_conversation(sample.messages)
+
+
+@runtime_checkable
+class MessagesCounter(Protocol):
+    """A token counter that applies the chat template itself, as a chat endpoint will (the
+    openai backend with endpoint chat): it counts a conversation from its messages."""
+
+    def encode_messages(self, messages: Sequence[Message]) -> list[int]: ...
+
+
+class PromptMeasure:
+    """Tokens of a prompt as the model reads it: `measure(text)` counts a user text
+    rendered with `template`, `measure.conversation(messages)` a conversation rendered
+    with it. Over a counter that applies the chat template itself (MessagesCounter), a
+    conversation is counted from its messages, as the chat endpoint will read them (the
+    template still renders it first, so that one it refuses is refused here too).
+
+    A Plan's `measure` made with it measures both kinds (evalkit.fitting.measure_messages,
+    Fitter.fit_messages); a plain function measures user texts only."""
+
+    def __init__(self, template: Template, counter: TokenCounter) -> None:
+        self.template = template
+        self.counter = counter
+
+    def __call__(self, text: str) -> int:
+        return len(self.counter.encode(self.template.render(text)))
+
+    def conversation(self, messages: Sequence[Message]) -> int:
+        rendered = self.template.render_conversation(messages)
+        if isinstance(self.counter, MessagesCounter):
+            return len(self.counter.encode_messages(messages))
+        return len(self.counter.encode(rendered))
+
+    def sample(self, sample: Sample) -> int:
+        """The tokens of any sample's prompt."""
+        if sample.messages is None:
+            return self(sample.prompt)
+        return self.conversation(sample.messages)
 
 
 class GenerationTag(jinja2.ext.Extension):
@@ -119,13 +197,15 @@ def make_template(name: str, chat_template: str | None = None,
 
     A chat template renders one user turn with what apply_chat_template passes:
     `messages=[{"role": "user", "content": prompt}]`, `tools=None`, `documents=None`,
-    `add_generation_prompt=True` and the special tokens. Unlike transformers, bos_token and
+    `add_generation_prompt=True` and the special tokens; a conversation the same way, with
+    its messages as `messages`. Unlike transformers, bos_token and
     eos_token default to "" so that a model without one still renders. A template that does
     not parse, or that fails while rendering, raises one EvalkitError line naming the model
     and the fixed templates to use instead."""
     if name in FIXED_TEMPLATES:
         compiled = jinja2.Environment(autoescape=False).from_string(FIXED_TEMPLATES[name])
-        return Template(name, lambda prompt: compiled.render(prompt=prompt))
+        return Template(name, lambda prompt: compiled.render(prompt=prompt),
+                        transcript if name == "raw" else None)
     if name == "chat":
         if not chat_template:
             who = f"model '{model}'" if model else "the model"
@@ -142,17 +222,24 @@ def make_template(name: str, chat_template: str | None = None,
         tokens.update({k: v for k, v in (special_tokens or {}).items()
                        if k not in _CHAT_VARIABLES})
 
-        def render(prompt: str) -> str:
+        def render_chat(messages: list[dict[str, str]], what: str) -> str:
             try:
-                return chat.render(messages=[{"role": "user", "content": prompt}], tools=None,
-                                   documents=None, add_generation_prompt=True, **tokens)
+                return chat.render(messages=messages, tools=None, documents=None,
+                                   add_generation_prompt=True, **tokens)
             except _RENDER_ERRORS as exc:
                 raise EvalkitError(
-                    f"{_whose(model)} fails to render a user turn "
+                    f"{_whose(model)} fails to render {what} "
                     f"({type(exc).__name__}: {_one_line(exc)}): {_USE_FIXED}"
                 ) from None
 
-        return Template("chat", render)
+        def render(prompt: str) -> str:
+            return render_chat([{"role": "user", "content": prompt}], "a user turn")
+
+        def render_messages(messages: Sequence[Message]) -> str:
+            return render_chat(_as_dicts(messages), f"a conversation of {len(messages)} "
+                                                    "messages")
+
+        return Template("chat", render, render_messages)
     raise EvalkitError(
         f"unknown template '{name}': use one of {', '.join(TEMPLATE_NAMES)}"
     )
@@ -173,6 +260,15 @@ def split_sent(rendered: str, prompt: str) -> dict[str, Any]:
             parts: dict[str, Any] = {"before": rendered[:i], "after": rendered[i + len(user):]}
             return parts if user == prompt else {**parts, "user": [start, end]}
     return {"before": rendered, "after": "", "user": [0, 0]}
+
+
+def sent_of(rendered: str, sample: Sample) -> dict[str, Any]:
+    """The record's `sent` of any sample: where its user text (`sample.prompt`) stands in
+    the rendered prompt (split_sent). For a conversation that is its last user message,
+    which the template renders after the earlier turns: those are part of "before", so that
+    rendered == before + prompt + after holds as for one user text, and a report shows the
+    earlier turns as template text around the highlighted question."""
+    return split_sent(rendered, sample.prompt)
 
 
 def sent_user(prompt: str, sent: Mapping[str, Any]) -> str:

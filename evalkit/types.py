@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
 # 2: summary rows carry the metric's kind, the success count and whether the value is a
@@ -19,6 +19,15 @@ SCHEMA_VERSION = 2
 
 RequestKind = Literal["generate", "loglikelihood"]
 MetricKind = Literal["binary", "continuous"]
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+
+# A field that to_jsonable leaves out while it is None: one added after files were written
+# without it, so that what was written before reads, hashes and compares the same.
+_OMIT_NONE = {"omit_none": True}
+
+
+Log = Callable[[str], None]  # where a step says what it did: one line of text a call
 
 
 class EvalkitError(Exception):
@@ -77,14 +86,45 @@ class MetricDef:
 
 
 @dataclass(frozen=True)
+class Message:
+    """One turn of a conversation: who speaks ("system", "user" or "assistant") and what."""
+
+    role: Role
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"a message's role is one of {', '.join(ROLES)}, "
+                             f"not {self.role!r}")
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    """The content of a conversation's last user message: a conversation sample's `prompt`
+    (the text a report highlights as the user's). ValueError when no message is the user's."""
+    for message in reversed(messages):
+        if message.role == "user":
+            return message.content
+    raise ValueError("a conversation needs a user message")
+
+
+@dataclass(frozen=True)
 class Sample:
     """One test case, before any model saw it.
 
     `id` is stable across runs (task/length/seed/index), never a list position, so that
-    resume and comparison match samples by id. `prompt` is the user text before the prompt
-    template; `template` names the template the generator fitted the length with.
-    `target_tokens` is the length asked for (None for natural-length cases such as imported
-    or QuALITY rows); `input_tokens` is the measured length of the rendered prompt.
+    resume and comparison match samples by id. `template` names the template the generator
+    fitted the length with. `target_tokens` is the length asked for (None for natural-length
+    cases such as imported or QuALITY rows); `input_tokens` is the measured length of the
+    rendered prompt.
+
+    A sample is one user text or a conversation. One text: `prompt` is the user text before
+    the prompt template, and `messages` is None. A conversation: `messages` are its turns
+    (system, user and assistant messages, in order, usually ending with the user's), which
+    the template renders as one prompt (evalkit.templates.Template.render_sample), and
+    `prompt` is the content of the last user message (`last_user_text(messages)`): the
+    user text that the record's `sent` and the report single out, the earlier turns being
+    part of the rendered text before it. (A reader that drops prompts, such as
+    store.read_records(prompts=False), may leave `prompt` empty.)
     """
 
     id: str
@@ -96,6 +136,44 @@ class Sample:
     template: str
     max_new_tokens: int
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # left out of the JSON while None: one-text samples are written as they always were
+    messages: tuple[Message, ...] | None = field(default=None, metadata=_OMIT_NONE)
+
+    def __post_init__(self) -> None:
+        if self.messages is not None:
+            if not self.messages:
+                raise ValueError(f"sample {self.id}: a conversation needs a message")
+            if not isinstance(self.messages, tuple):  # a list given: the same sample as read
+                object.__setattr__(self, "messages", tuple(self.messages))
+
+    # The sample's cell axes, read here and nowhere else. They live in `meta` under the
+    # names every run folder has written them with ("bin", "subsets", "haystack"), so that
+    # samples saved by any version read the same.
+
+    @property
+    def cell(self) -> int | str:
+        """The length cell: the target length asked for, else the case's named bin
+        (a natural-length case's length bucket, a leaderboard task's shots), else "all"."""
+        if self.target_tokens is not None:
+            return self.target_tokens
+        return str(self.meta.get("bin", "all"))
+
+    @property
+    def subsets(self) -> tuple[str, ...]:
+        """The subsets the sample is counted in besides "all" (an MMLU subject)."""
+        return tuple(str(s) for s in self.meta.get("subsets", ()))
+
+    @property
+    def cluster(self) -> str | None:
+        """The haystack the sample shares with others (shared-context tasks): its interval
+        is clustered by it. None: the sample stands alone."""
+        haystack = self.meta.get("haystack")
+        return None if haystack is None else str(haystack)
+
+    def axis(self, name: str) -> float | None:
+        """A numeric axis a task declares (TaskDef.axes, e.g. a needle's depth)."""
+        value = self.meta.get(name)
+        return float(value) if isinstance(value, (int, float)) else None
 
 
 @dataclass(frozen=True)
@@ -108,7 +186,12 @@ class Request:
     request, so every backend scores the same tokens; a request made of token ids alone
     (loglikelihood_rolling windows) has empty texts. `time_left_s` is set by the Model for
     one attempt: the rest of the request's time budget (None: no limit); a backend that can
-    bound a call by it does. It is no part of the cache key."""
+    bound a call by it does. It is no part of the cache key.
+
+    `messages`: the request's sample is a conversation. `prompt` is still the conversation
+    as evalkit rendered it, which backends that take a prompt send; a chat endpoint that
+    applies the model's template itself (backend openai, endpoint chat) sends the messages
+    instead. The cache key holds them only when set, so one-text requests keep their keys."""
 
     sample_id: str
     kind: RequestKind
@@ -121,15 +204,19 @@ class Request:
     context_tokens: tuple[int, ...] | None = None
     continuation_tokens: tuple[int, ...] | None = None
     time_left_s: float | None = None
+    messages: tuple[Message, ...] | None = field(default=None, metadata=_OMIT_NONE)
 
     def cache_key(self, backend_fingerprint: str) -> str:
-        fields: list[Any] = [backend_fingerprint, self.kind, self.prompt, self.continuation,
-                             self.max_new_tokens, self.temperature, self.seed, list(self.stop)]
+        parts: list[Any] = [backend_fingerprint, self.kind, self.prompt, self.continuation,
+                            self.max_new_tokens, self.temperature, self.seed, list(self.stop)]
         if self.context_tokens is not None or self.continuation_tokens is not None:
             # only when the caller gave them: tokens the Model derives from the texts are a
             # function of the texts and the tokenizer (part of the fingerprint) already
-            fields += [list(self.context_tokens or ()), list(self.continuation_tokens or ())]
-        payload = json.dumps(fields, ensure_ascii=False)
+            parts += [list(self.context_tokens or ()), list(self.continuation_tokens or ())]
+        if self.messages is not None:
+            # what a chat endpoint is sent; tagged, so that no other list reads the same
+            parts.append(["messages", [[m.role, m.content] for m in self.messages]])
+        payload = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -259,9 +346,11 @@ class Backend(Protocol):
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Dataclasses to plain JSON values (tuples become lists)."""
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: to_jsonable(v) for k, v in asdict(obj).items()}
+    """Dataclasses to plain JSON values (tuples become lists). A field declared with
+    metadata omit_none (Sample.messages) is left out while it is None."""
+    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in fields(obj)
+                if not (f.metadata.get("omit_none") and getattr(obj, f.name) is None)}
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -269,11 +358,31 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def messages_from_json(value: Any) -> tuple[Message, ...]:
+    """A conversation as samples.jsonl holds it: [{"role", "content"}, ...]. Anything else
+    is one EvalkitError line saying what is wrong."""
+    if not isinstance(value, list) or not value:
+        raise EvalkitError("sample.messages should be a non-empty list of {role, content} "
+                           f"objects, got {type(value).__name__}")
+    out = []
+    for i, m in enumerate(value):
+        if not (isinstance(m, Mapping) and set(m) == {"role", "content"}
+                and m["role"] in ROLES and isinstance(m["content"], str)):
+            raise EvalkitError(f"sample.messages[{i}] should be {{role, content}} with role "
+                               f"one of {', '.join(ROLES)} and content a string")
+        out.append(Message(m["role"], m["content"]))
+    return tuple(out)
+
+
 def sample_from_json(d: Mapping[str, Any]) -> Sample:
+    """A sample as to_jsonable wrote it; one without "messages" (every one-text sample, and
+    every sample written before conversations) is a one-text sample."""
+    messages = d.get("messages")
     return Sample(
         id=d["id"], task=d["task"], prompt=d["prompt"], targets=tuple(d["targets"]),
         target_tokens=d["target_tokens"], input_tokens=d["input_tokens"],
         template=d["template"], max_new_tokens=d["max_new_tokens"], meta=dict(d["meta"]),
+        messages=None if messages is None else messages_from_json(messages),
     )
 
 

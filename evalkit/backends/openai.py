@@ -5,6 +5,9 @@ endpoint "completions" (default) sends the prompt evalkit already rendered with 
 template; "chat" sends the user text as one user message and the server applies the
 model's template, so lengths are counted with the model's template (option chat_template:
 a file holding it, or a fixed template name such as mistral-instruct) around the user text.
+A conversation sample (Request.messages) goes to the chat endpoint as its messages, and is
+counted as the model's template renders them (a fixed template name renders one user text
+only: give the template's file).
 
 Token counts come from the server's tokenize endpoint where it has one (vLLM and llama.cpp
 `POST /tokenize`, llama-cpp-python `POST /extras/tokenize`, TGI `POST /tokenize`), else
@@ -43,10 +46,11 @@ from evalkit.backends.http import (
 from evalkit.backends.identity import IDENTITY_OPTIONS, server_identity
 from evalkit.model import notify_stderr
 from evalkit.redact import redact
-from evalkit.templates import chat_template_source, make_template
+from evalkit.templates import Template, chat_template_source, make_template
 from evalkit.types import (
     Capabilities,
     EvalkitError,
+    Message,
     Request,
     Response,
     TokenCounter,
@@ -91,6 +95,19 @@ def _names(model: str, served_id: str) -> bool:
     path = PurePosixPath(served_id)
     return (served_id.startswith(("/", "./", "~")) or path.suffix == ".gguf") and (
         model in (path.name, path.stem))
+
+
+class _ChatEndpointCounter(ChatCounter):
+    """ChatCounter that counts a conversation too (evalkit.templates.MessagesCounter): its
+    messages rendered with the model's template, as the chat endpoint will render them."""
+
+    def __init__(self, base: PromptCounter, template: Template) -> None:
+        super().__init__(base, template.render)
+        self._templated = base
+        self._template = template
+
+    def encode_messages(self, messages: Sequence[Message]) -> list[int]:
+        return self._templated.encode_templated(self._template.render_conversation(messages))
 
 
 def _logprobs_unsupported(err: HttpError) -> bool:
@@ -169,9 +186,9 @@ class OpenAIBackend:
         counter = self._prompt_counter()
         if self.endpoint == "completions":
             return counter
-        render = make_template(self._fixed or "chat", self._jinja,
-                               {"bos_token": counter.bos_text or "", "eos_token": ""}).render
-        return ChatCounter(counter, render)
+        template = make_template(self._fixed or "chat", self._jinja,
+                                 {"bos_token": counter.bos_text or "", "eos_token": ""})
+        return _ChatEndpointCounter(counter, template)
 
     def _served_model(self) -> dict[str, Any]:
         """The server's /v1/models entry of the model it serves (the one named `model`
@@ -241,7 +258,10 @@ class OpenAIBackend:
         if req.stop:
             body["stop"] = list(req.stop)
         if self.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": req.prompt}]
+            # a conversation as its messages; one user text as one user message
+            body["messages"] = ([{"role": "user", "content": req.prompt}] if req.messages is None
+                                else [{"role": m.role, "content": m.content}
+                                      for m in req.messages])
             return "/v1/chat/completions", body
         body["prompt"] = self._prompt_counter().server_text(req.prompt)
         return "/v1/completions", body
