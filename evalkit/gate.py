@@ -9,13 +9,13 @@ where lower is better), chosen by what the two cells hold:
   do), binary metric: exact McNemar on the discordant pairs (a one-sided binomial test of
   the pairs the candidate lost against those it won) at margin 0; above 0, Tango's score
   test for a paired difference of proportions;
-- the samples pair, continuous metric (TruthfulQA mc2, a log-probability): a one-sided
-  paired t-test of the per-sample losses against the margin;
+- the samples pair, continuous metric (a probability mass over the right answers, a
+  log-probability): a one-sided paired t-test of the per-sample losses against the margin;
 - the samples do not pair (another seed, a summary.json without samples), binary metric:
   Fisher's exact test at margin 0; above 0, the Farrington-Manning score test;
 - continuous, not paired: Welch's t-test against the margin;
-- a value that is not a plain mean of its samples (MMLU's mean of subjects, the
-  leaderboard average), a cell whose samples share haystacks (the shared-context tasks:
+- a value that is not a plain mean of its samples (a mean of subset means, a suite's
+  average over tasks), a cell whose samples share haystacks (the shared-context tasks:
   their interval is clustered by haystack), or a continuous cell known by its summary
   only: a z-test on the difference with each standard error read off the 95% interval.
 
@@ -189,34 +189,55 @@ def cell_test(a: SummaryRow, b: SummaryRow, info: MetricInfo, pairs: pd.DataFram
     analysis.paired_frame (None: the runs cannot pair, one has no samples); `values_*` each
     side's scored values (empty for a summary alone)."""
     sign = 1 if info.higher_is_better else -1
-    plain = not (a.derived or b.derived or a.clusters or b.clusters)  # independent samples
-    n_pairs = 0 if pairs is None else len(pairs)
-    changed = 0 if pairs is None else int(pairs["prompt_changed"].sum())
-    if (pairs is not None and plain and n_pairs >= 1
-            and n_pairs == len(values_a) == len(values_b) == a.n == b.n):
-        losses = [sign * (x - y) for x, y in zip(pairs["value_a"], pairs["value_b"],
-                                                  strict=True)]
-        if info.kind == "binary":
-            lost, won = sum(1 for x in losses if x > 0), sum(1 for x in losses if x < 0)
-            if margin > 0 and alternative == "worse":
-                return CellTest("tango", tango_score(lost, won, n_pairs, margin), n_pairs,
-                                changed)
-            return CellTest("mcnemar", mcnemar_exact(lost, won, alternative), n_pairs, changed)
-        p = paired_t(losses, margin, alternative)
-        return CellTest("paired-t", None if math.isnan(p) else p, n_pairs, changed)
-    if plain and info.kind == "binary" and a.successes is not None and b.successes is not None:
-        ka, kb, na, nb = a.successes, b.successes, a.n, b.n
-        if sign < 0:  # lower is better: count failures as the successes
-            ka, kb = na - ka, nb - kb
-        p = two_proportions(ka, na, kb, nb, margin, alternative)
+    n_pairs, changed = (0, 0) if pairs is None else (len(pairs),
+                                                     int(pairs["prompt_changed"].sum()))
+    if a.derived or b.derived or a.clusters or b.clusters:  # not independent samples
+        return _tested("z-ci", interval_z(a, b, sign, margin, alternative), n_pairs, changed)
+    if pairs is not None and _pair_whole(n_pairs, a, b, values_a, values_b):
+        return _paired_test(pairs, info.kind, sign, margin, alternative, changed)
+    if info.kind == "binary" and a.successes is not None and b.successes is not None:
+        p = _proportions_p(a.successes, a.n, b.successes, b.n, sign, margin, alternative)
         name = "fisher" if margin == 0 or alternative == "two-sided" else "score"
-        return CellTest(name, None if math.isnan(p) else p, n_pairs, changed)
-    if plain and values_a and values_b:
+        return _tested(name, p, n_pairs, changed)
+    if values_a and values_b:
         p = welch([sign * v for v in values_a], [sign * v for v in values_b], margin,
                   alternative)
-        return CellTest("welch-t", None if math.isnan(p) else p, n_pairs, changed)
-    p = interval_z(a, b, sign, margin, alternative)
-    return CellTest("z-ci", None if math.isnan(p) else p, n_pairs, changed)
+        return _tested("welch-t", p, n_pairs, changed)
+    return _tested("z-ci", interval_z(a, b, sign, margin, alternative), n_pairs, changed)
+
+
+def _pair_whole(n_pairs: int, a: SummaryRow, b: SummaryRow, values_a: Sequence[float],
+                values_b: Sequence[float]) -> bool:
+    """Whether the pairs are the whole cell: every scored sample of either side paired."""
+    return n_pairs >= 1 and n_pairs == len(values_a) == len(values_b) == a.n == b.n
+
+
+def _tested(test: str, p: float, n_pairs: int, changed: int) -> CellTest:
+    """A test's result; a p-value it could not compute (NaN) is None: no test."""
+    return CellTest(test, None if math.isnan(p) else p, n_pairs, changed)
+
+
+def _paired_test(pairs: pd.DataFrame, kind: MetricKind, sign: int, margin: float,
+                 alternative: Alternative, changed: int) -> CellTest:
+    """Both runs scored the cell's samples: exact McNemar on 0/1 scores (Tango's score test
+    against a margin), the paired t-test on continuous ones."""
+    n_pairs = len(pairs)
+    losses = [sign * (x - y) for x, y in zip(pairs["value_a"], pairs["value_b"], strict=True)]
+    if kind != "binary":
+        return _tested("paired-t", paired_t(losses, margin, alternative), n_pairs, changed)
+    lost, won = sum(1 for x in losses if x > 0), sum(1 for x in losses if x < 0)
+    if margin > 0 and alternative == "worse":
+        return CellTest("tango", tango_score(lost, won, n_pairs, margin), n_pairs, changed)
+    return CellTest("mcnemar", mcnemar_exact(lost, won, alternative), n_pairs, changed)
+
+
+def _proportions_p(k_a: int, n_a: int, k_b: int, n_b: int, sign: int, margin: float,
+                   alternative: Alternative) -> float:
+    """two_proportions of the two sides' successes, or of their failures where lower is
+    better (so that a loss is still a drop)."""
+    if sign < 0:
+        k_a, k_b = n_a - k_a, n_b - k_b
+    return two_proportions(k_a, n_a, k_b, n_b, margin, alternative)
 
 
 # ---- two runs ----------------------------------------------------------------------------
@@ -334,32 +355,54 @@ def gate(baseline: Path, candidate: Path, margin: float = 0.0, alpha: float = 0.
     if not base.rows:
         raise EvalkitError(f"the baseline {baseline} has no results: pass a finished run "
                            "(or its summary.json)")
-    if metrics:
-        known = {r.metric for r in base.rows}
-        unknown = [m for m in metrics if m not in known]
-        if unknown:
-            raise EvalkitError(f"--metric {unknown[0]}: the baseline has no such metric; it "
-                               f"has {', '.join(sorted(known))}")
+    _check_metrics(metrics, base.rows)
     cells = [c for c in paired_cells(base, cand, margin, "worse")
              if not metrics or c.key[3] in metrics]
-    verdicts = [_verdict(c) for c in cells]
+    verdicts, n_tested = _corrected([_verdict(c) for c in cells], margin, alpha)
+    return GateResult(str(baseline), str(candidate), margin, alpha, verdicts,
+                      _run_problems(cand), n_tested)
+
+
+def _check_metrics(metrics: Sequence[str], rows: Sequence[SummaryRow]) -> None:
+    """Refuse, in one line, a --metric the baseline does not have."""
+    if not metrics:
+        return
+    known = {r.metric for r in rows}
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise EvalkitError(f"--metric {unknown[0]}: the baseline has no such metric; it "
+                           f"has {', '.join(sorted(known))}")
+
+
+def _corrected(verdicts: list[Verdict], margin: float,
+               alpha: float) -> tuple[list[Verdict], int]:
+    """The verdicts with Holm's correction run over the tested cells (those passing so far
+    with a p-value), each of them failing where its adjusted p is below alpha; and how many
+    cells were tested."""
     tested = [i for i, v in enumerate(verdicts) if v.status == "pass" and v.p is not None]
     adjusted = holm([verdicts[i].p for i in tested])  # type: ignore[misc]
+    out = list(verdicts)
     for i, p_holm in zip(tested, adjusted, strict=True):
-        v = verdicts[i]
-        status: Status = "fail" if p_holm < alpha else "pass"
-        reason = (f"worse by more than {margin:g}" if margin else "worse") if status == "fail" \
-            else v.reason
-        if status == "fail" and v.prompts_changed:
-            reason += f" (prompt changed in {v.prompts_changed} of {v.n_pairs} pairs)"
-        verdicts[i] = replace(v, status=status, reason=reason, p_holm=p_holm)
-    problems = []
-    if cand.status != "complete":
-        problems.append(f"the candidate run is partial ({cand.n_done} of {cand.n_samples} "
-                        "samples scored): finish it (run the same command again) and gate "
-                        "again")
-    return GateResult(str(baseline), str(candidate), margin, alpha, verdicts, problems,
-                      len(tested))
+        out[i] = _judged(verdicts[i], p_holm, margin, alpha)
+    return out, len(tested)
+
+
+def _judged(v: Verdict, p_holm: float, margin: float, alpha: float) -> Verdict:
+    """A tested verdict, given its Holm-adjusted p: a fail below alpha, else a pass."""
+    if not p_holm < alpha:
+        return replace(v, status="pass", p_holm=p_holm)
+    reason = f"worse by more than {margin:g}" if margin else "worse"
+    if v.prompts_changed:
+        reason += f" (prompt changed in {v.prompts_changed} of {v.n_pairs} pairs)"
+    return replace(v, status="fail", reason=reason, p_holm=p_holm)
+
+
+def _run_problems(cand: Run) -> list[str]:
+    """Run-level reasons to fail: a candidate run that is not complete."""
+    if cand.status == "complete":
+        return []
+    return [f"the candidate run is partial ({cand.n_done} of {cand.n_samples} samples "
+            "scored): finish it (run the same command again) and gate again"]
 
 
 def _verdict(cell: Cell) -> Verdict:

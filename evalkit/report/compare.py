@@ -4,7 +4,7 @@ A cell is (task, length, subset, metric), for every metric the runs' summary row
 The test is the gate's (evalkit.gate.cell_test), two-sided: exact McNemar or the paired
 t-test where both runs scored the same sample ids, Fisher's exact test or Welch's t-test
 where they did not, and a z-test on the 95% intervals for a value that is not a plain mean
-of its samples (MMLU's mean of subjects, the leaderboard average). Significance is read
+of its samples (a mean of subset means, a suite's average over tasks). Significance is read
 off Holm-adjusted p-values over every tested cell. Reads only.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from evalkit import store
 from evalkit.analysis import load_runs
-from evalkit.gate import holm, paired_cells, value_cell
+from evalkit.gate import Cell, holm, paired_cells, value_cell
 from evalkit.report.plots import length_plot
 from evalkit.report.tables import (
     columns,
@@ -68,22 +68,7 @@ def compare_runs(run_a: Path, run_b: Path,
     """(label A, label B, rows), a row per (task, length, subset, metric); with plot_dir,
     also the combined plots per task and metric (tasks with a length axis only)."""
     runs = load_runs([run_a, run_b])
-    la, lb = runs[0].label, runs[1].label
-    cells = paired_cells(runs[0], runs[1], 0.0, "two-sided")
-    tested = [c for c in cells if c.test is not None and c.test.p is not None]
-    adjusted = dict(zip((c.key for c in tested),
-                        holm([c.test.p for c in tested]), strict=True))  # type: ignore[union-attr,misc]
-    out = []
-    for c in cells:
-        task, length, subset, metric = c.key
-        delta = None
-        if (c.baseline is not None and c.candidate is not None
-                and math.isfinite(c.baseline.value) and math.isfinite(c.candidate.value)):
-            delta = c.candidate.value - c.baseline.value
-        out.append(CompareRow(task, subset, length, c.baseline, c.candidate, delta,
-                              adjusted.get(c.key), c.test.test if c.test else "", metric,
-                              c.info.kind, c.info.higher_is_better,
-                              c.test.p if c.test else None))
+    out = _compare_rows(paired_cells(runs[0], runs[1], 0.0, "two-sided"))
     rows = runs[0].rows + runs[1].rows
     with_axis = {r.task for r in split_rows(rows)[0]}
     out.sort(key=lambda r: (r.task not in with_axis, is_mean_of_tasks(r.task, r.metric),
@@ -92,16 +77,45 @@ def compare_runs(run_a: Path, run_b: Path,
                             (0, r.length) if isinstance(r.length, int) else (1, str(r.length)),
                             r.metric))
     if plot_dir is not None:
-        tables = length_tables(split_rows(rows)[0])
-        metrics_of: dict[str, list[str]] = {}
-        for metric, lines in tables:
-            for task in dict.fromkeys(line.task for line in lines):
-                metrics_of.setdefault(task, []).append(metric)
-        for task, metrics in sorted(metrics_of.items()):
-            for metric in metrics:
-                name = f"compare_{task}" + ("" if len(metrics) == 1 else f"_{metric}")
-                length_plot(rows, task, metric, plot_dir / store.safe_name(name))
-    return la, lb, out
+        _compare_plots(rows, plot_dir)
+    return runs[0].label, runs[1].label, out
+
+
+def _compare_rows(cells: list[Cell]) -> list[CompareRow]:
+    """A row per cell, in the cells' order, its p-value Holm-adjusted over every tested
+    cell."""
+    tested = [c for c in cells if c.test is not None and c.test.p is not None]
+    adjusted = dict(zip((c.key for c in tested),
+                        holm([c.test.p for c in tested]), strict=True))  # type: ignore[union-attr,misc]
+    out = []
+    for c in cells:
+        task, length, subset, metric = c.key
+        out.append(CompareRow(task, subset, length, c.baseline, c.candidate, _delta(c),
+                              adjusted.get(c.key), c.test.test if c.test else "", metric,
+                              c.info.kind, c.info.higher_is_better,
+                              c.test.p if c.test else None))
+    return out
+
+
+def _delta(c: Cell) -> float | None:
+    """B - A, where both runs have a finite value."""
+    if (c.baseline is not None and c.candidate is not None
+            and math.isfinite(c.baseline.value) and math.isfinite(c.candidate.value)):
+        return c.candidate.value - c.baseline.value
+    return None
+
+
+def _compare_plots(rows: list[SummaryRow], plot_dir: Path) -> None:
+    """Both runs' lines in one plot per task and metric (tasks with a length axis only):
+    compare_TASK, or compare_TASK_METRIC for a task of several metrics."""
+    metrics_of: dict[str, list[str]] = {}
+    for metric, lines in length_tables(split_rows(rows)[0]):
+        for task in dict.fromkeys(line.task for line in lines):
+            metrics_of.setdefault(task, []).append(metric)
+    for task, metrics in sorted(metrics_of.items()):
+        for metric in metrics:
+            name = f"compare_{task}" + ("" if len(metrics) == 1 else f"_{metric}")
+            length_plot(rows, task, metric, plot_dir / store.safe_name(name))
 
 
 def format_compare(label_a: str, label_b: str, rows: list[CompareRow]) -> str:
