@@ -146,6 +146,7 @@ TASK = register_task(TaskDef(
     params_type=PasskeyParams, default_template="raw", max_new_tokens=10,
     generate=generate, score=score, fitted=lambda p: True,
     kind="generate", metrics=(KEY_ACCURACY,),
+    axes=("depth",),
 ))
 
 TASK_LL = register_task(TaskDef(
@@ -159,6 +160,7 @@ TASK_LL = register_task(TaskDef(
                  "the model's token probabilities; nothing is generated)"),
         MetricDef("logprob", "continuous",
                   description="log P(pass key | prompt) in nats: higher is better")),
+    axes=("depth",),
 ))
 
 
@@ -239,4 +241,5 @@ TASK_SHARED = register_task(TaskDef(
     params_type=SharedPasskeyParams, default_template="raw", max_new_tokens=10,
     generate=generate_shared, score=score, fitted=lambda p: True,
     kind="generate", metrics=(KEY_ACCURACY,),
+    axes=("depth",),
 ))

@@ -3,7 +3,8 @@
 reports/<name>/
   index.html         tables, plots, run metadata, the sample browser (jinja2, autoescaped)
   plots/*.png|svg    each metric by length per task (tasks with a length axis only);
-                     passkey depth x length heatmaps
+                     for tasks that declare sample axes (TaskDef.axes), each metric by
+                     axis x length as a heatmap
   static/            report.css, report.js (copied from evalkit/report/static)
   samples.js         sample metadata and outputs, as JSON (rendered with textContent only)
   prompts/NNN.js     prompts as sent, in chunks, loaded when a sample's prompt is opened:
@@ -15,7 +16,7 @@ and the HTML around them is autoescaped.
 
 Every metric the summary rows carry is reported (accuracy, acc, acc_norm, mc2, ...): tasks
 with a length axis get a table per metric and a plot, tasks scored once over all their
-data (the leaderboard tasks) get the leaderboard table. Runs are read through
+data (tasks scored whole) get the score table. Runs are read through
 evalkit.analysis: rows computed from samples.jsonl, or a summary.json alone.
 """
 
@@ -35,6 +36,7 @@ import jinja2
 
 from evalkit import store
 from evalkit.analysis import (
+    MetricInfo,
     Run,
     common_errors,
     declared_metrics,
@@ -45,7 +47,9 @@ from evalkit.analysis import (
     model_name,
     primary_metrics,
 )
-from evalkit.report.plots import depth_heatmap, length_plot
+from evalkit.generators import get_task
+from evalkit.generators.base import TASKS
+from evalkit.report.plots import axis_heatmap, length_plot
 from evalkit.report.tables import (
     LengthLine,
     ScoreLine,
@@ -54,7 +58,7 @@ from evalkit.report.tables import (
     score_lines,
     split_rows,
 )
-from evalkit.scoring import length_key, length_order
+from evalkit.scoring import length_order
 from evalkit.templates import FIXED_TEMPLATES, make_template, sent_user, split_sent
 from evalkit.types import EvalkitError, Record, SummaryRow
 
@@ -176,7 +180,7 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
                                s.task in by_loglikelihood)
             parts, sent = _prompt_sent(r, server_template)
             rows.append({
-                "model": run.label, "task": s.task, "length": _length_label(length_key(r)),
+                "model": run.label, "task": s.task, "length": _length_label(s.cell),
                 "id": s.id, "outcome": outcome, "expected": " | ".join(s.targets),
                 "output": resp.text[:OUTPUT_CHARS], "output_cut": len(resp.text) > OUTPUT_CHARS,
                 "parsed": r.parsed, "error": resp.error, "input_tokens": s.input_tokens,
@@ -214,13 +218,13 @@ CacheKey = tuple[str, str, int | str, str]  # (model, task, length cell, subset)
 def _cached_notes(records: list[Record]) -> tuple[dict[CacheKey, str],
                                                    dict[tuple[str, str, str], str]]:
     """Where answers came from the response cache: by (model, task, length, subset) for the
-    by-length tables, by (model, task, subset) for the leaderboard (its rows name a number
-    of shots, not its records' length cells). Cells of none are left out."""
+    by-length tables, by (model, task, subset) for the score table (its rows may name a
+    number of shots, not their records' length cells). Cells of none are left out."""
     by_length: dict[CacheKey, list[Record]] = {}
     once: dict[tuple[str, str, str], list[Record]] = {}
     for r in records:
-        for subset in ("all", *map(str, r.sample.meta.get("subsets", []))):
-            by_length.setdefault((r.model, r.sample.task, length_key(r), subset), []).append(r)
+        for subset in ("all", *r.sample.subsets):
+            by_length.setdefault((r.model, r.sample.task, r.sample.cell, subset), []).append(r)
             once.setdefault((r.model, r.sample.task, subset), []).append(r)
     return ({k: note for k, recs in by_length.items() if (note := _cached_note(recs))},
             {k: note for k, recs in once.items() if (note := _cached_note(recs))})
@@ -228,7 +232,7 @@ def _cached_notes(records: list[Record]) -> tuple[dict[CacheKey, str],
 
 def _results(rows: list[SummaryRow]) -> tuple[list[tuple[str, list[LengthLine]]],
                                               list[ScoreLine]]:
-    """(by-length tables per metric, leaderboard lines) of every run's rows."""
+    """(by-length tables per metric, score table lines) of every run's rows."""
     by_length, once = split_rows(rows)
     return length_tables(by_length), score_lines(once)
 
@@ -250,7 +254,7 @@ def _task_counts(run: Run) -> list[dict[str, Any]]:
     errors = Counter(r.sample.task for r in run.records if not r.ok)
     seen: dict[str, Counter[str]] = {}
     for r in run.records:
-        seen.setdefault(r.sample.task, Counter())[str(length_key(r))] += 1
+        seen.setdefault(r.sample.task, Counter())[str(r.sample.cell)] += 1
     out = []
     for task in sorted(set(planned) | set(seen)):
         counts: dict[str, int] = dict(planned[task] if task in planned else seen[task])
@@ -368,52 +372,108 @@ def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
     rows = [r for run in runs for r in run.rows]
     labels = list(dict.fromkeys(run.label for run in runs))  # joined runs share a column
     tasks = sorted({r.sample.task for r in records})
-    by_length, leaderboard = _results(rows)
-    declared = declared_metrics({*tasks, *(r.task for r in rows)})
-    rules = {metric: [(task, declared[(task, metric)].description)
-                      for task in dict.fromkeys(line.task for line in lines)
-                      if declared.get((task, metric)) and declared[(task, metric)].description]
-             for metric, lines in by_length}
-    plots = []
-    for metric, lines in by_length:
-        for task in dict.fromkeys(line.task for line in lines):
-            paths = length_plot(rows, task, metric, out / "plots" / store.safe_name(
-                f"{metric}_{task}"))
-            if paths:
-                plots.append({"title": f"{task}: {metric} by input length",
-                              "png": paths[0].name, "svg": paths[1].name})
-    passkey_metrics = sorted({m for r in records if r.sample.task == "passkey" for m in r.scores})
-    for i, run in enumerate(runs):
-        for metric in passkey_metrics:
-            name = f"passkey_depth_{i}" + ("" if len(passkey_metrics) == 1 else f"_{metric}")
-            paths_h = depth_heatmap(run.records, run.label, out / "plots" / store.safe_name(name),
-                                    metric)
-            if paths_h:
-                plots.append({"title": f"passkey {metric}, depth x length: {run.label}",
-                              "png": paths_h[0].name, "svg": paths_h[1].name})
+    by_length, score_table = _results(rows)
+    rules = _rules(by_length, declared_metrics({*tasks, *(r.task for r in rows)}))
+    plots = _length_plots(rows, by_length, out) + _axis_heatmaps(runs, records, out)
     cached, cached_once = _cached_notes(records)
     n = _write_samples(out, runs)
     _copy_static(out)
-    filters = {
-        "models": labels,
-        "tasks": tasks,
-        "lengths": sorted({_length_label(length_key(r)) for r in records},
-                          key=lambda x: (not x[:-1].replace(".", "").isdigit(), x)),
-    }
     html = _env().get_template("report.html.j2").render(
         title=title or " vs ".join(labels), runs=[_run_meta(r) for r in runs], labels=labels,
-        length_tables=by_length, rules=rules, leaderboard=leaderboard, plots=plots, n_samples=n,
-        filters=filters, cached=cached, cached_once=cached_once,
+        length_tables=by_length, rules=rules, score_table=score_table, plots=plots,
+        n_samples=n, filters=_filters(labels, tasks, records), cached=cached,
+        cached_once=cached_once,
     )
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")
     return index
 
 
+def _rules(by_length: list[tuple[str, list[LengthLine]]],
+           declared: dict[tuple[str, str], MetricInfo]) -> dict[str, list[tuple[str, str]]]:
+    """Per metric of the by-length tables, how each of its tasks scores it (the tasks that
+    say), in table order."""
+    return {metric: [(task, d.description)
+                     for task in dict.fromkeys(line.task for line in lines)
+                     if (d := declared.get((task, metric))) and d.description]
+            for metric, lines in by_length}
+
+
+Plot = dict[str, str]  # a plot's title and its files' names
+
+
+def _plot(title: str, paths: list[Path]) -> Plot:
+    """A plot's entry in the page: its title, its PNG and its SVG."""
+    return {"title": title, "png": paths[0].name, "svg": paths[1].name}
+
+
+def _length_plots(rows: list[SummaryRow], by_length: list[tuple[str, list[LengthLine]]],
+                  out: Path) -> list[Plot]:
+    """Each metric against length, per task of its table: plots/METRIC_TASK."""
+    plots = []
+    for metric, lines in by_length:
+        for task in dict.fromkeys(line.task for line in lines):
+            paths = length_plot(rows, task, metric, out / "plots" / store.safe_name(
+                f"{metric}_{task}"))
+            if paths:
+                plots.append(_plot(f"{task}: {metric} by input length", paths))
+    return plots
+
+
+def _axis_heatmaps(runs: list[Run], records: list[Record], out: Path) -> list[Plot]:
+    """For each task that declares sample axes, in task order: per axis, run and metric, the
+    metric by axis x length (plots/TASK_AXIS_I, I the run's place, with _METRIC where the
+    task's samples carry several metrics)."""
+    metrics_of: dict[str, set[str]] = {}
+    for r in records:
+        metrics_of.setdefault(r.sample.task, set()).update(r.scores)
+    plots = []
+    for task in sorted(metrics_of):
+        metrics = sorted(metrics_of[task])
+        for axis in _axes_of(task):
+            for i, run in enumerate(runs):
+                plots += _run_heatmaps(run, f"{task}_{axis}_{i}", task, axis, metrics, out)
+    return plots
+
+
+def _axes_of(task: str) -> tuple[str, ...]:
+    """The sample axes a task declares; none for a task this installation does not know (a
+    run made elsewhere, a plugin not installed here) or whose definition does not load."""
+    if not TASKS.knows(task):
+        return ()
+    try:
+        return get_task(task).axes
+    except EvalkitError:
+        return ()
+
+
+def _run_heatmaps(run: Run, name: str, task: str, axis: str, metrics: list[str],
+                  out: Path) -> list[Plot]:
+    """One run's heatmaps of a task's axis, a metric each."""
+    plots = []
+    for metric in metrics:
+        suffix = "" if len(metrics) == 1 else f"_{metric}"
+        paths = axis_heatmap(run.records, run.label, task, axis, metric,
+                             out / "plots" / store.safe_name(name + suffix))
+        if paths:
+            plots.append(_plot(f"{task} {metric}, {axis} x length: {run.label}", paths))
+    return plots
+
+
+def _filters(labels: list[str], tasks: list[str], records: list[Record]) -> dict[str, list[str]]:
+    """The sample browser's choices: models, tasks and length cells."""
+    return {
+        "models": labels,
+        "tasks": tasks,
+        "lengths": sorted({_length_label(r.sample.cell) for r in records},
+                          key=lambda x: (not x[:-1].replace(".", "").isdigit(), x)),
+    }
+
+
 def _task_scores(run: Run) -> dict[str, float]:
     """"task metric" -> one number per task and metric for the index: the mean over all
     samples for a task with a length axis, the task's own row for one scored once (which
-    may be a mean of subset means, as MMLU's is)."""
+    may be a mean of subset means)."""
     by_length, once = split_rows(run.rows)
     pooled: dict[str, list[float]] = {}
     with_axis = {r.task for r in by_length}
