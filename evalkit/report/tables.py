@@ -3,10 +3,10 @@
 Rows are laid out by their shape, never by a task's or a metric's name:
 - tasks with a length axis (evalkit's long-context tasks, or any task whose rows have a
   length in tokens or several length bins): one table per metric, a line per (task, subset, length);
-- tasks scored once over all their data (leaderboard tasks such as arc_challenge or mmlu,
-  a single natural-length bin): the score table, a line per (task, metric) with the task's
-  subsets (MMLU's subjects, say) folded under it. Its "all" line is the task's own row,
-  as the summary gives it (for mmlu the unweighted mean over subjects, not a pooled one).
+- tasks scored once over all their data (tasks scored whole by their own harness, a single
+  natural-length bin): the score table, a line per (task, metric) with the task's subsets
+  folded under it. Its "all" line is the task's own row, as the summary gives it (for a
+  task that averages its subsets, the unweighted mean of their means, not a pooled one).
 
 The same layout feeds `evalkit show` (text) and the HTML report.
 """
@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from evalkit.generators import task_names
+from evalkit.generators.base import has_length_axis
 from evalkit.scoring import length_order
 from evalkit.types import SummaryRow
 
@@ -44,7 +44,7 @@ class ScoreLine:
     metric: str
     cells: dict[str, SummaryRow]
     subsets: list[tuple[str, dict[str, SummaryRow]]] = field(default_factory=list)
-    summary_of_tasks: bool = False  # a mean over other tasks (the leaderboard average)
+    summary_of_tasks: bool = False  # a mean over other tasks (a suite's average)
 
 
 def models_of(rows: Iterable[SummaryRow]) -> list[str]:
@@ -54,14 +54,13 @@ def models_of(rows: Iterable[SummaryRow]) -> list[str]:
 
 def length_tasks(rows: Sequence[SummaryRow]) -> set[str]:
     """Tasks that have a length axis: evalkit's long-context tasks (even a run of one
-    natural-length bin, such as LongEval's published 200-line cases), and any task with a
+    natural-length bin, such as published cases all of one size), and any task with a
     length in tokens or several length bins."""
     bins: dict[str, set[int | str]] = {}
     for r in rows:
         bins.setdefault(r.task, set()).add(r.length)
-    generated = set(task_names())
     return {t for t, lengths in bins.items()
-            if t in generated or len(lengths) > 1 or any(isinstance(x, int) for x in lengths)}
+            if has_length_axis(t) or len(lengths) > 1 or any(isinstance(x, int) for x in lengths)}
 
 
 def split_rows(rows: Iterable[SummaryRow]) -> tuple[list[SummaryRow], list[SummaryRow]]:
@@ -91,8 +90,8 @@ def length_tables(rows: Iterable[SummaryRow]) -> list[tuple[str, list[LengthLine
 
 
 def is_mean_of_tasks(task: str, metric: str) -> bool:
-    # presentation only: a row named like the leaderboard's average (task "average", or
-    # metric "average" of a suite's task) goes last, set apart
+    # presentation only: a row named like a suite's average (task "average", or metric
+    # "average" of a suite's task) goes last, set apart
     return any(name.lower().replace("-", "_").split("_")[-1] in ("average", "avg")
                for name in (task, metric))
 
