@@ -28,8 +28,8 @@ from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # RULER's progress bars
 
-from evalkit.config import parse_lengths  # noqa: E402
 from evalkit.generators import Plan, get_task, make_params  # noqa: E402
+from evalkit.runner.config import parse_lengths  # noqa: E402
 from evalkit.types import TokenCounter  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def hf_tokenizer_folder(which: str, gguf: Path | None) -> Path:
 
     folder = Path(tempfile.mkdtemp(prefix=f"tok-{which}-"))
     if which == "mistral-v1":
-        from evalkit.tokenizers import mistral_v1_model_file
+        from evalkit.prompts.counters import mistral_v1_model_file
 
         shutil.copy(mistral_v1_model_file(), folder / "tokenizer.model")
         (folder / "tokenizer_config.json").write_text(json.dumps({
@@ -101,12 +101,12 @@ def main() -> None:
         gguf = None
         if name == "llamacpp":
             from evalkit.backends import make_backend
-            from evalkit.models import resolve_gguf
+            from evalkit.model.files import resolve_gguf
 
             counter = make_backend("llamacpp", "gemma3-270m", {}).tokenizer()
             gguf = resolve_gguf("gemma3-270m")
         else:
-            from evalkit.tokenizers import get_counter
+            from evalkit.prompts.counters import get_counter
 
             counter = get_counter(name)
         print(f"\n== {name}: evalkit, {args.samples} samples per plan, median of {args.reps}")

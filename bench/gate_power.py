@@ -104,7 +104,7 @@ def main() -> int:
         print(line)
     if args.baseline is not None:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from evalkit.analysis import read_run
+        from evalkit.results.read import read_run
 
         run = read_run(args.baseline)
         print(f"\nthe cells of {args.baseline} ({len(run.rows)} cells: level "

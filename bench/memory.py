@@ -18,13 +18,13 @@ import subprocess
 import sys
 import tempfile
 
-from evalkit.config import parse_lengths
+from evalkit.runner.config import parse_lengths
 
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from evalkit.config import build_spec
-from evalkit.runner import run
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import run
 floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 n, length, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 spec = build_spec({"name": "memory", "model": "scripted", "backend": "scripted",

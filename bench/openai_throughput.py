@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from evalkit.backends import make_backend
-from evalkit.models import resolve_gguf
+from evalkit.model.files import resolve_gguf
 from evalkit.types import Request
 
 CONCURRENCY = 8

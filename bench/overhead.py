@@ -3,7 +3,7 @@
 Per engine, --prompts passkey samples at --length tokens are planned once; then, --reps
 times, the same prompts run two ways, in alternating order:
 
-- evalkit: `evalkit.runner.run` of that spec with the response cache off, into a fresh
+- evalkit: `evalkit.runner.execute.run` of that spec with the response cache off, into a fresh
   folder. Timed is the execution alone (runner._execute: the planned samples read back,
   rendered, sent through the Model in batches of its max_batch_size under the retry policy,
   scored and appended to samples.jsonl, fsynced per batch). Planning, the run folder,
@@ -45,10 +45,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from evalkit import runner, store
-from evalkit.config import build_spec, parse_length
 from evalkit.model import make_model
-from evalkit.models import resolve_gguf
+from evalkit.model.files import resolve_gguf
+from evalkit.results import store
+from evalkit.runner import execute as runner
+from evalkit.runner import spool
+from evalkit.runner.config import build_spec, parse_length
 
 # fp32 as the converted weights are (vLLM's CPU default is bf16); eager: no long compile
 VLLM_OPTIONS = {"dtype": "float32", "enforce_eager": True}
@@ -65,7 +67,7 @@ class Timed:
 
 
 class EvalkitRuns:
-    """evalkit.runner.run on one Model made once (its engine stays loaded from run to run),
+    """evalkit.runner.execute.run on one Model made once (its engine stays loaded from run to run),
     the execution timed apart from the rest."""
 
     def __init__(self, backend: str, model: str, options: Mapping[str, Any]) -> None:
@@ -111,7 +113,7 @@ class EvalkitRuns:
         """Every sample's rendered prompt, in the order the runner sends them."""
         spec, backend = self.spec(config), self.model.backend
         samples = runner.plan_samples(spec, backend, backend.tokenizer())
-        samples.sort(key=lambda s: (s.task, runner.prefix_key(s.prompt)))
+        samples.sort(key=lambda s: (s.task, spool.prefix_key(s.prompt)))
         templates = {t.name: runner.resolve_template(t, backend) for t in spec.tasks}
         return [(s.id, templates[s.task].render(s.prompt), s.max_new_tokens) for s in samples]
 

@@ -39,8 +39,8 @@ DEFAULT_SUBJECTS = "marketing,sociology,high_school_geography,world_religions"
 
 
 def default_folder() -> Path:
-    from evalkit.convert import cached_hf_folder
-    from evalkit.models import resolve_gguf
+    from evalkit.model.convert import cached_hf_folder
+    from evalkit.model.files import resolve_gguf
 
     return cached_hf_folder(resolve_gguf("smollm2-135m"))
 
@@ -68,7 +68,7 @@ def run_side(lm: Any, unit: lb.Unit, limit: int) -> tuple[dict[int, dict[str, An
 
 def interval(values: list[float]) -> tuple[float, float]:
     """95% interval of a mean: Wilson for 0/1 values, else the normal approximation."""
-    from evalkit.scoring import wilson
+    from evalkit.stats.intervals import wilson
 
     n = len(values)
     if n == 0:

@@ -1,4 +1,4 @@
-"""Shared-context speed-up: the lines_shared task against lines, through evalkit.runner.run.
+"""Shared-context speed-up: the lines_shared task against lines, through evalkit.runner.execute.run.
 
 lines_shared asks --questions questions over each record, the question last, so that all
 prompts of a record share the whole record as their prefix; lines makes a record per
@@ -8,7 +8,7 @@ prompts; evalkit's backend keeps its Llama, and so its KV cache, from call to ca
 runner sends prompts that share a prefix one after the other) and on vLLM CPU with
 enable_prefix_caching.
 
-Each run is evalkit.runner.run with the response cache off, into a fresh folder, its
+Each run is evalkit.runner.execute.run with the response cache off, into a fresh folder, its
 execution timed apart from planning (EvalkitRuns of bench/overhead.py: one Model made once,
 its engine loaded before any timing). Each rep has a seed of its own (new records), so no
 run finds its prefixes cached by an earlier one; the two tasks alternate which goes first.
@@ -32,8 +32,8 @@ from typing import Any
 
 from overhead import VLLM_OPTIONS, EvalkitRuns  # bench/overhead.py
 
-from evalkit import store
-from evalkit.config import parse_lengths
+from evalkit.results import store
+from evalkit.runner.config import parse_lengths
 
 TASKS = ("lines", "lines_shared")
 

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from evalkit.config import build_spec
 from evalkit.report.html import build_report
-from evalkit.runner import run
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import run
 
 
 def make_run(root: Path, n: int) -> Path:

@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING, Any
 # name -> (module, attribute)
 _API: dict[str, tuple[str, str]] = {
     # configs and runs
-    "load_config": ("evalkit.config", "load_config_file"),
-    "build_spec": ("evalkit.config", "build_spec"),
-    "build_specs": ("evalkit.config", "build_specs"),
-    "RunSpec": ("evalkit.config", "RunSpec"),
-    "run": ("evalkit.runner", "run"),
-    "RunResult": ("evalkit.runner", "RunResult"),
+    "load_config": ("evalkit.runner.config", "load_config_file"),
+    "build_spec": ("evalkit.runner.config", "build_spec"),
+    "build_specs": ("evalkit.runner.config", "build_specs"),
+    "RunSpec": ("evalkit.runner.config", "RunSpec"),
+    "run": ("evalkit.runner.execute", "run"),
+    "RunResult": ("evalkit.runner.execute", "RunResult"),
     "merge": ("evalkit.shards", "merge"),
     # reading, comparing, gating, reporting
-    "read_run": ("evalkit.analysis", "read_run"),
-    "summary_frame": ("evalkit.analysis", "summary_frame"),
-    "records_frame": ("evalkit.analysis", "records_frame"),
+    "read_run": ("evalkit.results.read", "read_run"),
+    "summary_frame": ("evalkit.results.read", "summary_frame"),
+    "records_frame": ("evalkit.results.read", "records_frame"),
     "compare_runs": ("evalkit.report.compare", "compare_runs"),
     "run_gate": ("evalkit.gate", "gate"),
     "build_report": ("evalkit.report.html", "build_report"),
@@ -45,7 +45,7 @@ _API: dict[str, tuple[str, str]] = {
     # extending
     "register_task": ("evalkit.generators.base", "register_task"),
     "register_backend": ("evalkit.backends", "register_backend"),
-    "register_counter": ("evalkit.tokenizers", "register_counter"),
+    "register_counter": ("evalkit.prompts.counters", "register_counter"),
     "TaskDef": ("evalkit.generators.base", "TaskDef"),
     "Plan": ("evalkit.generators.base", "Plan"),
     "Score": ("evalkit.generators.base", "Score"),
@@ -84,18 +84,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the same names, for type checkers
-    from evalkit.analysis import read_run, records_frame, summary_frame
     from evalkit.backends import register_backend
-    from evalkit.config import RunSpec, build_spec, build_specs
-    from evalkit.config import load_config_file as load_config
     from evalkit.gate import gate as run_gate
     from evalkit.generators.base import Plan, Score, TaskDef, register_task
     from evalkit.model import Model, make_model
+    from evalkit.prompts.counters import register_counter
     from evalkit.report.compare import compare_runs
     from evalkit.report.html import build_index, build_report
-    from evalkit.runner import RunResult, run
+    from evalkit.results.read import read_run, records_frame, summary_frame
+    from evalkit.runner.config import RunSpec, build_spec, build_specs
+    from evalkit.runner.config import load_config_file as load_config
+    from evalkit.runner.execute import RunResult, run
     from evalkit.shards import merge
-    from evalkit.tokenizers import register_counter
     from evalkit.types import (
         Capabilities,
         EvalkitError,

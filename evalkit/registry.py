@@ -75,6 +75,11 @@ class Registry(Generic[T]):
             self._lazy.pop(name, None)
         return self._loaded[name]
 
+    def origin(self, name: str) -> str:
+        """Where an entry comes from: "evalkit", "the package NAME", or "code"."""
+        self._read_plugins()
+        return self._where.get(name, "evalkit" if self._family(name) else "code")
+
     def knows(self, name: str) -> bool:
         """Whether `name` is an entry or a family's (its data may still be missing)."""
         return name in self.names() or self._family(name) is not None

@@ -173,7 +173,9 @@ class Sample:
     def axis(self, name: str) -> float | None:
         """A numeric axis a task declares (TaskDef.axes, e.g. a needle's depth)."""
         value = self.meta.get(name)
-        return float(value) if isinstance(value, (int, float)) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value)
 
 
 @dataclass(frozen=True)

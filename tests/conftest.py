@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evalkit.generators import Plan
-from evalkit.tokenizers import WhitespaceCounter
+from evalkit.prompts.counters import WhitespaceCounter
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -105,7 +105,7 @@ def llama_server(model_file: Path, log: Path, n_ctx: int, api_key: str | None = 
 def _alias_of(model_file: Path) -> str:
     """The embedded model's alias (the name the tests' configs give it), else the file's
     stem: the name the server serves it under."""
-    from evalkit.models import ALIASES, resolve_gguf
+    from evalkit.model.files import ALIASES, resolve_gguf
 
     return next((a for a in ALIASES if resolve_gguf(a) == model_file), model_file.stem)
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from evalkit.backends.scripted import ScriptedBackend
-from evalkit.config import build_spec
-from evalkit.runner import plan_samples, resolve_template
+from evalkit.prompts.counters import WhitespaceCounter
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import plan_samples, resolve_template
 from evalkit.templates import make_template
-from evalkit.tokenizers import WhitespaceCounter
 from evalkit.types import EvalkitError
 
 DATA = Path(__file__).parent / "data" / "chat_templates"
@@ -178,7 +178,7 @@ def test_special_token_cannot_shadow_the_conversation() -> None:
 
 def test_smollm2_fixture_is_the_template_in_its_gguf() -> None:
     gguf = pytest.importorskip("gguf", reason="gguf (evalkit[hf]) reads the GGUF's metadata")
-    from evalkit.models import resolve_gguf
+    from evalkit.model.files import resolve_gguf
 
     try:
         path = resolve_gguf("smollm2-135m")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.config import Overrides, build_spec, build_specs, parse_lengths
+from evalkit.runner.config import Overrides, build_spec, build_specs, parse_lengths
 from evalkit.types import EvalkitError
 
 

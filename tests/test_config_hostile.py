@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from evalkit import store
-from evalkit.config import (
+from evalkit.results import store
+from evalkit.runner.config import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_VALUES,
     Overrides,
@@ -28,7 +28,7 @@ from evalkit.config import (
     parse_lengths,
     recorded_spec_sha256,
 )
-from evalkit.runner import run
+from evalkit.runner.execute import run
 from evalkit.shards import merge
 from evalkit.types import EvalkitError
 

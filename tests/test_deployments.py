@@ -22,9 +22,9 @@ import pytest
 import yaml
 from fakeopenai import FakeOpenAI
 
-from evalkit import store
-from evalkit.config import build_spec
-from evalkit.runner import run
+from evalkit.results import store
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import run
 from evalkit.types import EvalkitError
 
 pytest.importorskip("httpx")
@@ -63,7 +63,7 @@ def test_two_llama_cpp_servers_of_one_model_name_each_answer_their_run(tmp_path:
     from servers import llama_server, require
 
     require("llama_cpp", "'evalkit[llamacpp]'")
-    from evalkit.models import resolve_gguf
+    from evalkit.model.files import resolve_gguf
 
     cache, smol = tmp_path / "cache", resolve_gguf("smollm2-135m")
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
@@ -333,7 +333,7 @@ def test_llamacpp_knows_its_file_by_content_and_its_engine(tmp_path: Path) -> No
     that change the sums (flash attention) and the engine version are in the key."""
     pytest.importorskip("llama_cpp")
     from evalkit.backends import make_backend
-    from evalkit.models import resolve_gguf
+    from evalkit.model.files import resolve_gguf
 
     original = resolve_gguf("smollm2-135m")
     copy = tmp_path / "renamed.gguf"

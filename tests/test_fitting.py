@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from evalkit.fitting import Curve, Estimator, Fitter, PrefixCounts, chunks, fit_max
 from evalkit.generators import get_task, make_params
-from evalkit.tokenizers import get_counter
+from evalkit.prompts.counters import get_counter
 from evalkit.types import EvalkitError
 
 

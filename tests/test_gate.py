@@ -1,6 +1,6 @@
-"""The regression gate (evalkit gate) and the read side it stands on (evalkit.analysis).
+"""The regression gate (evalkit gate) and the read side it stands on (evalkit.results.read).
 
-Runs are written through evalkit.store with chosen outcomes per sample, so each test
+Runs are written through evalkit.results.store with chosen outcomes per sample, so each test
 knows which cells lost what. The tests themselves are checked against their definitions
 (scipy, statsmodels) and their false-alarm rate by simulation.
 """
@@ -21,8 +21,6 @@ from hypothesis import strategies as st
 from scipy import stats
 from typer.testing import CliRunner
 
-from evalkit import store
-from evalkit.analysis import MetricInfo, load_runs, paired_frame, read_run, upgrade_row
 from evalkit.cli import app
 from evalkit.gate import (
     cell_test,
@@ -36,6 +34,8 @@ from evalkit.gate import (
 )
 from evalkit.report.compare import compare_runs
 from evalkit.report.html import build_report
+from evalkit.results import store
+from evalkit.results.read import MetricInfo, load_runs, paired_frame, read_run, upgrade_row
 from evalkit.types import Record, Response, Sample, SummaryRow
 
 TASKS = ("passkey", "topics")
@@ -65,7 +65,7 @@ def write_run(folder: Path, label: str, outcomes: Mapping[tuple[str, int], Seque
     store.write_run(folder, {"run_id": folder.name, "spec_hash": "x" * 12,
                              "n_samples": len(records), "model_label": label, "spec": {}})
     store.append_records(folder, records)
-    from evalkit.analysis import build_summary
+    from evalkit.results.read import build_summary
 
     store.write_summary(folder, build_summary(folder))
     return folder

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from servers import require
 
-from evalkit import store
 from evalkit.backends import make_backend
-from evalkit.config import build_spec
 from evalkit.model import Model
-from evalkit.runner import plan_samples, resolve_template, run
+from evalkit.results import store
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import plan_samples, resolve_template, run
 from evalkit.types import EvalkitError, Request
 
 pytestmark = pytest.mark.engine

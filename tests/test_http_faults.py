@@ -239,7 +239,7 @@ def _grep_secrets(folder: Path, *texts: str) -> list[str]:
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
     require("llama_cpp.server.app", "'llama-cpp-python[server]==0.3.36'")
-    from evalkit.models import resolve_gguf
+    from evalkit.model.files import resolve_gguf
 
     return resolve_gguf("smollm2-135m")
 

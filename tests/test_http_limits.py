@@ -27,9 +27,9 @@ require("httpx", "'evalkit[http]'")
 
 from floodserver import FloodServer  # noqa: E402
 
-from evalkit.config import build_spec  # noqa: E402
 from evalkit.model import RetryableError, RetryPolicy, make_model, retry_call  # noqa: E402
-from evalkit.runner import run  # noqa: E402
+from evalkit.runner.config import build_spec  # noqa: E402
+from evalkit.runner.execute import run  # noqa: E402
 from evalkit.types import EvalkitError, Request, Response  # noqa: E402
 
 KEY_ENV = "EVALKIT_TEST_LIMITS_KEY"

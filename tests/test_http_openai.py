@@ -20,12 +20,12 @@ require("llama_cpp.server.app", "'llama-cpp-python[server]==0.3.36'")
 
 from faultproxy import FAULTS, FaultProxy  # noqa: E402
 
-from evalkit import store  # noqa: E402
 from evalkit.backends import make_backend  # noqa: E402
-from evalkit.config import build_spec  # noqa: E402
 from evalkit.model import Model  # noqa: E402
-from evalkit.models import resolve_gguf  # noqa: E402
-from evalkit.runner import run  # noqa: E402
+from evalkit.model.files import resolve_gguf  # noqa: E402
+from evalkit.results import store  # noqa: E402
+from evalkit.runner.config import build_spec  # noqa: E402
+from evalkit.runner.execute import run  # noqa: E402
 from evalkit.types import EvalkitError, Request, Unsupported  # noqa: E402
 
 pytestmark = pytest.mark.engine

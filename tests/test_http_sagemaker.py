@@ -20,9 +20,9 @@ from botocore.stub import ANY, Stubber  # noqa: E402
 
 from evalkit.backends import make_backend  # noqa: E402
 from evalkit.backends.tgi import generate_payload  # noqa: E402
-from evalkit.config import build_spec  # noqa: E402
 from evalkit.model import make_model  # noqa: E402
-from evalkit.runner import run  # noqa: E402
+from evalkit.runner.config import build_spec  # noqa: E402
+from evalkit.runner.execute import run  # noqa: E402
 from evalkit.types import EvalkitError, Request  # noqa: E402
 
 ENDPOINT = "tgi-mistral-7b"

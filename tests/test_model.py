@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 from servers import require
 
-from evalkit import store
 from evalkit.backends.scripted import ScriptedBackend
-from evalkit.config import Overrides, build_spec
 from evalkit.model import (
     MAX_SLEEP_S,
     TRIP_AFTER,
@@ -29,8 +27,10 @@ from evalkit.model import (
     make_model,
     split_continuation,
 )
-from evalkit.runner import run
-from evalkit.tokenizers import WhitespaceCounter
+from evalkit.prompts.counters import WhitespaceCounter
+from evalkit.results import store
+from evalkit.runner.config import Overrides, build_spec
+from evalkit.runner.execute import run
 from evalkit.types import (
     Capabilities,
     EvalkitError,

@@ -21,7 +21,8 @@ from clirun import in_proc, one_line_error
 from typer.testing import CliRunner
 
 import evalkit.cli
-from evalkit import models, store
+from evalkit.model import files as models
+from evalkit.results import store
 from evalkit.types import EvalkitError
 
 ROOT = Path(__file__).resolve().parents[1]

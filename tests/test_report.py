@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from evalkit import store
-from evalkit.analysis import MetricInfo
-from evalkit.config import build_spec
 from evalkit.gate import cell_test, two_proportions
 from evalkit.report.compare import compare_runs, format_compare
 from evalkit.report.html import build_index, build_report
-from evalkit.runner import run
+from evalkit.results import store
+from evalkit.results.read import MetricInfo
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import run
 from evalkit.types import SummaryRow
 
 PAYLOAD = ('<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -199,7 +199,7 @@ def test_the_run_at_a_glance_opens_the_report(tmp_path: Path) -> None:
 
 
 def test_models_go_by_their_own_name_with_the_file_beside(tmp_path: Path) -> None:
-    from evalkit.analysis import load_runs
+    from evalkit.results.read import load_runs
 
     runs = []
     for name, file in (("q4", "qwen-q4.gguf"), ("q8", "qwen-q8.gguf")):
@@ -250,7 +250,7 @@ def test_an_hf_folder_is_named_by_the_hub_id_it_was_saved_from(tmp_path: Path) -
 
 
 def test_a_column_of_joined_runs_keeps_one_label_beside_another_file(tmp_path: Path) -> None:
-    from evalkit.analysis import load_runs
+    from evalkit.results.read import load_runs
 
     dirs = []
     for name, file, task in (("a", "m.gguf", "passkey"), ("b", "m.gguf", "lines"),

@@ -10,13 +10,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from evalkit import store
-from evalkit.analysis import read_run, summary_of
-from evalkit.config import build_spec
 from evalkit.report.compare import compare_runs, format_compare
 from evalkit.report.html import build_index, build_report
 from evalkit.report.tables import format_table
-from evalkit.runner import run
+from evalkit.results import store
+from evalkit.results.read import read_run, summary_of
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import run
 from evalkit.types import Record, Response, Sample
 
 

@@ -1,9 +1,9 @@
 """Reports, show and compare over every metric a run carries, not only "accuracy".
 
-The runs here are written through evalkit.store as a leaderboard run writes them: records
+The runs here are written through evalkit.results.store as a leaderboard run writes them: records
 whose scores carry acc and acc_norm (0/1), or TruthfulQA's mc2 score, which lm-eval names
 "acc" too but is continuous; MMLU subjects as subsets; each task at its few-shot bin; and
-summary rows as the runner derives them (evalkit.analysis.summary_of: MMLU's unweighted mean
+summary rows as the runner derives them (evalkit.results.read.summary_of: MMLU's unweighted mean
 over subjects, the average of the four tasks), beside a long-context task with lengths.
 """
 
@@ -19,15 +19,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from evalkit import store
-from evalkit.analysis import summary_of
 from evalkit.cli import app
 from evalkit.gate import paired_t, welch
 from evalkit.generators.leaderboard import MMLU_SUBJECTS
 from evalkit.report.compare import compare_runs, format_compare
 from evalkit.report.html import build_index, build_report
 from evalkit.report.tables import format_table
-from evalkit.scoring import aggregate, interval, mean_interval, wilson
+from evalkit.results import store
+from evalkit.results.read import summary_of
+from evalkit.results.summary import aggregate
+from evalkit.stats.intervals import interval, mean_interval, wilson
 from evalkit.types import Record, Response, Sample, SummaryRow
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -84,7 +85,7 @@ def _records(model: str, skill: float, seed: int) -> list[Record]:
 
 
 def write_run(folder: Path, model: str, skill: float, seed: int) -> Path:
-    """A finished run folder, written through evalkit.store as the runner writes one."""
+    """A finished run folder, written through evalkit.results.store as the runner writes one."""
     records = _records(model, skill, seed)
     store.prepare_run_dir(folder)
     store.write_run(folder, {"run_id": folder.name, "spec_hash": f"{seed:06d}abcdef",

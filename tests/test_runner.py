@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from evalkit import store
-from evalkit.config import build_spec
-from evalkit.runner import run, summarize
+from evalkit.results import store
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import run, summarize
 from evalkit.types import SCHEMA_VERSION
 
 CONFIG = """

@@ -14,11 +14,12 @@ import pytest
 import yaml
 from conftest import whitespace_plan
 
-from evalkit import store
 from evalkit.generators import get_task, make_params
-from evalkit.runner import prefix_key
-from evalkit.scoring import aggregate, wilson
+from evalkit.results import store
+from evalkit.results.summary import aggregate
+from evalkit.runner.execute import prefix_key
 from evalkit.shards import Selection, shard_of
+from evalkit.stats.intervals import wilson
 from evalkit.types import Record, Response, Sample
 
 CONFIG = {
@@ -88,7 +89,7 @@ def test_three_shards_merged_equal_the_unsharded_run_record_for_record(runs) -> 
 def test_a_run_without_shared_context_writes_its_summary_as_before(tmp_path: Path) -> None:
     """The committed baseline (made before `clusters` existed) is still up to date: a
     re-run of a finished run writes nothing."""
-    from evalkit.runner import _up_to_date
+    from evalkit.runner.execute import _up_to_date
 
     baseline = Path(__file__).resolve().parents[1] / "results" / "baselines" / "smoke"
     copy = tmp_path / "smoke"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from evalkit.backends import check_options
-from evalkit.config import RunSpec, build_specs, load_config_file
+from evalkit.runner.config import RunSpec, build_specs, load_config_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = ROOT / "configs" / "scale"

@@ -4,15 +4,15 @@ import math
 
 import pytest
 
-from evalkit.scoring import (
-    aggregate,
+from evalkit.generators.parsers import (
     first_int_match,
     last_int_match,
     normalize,
     parse_choice,
     topic_match,
-    wilson,
 )
+from evalkit.results.summary import aggregate
+from evalkit.stats.intervals import wilson
 from evalkit.types import Record, Response, Sample
 
 

@@ -40,9 +40,9 @@ import pytest
 import yaml
 from clirun import in_proc, one_line_error
 
-from evalkit import store
-from evalkit.config import build_spec
-from evalkit.runner import run
+from evalkit.results import store
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import run
 from evalkit.types import EvalkitError
 
 IS_ROOT = os.geteuid() == 0
@@ -329,7 +329,7 @@ def test_append_rolls_back_a_write_cut_short(finished: Path, tmp_path: Path) -> 
     write stops part-way (EFBIG), and the file is cut back to its size before it."""
     run_dir = _copy(finished, tmp_path / "run")
     size = (run_dir / store.SAMPLES).stat().st_size
-    code = (f"from evalkit import store\n"
+    code = (f"from evalkit.results import store\n"
             f"recs = store.read_records({str(finished)!r})[:8]\n"
             f"store.append_records({str(run_dir)!r}, recs)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

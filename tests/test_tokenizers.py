@@ -6,10 +6,10 @@ import pytest
 from conftest import reference_data
 from servers import require
 
-from evalkit.config import build_spec
 from evalkit.generators import Plan, get_task, make_params
+from evalkit.prompts.counters import get_counter
+from evalkit.runner.config import build_spec
 from evalkit.templates import make_template
-from evalkit.tokenizers import get_counter
 from evalkit.types import EvalkitError
 
 

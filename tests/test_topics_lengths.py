@@ -11,8 +11,8 @@ import pytest
 from servers import require
 
 from evalkit.backends import make_backend
-from evalkit.config import build_spec
-from evalkit.runner import plan_samples
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import plan_samples
 
 pytestmark = pytest.mark.engine
 require("llama_cpp", "'evalkit[llamacpp]'")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from servers import require
 
-from evalkit import store
 from evalkit.backends import make_backend
 from evalkit.backends.vllm import _PIP
+from evalkit.results import store
 from evalkit.types import Request
 
 pytestmark = pytest.mark.engine
@@ -25,8 +25,8 @@ OPTIONS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 4096}
 SCRIPT = '''
 import json, sys
 from evalkit.backends import make_backend
-from evalkit.config import build_spec
-from evalkit.runner import plan_samples, resolve_template
+from evalkit.runner.config import build_spec
+from evalkit.runner.execute import plan_samples, resolve_template
 from evalkit.model import Model
 from evalkit.types import Request
 

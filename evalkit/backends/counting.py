@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from evalkit.backends.http import BodyLimit, HttpClient, HttpError, excerpt
-from evalkit.tokenizers import get_counter
+from evalkit.prompts.counters import get_counter
 from evalkit.types import EvalkitError, TokenCounter
 
 # BOS texts a prompt may start with (written by a template); see PromptCounter.

@@ -168,7 +168,8 @@ class HFBackend:
 
         The forward pass reads context + continuation without its last token (the last
         token is predicted, never a predictor), so requests that differ only in their last
-        token share one row: MMLU's four one-token answers cost one pass, as in lm-eval."""
+        token share one row: a multiple-choice question's one-token answers cost one pass,
+        as in lm-eval."""
         pairs = token_pairs(self.name, requests)
         rows: dict[tuple[int, ...], list[int]] = {}
         for i, (ctx, cont) in enumerate(pairs):

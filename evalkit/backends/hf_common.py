@@ -1,4 +1,4 @@
-"""What the hf and vllm backends and evalkit.convert share: importing transformers with
+"""What the hf and vllm backends and evalkit.model.convert share: importing transformers with
 one clear error, finding a model (HF folder or GGUF), the tokenizer as a TokenCounter, and
 config overrides."""
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.models import resolve_gguf
+from evalkit.model.files import resolve_gguf
 from evalkit.types import EvalkitError, Request
 
 _PIP = "pip install 'evalkit[hf]'"

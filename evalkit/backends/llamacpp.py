@@ -25,7 +25,7 @@ from typing import Any
 
 from evalkit.backends import check_options
 from evalkit.backends.identity import weights_identity
-from evalkit.models import resolve_gguf
+from evalkit.model.files import resolve_gguf
 from evalkit.templates import chat_template_source
 from evalkit.types import Capabilities, EvalkitError, Request, Response, TokenCounter
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from evalkit.backends import check_options
-from evalkit.tokenizers import WhitespaceCounter
+from evalkit.prompts.counters import WhitespaceCounter
 from evalkit.types import (
     Capabilities,
     EvalkitError,

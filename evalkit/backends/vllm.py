@@ -1,5 +1,5 @@
 """vLLM in process (`vllm.LLM`), on a local Hugging Face folder, or a GGUF file or alias
-converted once into ~/.cache/evalkit/hf (evalkit.convert).
+converted once into ~/.cache/evalkit/hf (evalkit.model.convert).
 
 Prompts go in as token ids made by this backend's own TokenCounter (vLLM's tokenizer
 for the model), so the counts the samples were fitted with are exactly what the engine
@@ -25,8 +25,8 @@ from typing import Any
 from evalkit.backends import check_options
 from evalkit.backends.hf_common import HFCounter, check_torchvision, model_name, token_pairs
 from evalkit.backends.identity import weights_identity
-from evalkit.convert import cached_hf_folder
-from evalkit.models import resolve_gguf
+from evalkit.model.convert import cached_hf_folder
+from evalkit.model.files import resolve_gguf
 from evalkit.types import Capabilities, EvalkitError, Request, Response, TokenCounter
 
 # Everything but max_batch_size goes to vllm.LLM as it is; only what is listed here.

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.generators.base import Plan
-from evalkit.scoring import normalize
+from evalkit.generators.parsers import normalize
 from evalkit.types import EvalkitError, Sample
 
 LINES, TOPICS, CORPUS, QUALITY = ("LongEval lines", "LongEval topics", "topic corpus", "QuALITY")

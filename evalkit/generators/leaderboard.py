@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit.generators.base import TaskDef, Whole, WholeRun
-from evalkit.scoring import Z95, interval_se, mean_row
+from evalkit.results.summary import mean_row
+from evalkit.stats.intervals import Z95, interval_se
 from evalkit.types import (
     EvalkitError,
     Log,

@@ -24,7 +24,7 @@ from evalkit.generators.base import (
     sample_rng,
 )
 from evalkit.generators.importers import read_case_files, read_longeval_lines
-from evalkit.scoring import last_int_match
+from evalkit.generators.parsers import last_int_match
 from evalkit.types import EvalkitError, Response, Sample
 
 HEADER = (

@@ -24,7 +24,7 @@ from evalkit.generators.base import (
     sample_rng,
 )
 from evalkit.generators.importers import read_quality
-from evalkit.scoring import choice_match
+from evalkit.generators.parsers import choice_match
 from evalkit.types import EvalkitError, Response, Sample
 
 LETTERS = "ABCD"

@@ -34,7 +34,7 @@ from evalkit.generators.importers import (
     read_longeval_topics,
     read_topic_corpus,
 )
-from evalkit.scoring import first_line, topic_match
+from evalkit.generators.parsers import first_line, topic_match
 from evalkit.types import EvalkitError, MetricDef, Response, Sample
 
 HEADER = (

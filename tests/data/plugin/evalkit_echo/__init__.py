@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evalkit.generators.base import Plan, Score, TaskDef, accuracy
-from evalkit.tokenizers import WhitespaceCounter
+from evalkit.prompts.counters import WhitespaceCounter
 from evalkit.types import Capabilities, Request, Response, Sample, TokenCounter, Unsupported
 
 

@@ -14,30 +14,28 @@ continuation tokens are the Model's (evalkit/model.py).
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit import interrupts, store
-from evalkit.analysis import build_summary
-from evalkit.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec_sha256
+from evalkit import interrupts
 from evalkit.generators import Plan, get_task, make_params
 from evalkit.generators.base import WholeRun
 from evalkit.model import Model, make_model
-from evalkit.models import model_label
+from evalkit.model.files import model_label
+from evalkit.prompts.counters import get_counter
 from evalkit.report.tables import counted
+from evalkit.results import store
+from evalkit.results.read import build_summary
+from evalkit.runner.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec_sha256
+from evalkit.runner.spool import Planned, Spool, prefix_key
 from evalkit.shards import Selection
-from evalkit.templates import Template, make_template, split_sent
-from evalkit.tokenizers import get_counter
+from evalkit.templates import PromptMeasure, Template, make_template, sent_of, transcript
 from evalkit.types import (
     Backend,
     EvalkitError,
@@ -50,8 +48,6 @@ from evalkit.types import (
     RunSummary,
     Sample,
     TokenCounter,
-    sample_from_json,
-    to_jsonable,
 )
 
 
@@ -114,8 +110,7 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
         assert tdef.generate is not None  # a task planned per sample has one
         template = resolve_template(task, backend)
 
-        def measure(text: str, render: Callable[[str], str] = template.render) -> int:
-            return len(counter.encode(render(text)))
+        measure = PromptMeasure(template, counter)  # user texts and conversations
 
         def count(text: str) -> int:
             return len(counter.encode(text))
@@ -279,68 +274,6 @@ def task_kind(task: TaskSpec) -> RequestKind:
     return get_task(task.name).kind
 
 
-@dataclass(frozen=True)
-class Planned:
-    """A planned sample while the run holds it: its id, where its sample is in the spool,
-    and its place in the schedule (prompts that share a prefix sort together)."""
-
-    id: str
-    order: tuple[str, bytes]
-    where: tuple[int, int]  # offset and size in the spool
-    cell: int | str  # the length cell (Sample.cell)
-
-
-PREFIX_BLOCK = 1024  # characters per prefix digest: the grain of the schedule
-
-
-def prefix_key(text: str) -> bytes:
-    """8-byte digests of the text's prefixes at every PREFIX_BLOCK characters, joined:
-    sorting by it puts texts that share the longest prefix next to each other (the order
-    of a trie walk), in about 1/128 of the text's size."""
-    h = hashlib.blake2b(digest_size=8)
-    out = bytearray()
-    for start in range(0, len(text), PREFIX_BLOCK):
-        h.update(text[start:start + PREFIX_BLOCK].encode("utf-8"))
-        out += h.copy().digest()
-    return bytes(out)
-
-
-class Spool:
-    """The run's planned samples on disk, so that planning 10,000 long prompts does not hold
-    them in memory: each sample's JSON, compressed (a fraction of samples.jsonl), in an
-    unnamed temporary file in the run folder (in the system's temporary folder when the run
-    folder takes no writes: a finished run, read-only), gone when closed or when the process
-    dies. A refused write is one line naming the folder."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        try:
-            self._f = tempfile.TemporaryFile(dir=folder)
-        except OSError:
-            self._f = tempfile.TemporaryFile()
-            self.folder = Path(tempfile.gettempdir())
-
-    def __enter__(self) -> Spool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
-
-    def add(self, sample: Sample) -> tuple[int, int]:
-        data = zlib.compress(json.dumps(to_jsonable(sample)).encode("utf-8"), 1)
-        try:
-            offset = self._f.seek(0, os.SEEK_END)
-            self._f.write(data)
-            self._f.flush()
-        except OSError as exc:
-            raise store.write_error(self.folder, exc) from None
-        return offset, len(data)
-
-    def get(self, where: tuple[int, int]) -> Sample:
-        self._f.seek(where[0])
-        return sample_from_json(json.loads(zlib.decompress(self._f.read(where[1]))))
-
-
 def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
                   progress: bool, selection: Selection, spool: Spool) -> list[Planned]:
     window = backend.context_window()
@@ -353,7 +286,8 @@ def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label:
             too_long += 1
             example = example or f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens"
             continue
-        planned.append(Planned(s.id, (s.task, prefix_key(s.prompt)), spool.add(s),
+        text = s.prompt if s.messages is None else transcript(s.messages)  # shared turns first
+        planned.append(Planned(s.id, (s.task, prefix_key(text)), spool.add(s),
                                s.cell))
     if too_long:
         raise EvalkitError(
@@ -459,7 +393,7 @@ def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
             size = model.max_batch_size
             for start in range(0, len(todo), size):
                 batch = [spool.get(p.where) for p in todo[start:start + size]]
-                rendered = [templates[s.task].render(s.prompt) for s in batch]
+                rendered = [templates[s.task].render_sample(s) for s in batch]
                 requests = [request_for(s, p, spec)
                             for s, p in zip(batch, rendered, strict=True)]
                 try:
@@ -493,8 +427,10 @@ def request_for(sample: Sample, rendered: str, spec: RunSpec) -> Request:
     if get_task(sample.task).kind == "loglikelihood":
         # no decoding parameters: the same prompt scores the same under any seed
         return Request(sample_id=sample.id, kind="loglikelihood", prompt=rendered,
+                       messages=sample.messages,
                        max_new_tokens=0, continuation=sample.targets[0])
     return Request(sample_id=sample.id, kind="generate", prompt=rendered,
+                   messages=sample.messages,
                    max_new_tokens=sample.max_new_tokens, temperature=spec.temperature,
                    seed=spec.seed)
 
@@ -502,7 +438,7 @@ def request_for(sample: Sample, rendered: str, spec: RunSpec) -> Request:
 def _record(sample: Sample, rendered: str, response: Response, label: str,
             cache_key: str) -> Record:
     prompt_sha = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
-    sent = split_sent(rendered, sample.prompt)
+    sent = sent_of(rendered, sample)
     if response.error is not None:
         return Record(sample=sample, response=response, scores={}, model=label,
                       prompt_sha256=prompt_sha, cache_key=cache_key, parsed=None, sent=sent)

@@ -1,0 +1,1 @@
+"""Statistics: intervals of a mean, and the paired regression gate."""
