@@ -28,8 +28,8 @@ from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # RULER's progress bars
 
-from evalkit.generators import Plan, get_task, make_params  # noqa: E402
 from evalkit.runner.config import parse_lengths  # noqa: E402
+from evalkit.tasks import Plan, get_task, make_params  # noqa: E402
 from evalkit.types import TokenCounter  # noqa: E402
 
 

@@ -33,8 +33,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evalkit.gate import gate  # noqa: E402
 from evalkit.results.read import read_run  # noqa: E402
+from evalkit.stats.gate import gate  # noqa: E402
 from evalkit.types import EvalkitError  # noqa: E402
 
 # the user turn without its last line: where passkey, topics and lines ask their question

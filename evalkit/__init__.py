@@ -30,25 +30,25 @@ _API: dict[str, tuple[str, str]] = {
     "RunSpec": ("evalkit.runner.config", "RunSpec"),
     "run": ("evalkit.runner.execute", "run"),
     "RunResult": ("evalkit.runner.execute", "RunResult"),
-    "merge": ("evalkit.shards", "merge"),
+    "merge": ("evalkit.runner.shards", "merge"),
     # reading, comparing, gating, reporting
     "read_run": ("evalkit.results.read", "read_run"),
     "summary_frame": ("evalkit.results.read", "summary_frame"),
     "records_frame": ("evalkit.results.read", "records_frame"),
     "compare_runs": ("evalkit.report.compare", "compare_runs"),
-    "run_gate": ("evalkit.gate", "gate"),
+    "run_gate": ("evalkit.stats.gate", "gate"),
     "build_report": ("evalkit.report.html", "build_report"),
     "build_index": ("evalkit.report.html", "build_index"),
     # models
     "make_model": ("evalkit.model", "make_model"),
     "Model": ("evalkit.model", "Model"),
     # extending
-    "register_task": ("evalkit.generators.base", "register_task"),
+    "register_task": ("evalkit.tasks.base", "register_task"),
     "register_backend": ("evalkit.backends", "register_backend"),
     "register_counter": ("evalkit.prompts.counters", "register_counter"),
-    "TaskDef": ("evalkit.generators.base", "TaskDef"),
-    "Plan": ("evalkit.generators.base", "Plan"),
-    "Score": ("evalkit.generators.base", "Score"),
+    "TaskDef": ("evalkit.tasks.base", "TaskDef"),
+    "Plan": ("evalkit.tasks.base", "Plan"),
+    "Score": ("evalkit.tasks.base", "Score"),
     # the core data types
     "Sample": ("evalkit.types", "Sample"),
     "Request": ("evalkit.types", "Request"),
@@ -85,8 +85,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # the same names, for type checkers
     from evalkit.backends import register_backend
-    from evalkit.gate import gate as run_gate
-    from evalkit.generators.base import Plan, Score, TaskDef, register_task
     from evalkit.model import Model, make_model
     from evalkit.prompts.counters import register_counter
     from evalkit.report.compare import compare_runs
@@ -95,7 +93,9 @@ if TYPE_CHECKING:  # the same names, for type checkers
     from evalkit.runner.config import RunSpec, build_spec, build_specs
     from evalkit.runner.config import load_config_file as load_config
     from evalkit.runner.execute import RunResult, run
-    from evalkit.shards import merge
+    from evalkit.runner.shards import merge
+    from evalkit.stats.gate import gate as run_gate
+    from evalkit.tasks.base import Plan, Score, TaskDef, register_task
     from evalkit.types import (
         Capabilities,
         EvalkitError,

@@ -120,7 +120,7 @@ class Sample:
     A sample is one user text or a conversation. One text: `prompt` is the user text before
     the prompt template, and `messages` is None. A conversation: `messages` are its turns
     (system, user and assistant messages, in order, usually ending with the user's), which
-    the template renders as one prompt (evalkit.templates.Template.render_sample), and
+    the template renders as one prompt (evalkit.prompts.templates.Template.render_sample), and
     `prompt` is the content of the last user message (`last_user_text(messages)`): the
     user text that the record's `sent` and the report single out, the earlier turns being
     part of the rendered text before it. (A reader that drops prompts, such as
@@ -153,14 +153,14 @@ class Sample:
     @property
     def cell(self) -> int | str:
         """The length cell: the target length asked for, else the case's named bin
-        (a natural-length case's length bucket, a leaderboard task's shots), else "all"."""
+        (a natural-length case's length bucket, the shots of a task scored whole), else "all"."""
         if self.target_tokens is not None:
             return self.target_tokens
         return str(self.meta.get("bin", "all"))
 
     @property
     def subsets(self) -> tuple[str, ...]:
-        """The subsets the sample is counted in besides "all" (an MMLU subject)."""
+        """The subsets the sample is counted in besides "all" (a subject of a multi-subject task)."""
         return tuple(str(s) for s in self.meta.get("subsets", ()))
 
     @property
@@ -261,7 +261,7 @@ class Record:
     parsed: str | None = None  # what the scorer read out of the output (None: unparseable)
     # the prompt as sent around the user text: {"before", "after"}, and "user" ([start,
     # end] of the user text) where the template took only part of it (see
-    # evalkit.templates.split_sent); None in records written before it was kept
+    # evalkit.prompts.templates.split_sent); None in records written before it was kept
     sent: Mapping[str, Any] | None = None
 
     @property
@@ -277,7 +277,7 @@ class SummaryRow:
     `kind` is the metric's (binary: every score 0 or 1; continuous). `successes` is the
     count of samples scored 1 where `value` is successes / n (a binary metric's plain
     mean), else None. `derived` marks a value that is not a mean of its samples (a mean of
-    subset means such as MMLU's, an average over tasks): tests read it by its interval.
+    subset means, an average over tasks): tests read it by its interval.
     `clusters` is set where samples share a haystack (the shared-context tasks): the
     number of haystacks; the interval is then clustered by haystack, and tests read it."""
 

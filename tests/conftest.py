@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.generators import Plan
 from evalkit.prompts.counters import WhitespaceCounter
+from evalkit.tasks import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

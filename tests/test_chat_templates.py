@@ -16,9 +16,9 @@ import pytest
 
 from evalkit.backends.scripted import ScriptedBackend
 from evalkit.prompts.counters import WhitespaceCounter
+from evalkit.prompts.templates import make_template
 from evalkit.runner.config import build_spec
 from evalkit.runner.execute import plan_samples, resolve_template
-from evalkit.templates import make_template
 from evalkit.types import EvalkitError
 
 DATA = Path(__file__).parent / "data" / "chat_templates"

@@ -29,7 +29,7 @@ from evalkit.runner.config import (
     recorded_spec_sha256,
 )
 from evalkit.runner.execute import run
-from evalkit.shards import merge
+from evalkit.runner.shards import merge
 from evalkit.types import EvalkitError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from fakeopenai import FakeOpenAI
 
-from evalkit.fitting import Units, measure_messages
-from evalkit.generators.base import Plan
 from evalkit.prompts.counters import WhitespaceCounter
+from evalkit.prompts.templates import PromptMeasure, make_template, sent_of, sent_user, transcript
 from evalkit.results import store
-from evalkit.templates import PromptMeasure, make_template, sent_of, sent_user, transcript
+from evalkit.tasks.base import Plan
+from evalkit.tasks.fitting import Units, measure_messages
 from evalkit.types import (
     EvalkitError,
     Message,

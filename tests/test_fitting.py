@@ -9,9 +9,9 @@ from conftest import whitespace_plan
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evalkit.fitting import Curve, Estimator, Fitter, PrefixCounts, chunks, fit_max
-from evalkit.generators import get_task, make_params
 from evalkit.prompts.counters import get_counter
+from evalkit.tasks import get_task, make_params
+from evalkit.tasks.fitting import Curve, Estimator, Fitter, PrefixCounts, chunks, fit_max
 from evalkit.types import EvalkitError
 
 

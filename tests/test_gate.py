@@ -22,7 +22,11 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from evalkit.cli import app
-from evalkit.gate import (
+from evalkit.report.compare import compare_runs
+from evalkit.report.html import build_report
+from evalkit.results import store
+from evalkit.results.read import MetricInfo, load_runs, paired_frame, read_run, upgrade_row
+from evalkit.stats.gate import (
     cell_test,
     gate,
     holm,
@@ -32,10 +36,6 @@ from evalkit.gate import (
     tango_score,
     two_proportions,
 )
-from evalkit.report.compare import compare_runs
-from evalkit.report.html import build_report
-from evalkit.results import store
-from evalkit.results.read import MetricInfo, load_runs, paired_frame, read_run, upgrade_row
 from evalkit.types import Record, Response, Sample, SummaryRow
 
 TASKS = ("passkey", "topics")

@@ -9,10 +9,10 @@ import re
 import pytest
 from conftest import reference_data, whitespace_plan
 
-from evalkit.generators import get_task, make_params
-from evalkit.generators import lines as lines_mod
-from evalkit.generators import passkey as passkey_mod
-from evalkit.generators import topics as topics_mod
+from evalkit.tasks import get_task, make_params
+from evalkit.tasks import lines as lines_mod
+from evalkit.tasks import passkey as passkey_mod
+from evalkit.tasks import topics as topics_mod
 from evalkit.types import EvalkitError, to_jsonable
 
 # sha256 of the JSON of the first two samples per task at 1000 and 2000 whitespace tokens,
@@ -224,7 +224,7 @@ def test_longeval_topics_prompts_are_reproduced_exactly() -> None:
 
 
 def test_longeval_importers_read_published_rows() -> None:
-    from evalkit.generators.importers import read_longeval_lines, read_longeval_topics
+    from evalkit.tasks.importers import read_longeval_lines, read_longeval_topics
 
     plan = whitespace_plan("lines")
     rows = list(read_longeval_lines(str(reference_data("longeval", "lines_200_first3.jsonl")),

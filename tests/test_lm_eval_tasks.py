@@ -1,4 +1,4 @@
-"""Any lm-eval task as an evalkit task (`lm_eval:NAME`, evalkit.generators.lm_eval_tasks):
+"""Any lm-eval task as an evalkit task (`lm_eval:NAME`, evalkit.tasks.lm_eval.catalogue):
 the TaskDef read off lm-eval's catalogue (groups, unknown names, data that are not here),
 RULER's niah_single_1 on Gemma 3 270M at two lengths (its documents are the ones lm-eval's
 own RULER makes with the same tokenizer), and a multiple-choice task from a data file."""
@@ -17,8 +17,8 @@ from evalkit.types import EvalkitError, Record
 
 require("lm_eval", "'evalkit[lmeval]'")
 
-from evalkit.generators import lm_eval_tasks as lt  # noqa: E402
-from evalkit.generators.base import TASKS, WholeRun  # noqa: E402
+from evalkit.tasks.base import TASKS, WholeRun  # noqa: E402
+from evalkit.tasks.lm_eval import catalogue as lt  # noqa: E402
 
 LENGTHS = (1024, 2048)
 
@@ -96,7 +96,7 @@ def test_data_that_are_not_here_are_one_line_saying_what_to_give(tmp_path: Path)
     assert "{data: {test: FILE}}" in message and "online: true" in message
     assert "\n" not in message
     # a RULER task whose haystack is a dataset: nothing is downloaded, one line
-    from evalkit.tokenizers import WhitespaceCounter
+    from evalkit.prompts.counters import WhitespaceCounter
 
     essay = lt.make_task("niah_single_2")
     with pytest.raises(EvalkitError) as err:

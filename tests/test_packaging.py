@@ -29,8 +29,8 @@ def test_the_wheel_holds_every_module_and_the_task_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "evalkit").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
-    data = {"evalkit/_tasks/" + p.relative_to(ROOT / "tasks").as_posix()
-            for p in (ROOT / "tasks").rglob("*") if p.is_file()}
+    data = {p.relative_to(ROOT).as_posix()
+            for p in (ROOT / "evalkit" / "tasks" / "data").rglob("*") if p.is_file()}
     assert data and data <= names, sorted(data - names)
     configs = {f"evalkit/_configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")}
     assert configs <= names, sorted(configs - names)

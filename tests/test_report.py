@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from evalkit.gate import cell_test, two_proportions
 from evalkit.report.compare import compare_runs, format_compare
 from evalkit.report.html import build_index, build_report
 from evalkit.results import store
 from evalkit.results.read import MetricInfo
 from evalkit.runner.config import build_spec
 from evalkit.runner.execute import run
+from evalkit.stats.gate import cell_test, two_proportions
 from evalkit.types import SummaryRow
 
 PAYLOAD = ('<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -145,7 +145,7 @@ def test_the_prompt_shown_is_the_prompt_sent(tmp_path: Path) -> None:
 def test_the_user_text_is_found_where_the_template_put_it() -> None:
     from test_chat_templates import SPECIAL_TOKENS, _template
 
-    from evalkit.templates import make_template, sent_user, split_sent
+    from evalkit.prompts.templates import make_template, sent_user, split_sent
 
     assert split_sent("<s>[INST] hi [/INST]", "hi") == {"before": "<s>[INST] ",
                                                         "after": " [/INST]"}

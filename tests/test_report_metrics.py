@@ -20,15 +20,15 @@ import pytest
 from typer.testing import CliRunner
 
 from evalkit.cli import app
-from evalkit.gate import paired_t, welch
-from evalkit.generators.leaderboard import MMLU_SUBJECTS
 from evalkit.report.compare import compare_runs, format_compare
 from evalkit.report.html import build_index, build_report
 from evalkit.report.tables import format_table
 from evalkit.results import store
 from evalkit.results.read import summary_of
 from evalkit.results.summary import aggregate
+from evalkit.stats.gate import paired_t, welch
 from evalkit.stats.intervals import interval, mean_interval, wilson
+from evalkit.tasks.lm_eval.leaderboard import MMLU_SUBJECTS
 from evalkit.types import Record, Response, Sample, SummaryRow
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -211,7 +211,7 @@ def test_show_prints_every_metric_and_the_leaderboard(runs: tuple[Path, Path]) -
     res = CliRunner().invoke(app, ["show", str(a)])
     assert res.exit_code == 0, res.output
     out = res.output
-    assert "accuracy by length" in out and "leaderboard" in out
+    assert "accuracy by length" in out and "scores (tasks without a length axis" in out
     for task, metric in (("arc_challenge", "acc_norm"), ("hellaswag", "acc_norm"),
                          ("truthfulqa_mc2", "acc"), ("mmlu", "acc"),
                          ("leaderboard-v1", "average")):
@@ -306,7 +306,7 @@ def test_welch_when_the_samples_do_not_pair(tmp_path: Path) -> None:
 def test_rows_of_the_leaderboard_writer_render_and_compare(tmp_path: Path) -> None:
     """A leaderboard-only run of each model, summarized by the runner: the score table ends
     in the average, MMLU is its unweighted mean, compare tests every cell (subjects too)."""
-    from evalkit.generators import leaderboard
+    from evalkit.tasks.lm_eval import leaderboard
 
     folders = []
     for name, skill, seed in (("lb-a", 0.5, 8), ("lb-b", 0.8, 9)):

@@ -14,12 +14,12 @@ import pytest
 import yaml
 from conftest import whitespace_plan
 
-from evalkit.generators import get_task, make_params
 from evalkit.results import store
 from evalkit.results.summary import aggregate
 from evalkit.runner.execute import prefix_key
-from evalkit.shards import Selection, shard_of
+from evalkit.runner.shards import Selection, shard_of
 from evalkit.stats.intervals import wilson
+from evalkit.tasks import get_task, make_params
 from evalkit.types import Record, Response, Sample
 
 CONFIG = {

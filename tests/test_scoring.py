@@ -4,15 +4,15 @@ import math
 
 import pytest
 
-from evalkit.generators.parsers import (
+from evalkit.results.summary import aggregate
+from evalkit.stats.intervals import wilson
+from evalkit.tasks.parsers import (
     first_int_match,
     last_int_match,
     normalize,
     parse_choice,
     topic_match,
 )
-from evalkit.results.summary import aggregate
-from evalkit.stats.intervals import wilson
 from evalkit.types import Record, Response, Sample
 
 
@@ -38,7 +38,7 @@ def test_topic_match_is_normalised_and_word_bounded() -> None:
 def test_topics_score_lenient_and_exact_side_by_side() -> None:
     """The lenient match forgives case, punctuation, an article and words around the topic;
     exact_match takes the answer's first line as it is. The parsed answer is that line."""
-    from evalkit.generators import get_task
+    from evalkit.tasks import get_task
 
     sample = Sample(id="t", task="topics", prompt="p", targets=("The Psychology of Happiness",),
                     target_tokens=None, input_tokens=1, template="raw", max_new_tokens=50)

@@ -6,10 +6,10 @@ import pytest
 from conftest import reference_data
 from servers import require
 
-from evalkit.generators import Plan, get_task, make_params
 from evalkit.prompts.counters import get_counter
+from evalkit.prompts.templates import make_template
 from evalkit.runner.config import build_spec
-from evalkit.templates import make_template
+from evalkit.tasks import Plan, get_task, make_params
 from evalkit.types import EvalkitError
 
 
@@ -77,7 +77,7 @@ def test_unknown_tokenizer_is_named() -> None:
 def test_longeval_published_rows_counted_with_mistral_v1(mistral) -> None:
     """The imported prompts measure near the published token_size (LongChat's LLaMA
     tokenizer, a sibling SentencePiece model of the same size)."""
-    from evalkit.generators.importers import read_longeval_lines
+    from evalkit.tasks.importers import read_longeval_lines
 
     template = make_template("raw")
     plan = Plan(task="lines", lengths=(), samples=1, seed=0, template="raw", max_new_tokens=100,

@@ -26,7 +26,7 @@ from typing import Any
 from evalkit.backends import check_options
 from evalkit.backends.identity import weights_identity
 from evalkit.model.files import resolve_gguf
-from evalkit.templates import chat_template_source
+from evalkit.prompts.templates import chat_template_source
 from evalkit.types import Capabilities, EvalkitError, Request, Response, TokenCounter
 
 # rope_freq_base / rope_freq_scale override the GGUF's RoPE settings (llama.cpp's

@@ -45,8 +45,8 @@ from evalkit.backends.http import (
 )
 from evalkit.backends.identity import IDENTITY_OPTIONS, server_identity
 from evalkit.model import notify_stderr
+from evalkit.prompts.templates import Template, chat_template_source, make_template
 from evalkit.redact import redact
-from evalkit.templates import Template, chat_template_source, make_template
 from evalkit.types import (
     Capabilities,
     EvalkitError,
@@ -98,7 +98,7 @@ def _names(model: str, served_id: str) -> bool:
 
 
 class _ChatEndpointCounter(ChatCounter):
-    """ChatCounter that counts a conversation too (evalkit.templates.MessagesCounter): its
+    """ChatCounter that counts a conversation too (evalkit.prompts.templates.MessagesCounter): its
     messages rendered with the model's template, as the chat endpoint will render them."""
 
     def __init__(self, base: PromptCounter, template: Template) -> None:

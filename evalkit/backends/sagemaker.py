@@ -45,7 +45,7 @@ from evalkit.backends.tgi import (
     prefill_response,
     scored_text,
 )
-from evalkit.templates import chat_template_source
+from evalkit.prompts.templates import chat_template_source
 from evalkit.types import (
     Capabilities,
     EvalkitError,

@@ -31,7 +31,7 @@ from evalkit.types import (
 
 OPTIONS: dict[str, type] = {"reply": str, "delay_s": float, "fail_every": int,
                             "context_window": int, "loglikelihood": str}
-_PASSKEY = re.compile(r"The pass key is (\d+)")
+_KEY_STATED = re.compile(r"The pass key is (\d+)")
 _ASKED_LINE = re.compile(r"in line (.+?)\? I need the number")
 
 
@@ -72,7 +72,7 @@ class ScriptedBackend:
             line = re.search(f"line {re.escape(asked.group(1))}: REGISTER_CONTENT is <(\\d+)>",
                              prompt)
             return f" The number is {line.group(1)}." if line else " I do not know."
-        key = _PASSKEY.search(prompt)
+        key = _KEY_STATED.search(prompt)
         return f" {key.group(1)}." if key else " I do not know."
 
     def _fails(self) -> bool:

@@ -35,8 +35,8 @@ from evalkit.backends.http import (
     read_json,
 )
 from evalkit.backends.identity import IDENTITY_OPTIONS, server_identity
+from evalkit.prompts.templates import chat_template_source
 from evalkit.redact import redact
-from evalkit.templates import chat_template_source
 from evalkit.types import (
     Capabilities,
     EvalkitError,

@@ -106,9 +106,9 @@ def gate(
     on bad input. See docs/ci.md for sample counts per cell and CI examples.
     """
 
-    from evalkit.gate import format_gate, junit_xml
-    from evalkit.gate import gate as run_gate
-    from evalkit.gate import markdown as markdown_text
+    from evalkit.stats.gate import format_gate, junit_xml
+    from evalkit.stats.gate import gate as run_gate
+    from evalkit.stats.gate import markdown as markdown_text
 
     result = run_gate(baseline, candidate, margin=margin, alpha=alpha, metrics=metric or ())
     typer.echo(format_gate(result))
@@ -138,7 +138,7 @@ def merge(
     out: Annotated[Path, typer.Option(help="the merged run's folder (new)")],
 ) -> None:
     """Join the shards of one run into the run the unsharded command makes."""
-    from evalkit.shards import merge as merge_shards
+    from evalkit.runner.shards import merge as merge_shards
 
     run_dir = merge_shards(shards, out)
     summary = analysis.build_summary(run_dir)

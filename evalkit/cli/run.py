@@ -11,14 +11,6 @@ from typing import Annotated, Any
 import typer
 
 from evalkit.cli.app import EXIT_PARTIAL, _Command, _err, app
-from evalkit.generators import get_task, task_names
-from evalkit.generators.options import (
-    CASES_HELP,
-    CORPUS_HELP,
-    LIMIT_HELP,
-    QUALITY_HELP,
-    apply_file_options,
-)
 from evalkit.model.files import ALIASES, model_label
 from evalkit.report.tables import counted, format_table
 from evalkit.results import store
@@ -29,7 +21,15 @@ from evalkit.runner.config import (
     load_config_file,
     parse_shard,
 )
-from evalkit.shards import Selection
+from evalkit.runner.shards import Selection
+from evalkit.tasks import get_task, task_names
+from evalkit.tasks.options import (
+    CASES_HELP,
+    CORPUS_HELP,
+    LIMIT_HELP,
+    QUALITY_HELP,
+    apply_file_options,
+)
 from evalkit.types import SummaryRow
 
 

@@ -1,7 +1,7 @@
 """Compare two runs cell by cell: deltas, and whether each is significant.
 
 A cell is (task, length, subset, metric), for every metric the runs' summary rows carry.
-The test is the gate's (evalkit.gate.cell_test), two-sided: exact McNemar or the paired
+The test is the gate's (evalkit.stats.gate.cell_test), two-sided: exact McNemar or the paired
 t-test where both runs scored the same sample ids, Fisher's exact test or Welch's t-test
 where they did not, and a z-test on the 95% intervals for a value that is not a plain mean
 of its samples (a mean of subset means, a suite's average over tasks). Significance is read
@@ -14,9 +14,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalkit import store
-from evalkit.analysis import load_runs
-from evalkit.gate import Cell, holm, paired_cells, value_cell
 from evalkit.report.plots import length_plot
 from evalkit.report.tables import (
     columns,
@@ -25,6 +22,9 @@ from evalkit.report.tables import (
     length_tables,
     split_rows,
 )
+from evalkit.results import store
+from evalkit.results.read import load_runs
+from evalkit.stats.gate import Cell, holm, paired_cells, value_cell
 from evalkit.types import MetricKind, SummaryRow
 
 ALPHA = 0.05

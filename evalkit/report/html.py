@@ -17,7 +17,7 @@ and the HTML around them is autoescaped.
 Every metric the summary rows carry is reported (accuracy, acc, acc_norm, mc2, ...): tasks
 with a length axis get a table per metric and a plot, tasks scored once over all their
 data (tasks scored whole) get the score table. Runs are read through
-evalkit.analysis: rows computed from samples.jsonl, or a summary.json alone.
+evalkit.results.read: rows computed from samples.jsonl, or a summary.json alone.
 """
 
 from __future__ import annotations
@@ -34,8 +34,18 @@ from typing import Any
 
 import jinja2
 
-from evalkit import store
-from evalkit.analysis import (
+from evalkit.prompts.templates import FIXED_TEMPLATES, make_template, sent_user, split_sent
+from evalkit.report.plots import axis_heatmap, length_plot
+from evalkit.report.tables import (
+    LengthLine,
+    ScoreLine,
+    counted,
+    length_tables,
+    score_lines,
+    split_rows,
+)
+from evalkit.results import store
+from evalkit.results.read import (
     MetricInfo,
     Run,
     common_errors,
@@ -47,19 +57,9 @@ from evalkit.analysis import (
     model_name,
     primary_metrics,
 )
-from evalkit.generators import get_task
-from evalkit.generators.base import TASKS
-from evalkit.report.plots import axis_heatmap, length_plot
-from evalkit.report.tables import (
-    LengthLine,
-    ScoreLine,
-    counted,
-    length_tables,
-    score_lines,
-    split_rows,
-)
-from evalkit.scoring import length_order
-from evalkit.templates import FIXED_TEMPLATES, make_template, sent_user, split_sent
+from evalkit.results.summary import length_order
+from evalkit.tasks import get_task
+from evalkit.tasks.base import TASKS
 from evalkit.types import EvalkitError, Record, SummaryRow
 
 PROMPT_CHUNK = 50       # prompts per lazily loaded file

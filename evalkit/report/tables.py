@@ -17,8 +17,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from evalkit.generators.base import has_length_axis
-from evalkit.scoring import length_order
+from evalkit.results.summary import length_order
+from evalkit.tasks.base import has_length_axis
 from evalkit.types import SummaryRow
 
 
@@ -176,7 +176,7 @@ def format_score_table(lines: list[ScoreLine], models: list[str]) -> str:
             for line in lines]
     out = columns(header, body, "ll" + "r" * len(models) + "l")
     rule = "-" * max(map(len, out))
-    text = ["leaderboard (tasks without a length axis, scored over all their data)", out[0],
+    text = ["scores (tasks without a length axis, scored over all their data)", out[0],
             rule]
     for line, row in zip(lines, out[1:], strict=True):
         if line.summary_of_tasks:

@@ -44,7 +44,7 @@ class MetricInfo:
 def _known_tasks(tasks: Iterable[str]) -> dict[str, Any]:
     """The TaskDefs of those of `tasks` this evalkit knows (an older run, or a task from
     elsewhere, may name others)."""
-    from evalkit.generators.base import known_task
+    from evalkit.tasks.base import known_task
 
     found = {task: known_task(task) for task in sorted(set(tasks))}
     return {task: tdef for task, tdef in found.items() if tdef is not None}

@@ -76,7 +76,7 @@ def _int(v: Any) -> bool:
 
 
 def _is_sent(v: Any) -> bool:
-    """A record's `sent` (evalkit.templates.split_sent): before and after texts, and where
+    """A record's `sent` (evalkit.prompts.templates.split_sent): before and after texts, and where
     the user text was cut, [start, end] with 0 <= start <= end."""
     if not (isinstance(v, dict) and isinstance(v.get("before"), str)
             and isinstance(v.get("after"), str) and set(v) <= {"before", "after", "user"}):

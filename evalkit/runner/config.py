@@ -20,12 +20,12 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evalkit.generators import get_task, make_params, task_names
-from evalkit.generators.base import DEFAULT_TASKS, SAMPLE_OPTIONS, TASKS, TaskDef
 from evalkit.model.files import DEFAULT_MODEL, model_label
+from evalkit.prompts.templates import TEMPLATE_NAMES
 from evalkit.redact import redact
 from evalkit.results.store import safe_name
-from evalkit.templates import TEMPLATE_NAMES
+from evalkit.tasks import get_task, make_params, task_names
+from evalkit.tasks.base import DEFAULT_TASKS, SAMPLE_OPTIONS, TASKS, TaskDef
 from evalkit.types import EvalkitError
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)
@@ -118,7 +118,7 @@ class RunSpec:
     label: str | None = None
     cache: bool = True  # answer from the response cache where it can (evalkit.model)
     limit: int | None = None  # tasks scored whole: the first N documents (TaskDef.limited)
-    shard: tuple[int, int] | None = None  # (i, n): this run is slice i of n (evalkit.shards)
+    shard: tuple[int, int] | None = None  # (i, n): this run is slice i of n (evalkit.runner.shards)
 
     def to_json(self) -> dict[str, Any]:
         plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))

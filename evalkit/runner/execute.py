@@ -24,18 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from evalkit import interrupts
-from evalkit.generators import Plan, get_task, make_params
-from evalkit.generators.base import WholeRun
 from evalkit.model import Model, make_model
 from evalkit.model.files import model_label
 from evalkit.prompts.counters import get_counter
+from evalkit.prompts.templates import PromptMeasure, Template, make_template, sent_of, transcript
 from evalkit.report.tables import counted
 from evalkit.results import store
 from evalkit.results.read import build_summary
 from evalkit.runner.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec_sha256
+from evalkit.runner.shards import Selection
 from evalkit.runner.spool import Planned, Spool, prefix_key
-from evalkit.shards import Selection
-from evalkit.templates import PromptMeasure, Template, make_template, sent_of, transcript
+from evalkit.tasks import Plan, get_task, make_params
+from evalkit.tasks.base import WholeRun
 from evalkit.types import (
     Backend,
     EvalkitError,

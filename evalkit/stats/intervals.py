@@ -25,8 +25,8 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float]:
-    """Normal-approximation 95% interval of the mean of continuous scores (TruthfulQA mc2,
-    say): mean +- z * sd / sqrt(n). NaN bounds with fewer than two values."""
+    """Normal-approximation 95% interval of the mean of continuous scores (a
+    probability mass, say): mean +- z * sd / sqrt(n). NaN bounds with fewer than two values."""
     n = len(values)
     if n < 2:
         return (float("nan"), float("nan"))

@@ -8,8 +8,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evalkit.generators.base import Plan, Score, TaskDef, accuracy
 from evalkit.prompts.counters import WhitespaceCounter
+from evalkit.tasks.base import Plan, Score, TaskDef, accuracy
 from evalkit.types import Capabilities, Request, Response, Sample, TokenCounter, Unsupported
 
 

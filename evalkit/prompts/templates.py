@@ -110,7 +110,7 @@ class PromptMeasure:
     conversation is counted from its messages, as the chat endpoint will read them (the
     template still renders it first, so that one it refuses is refused here too).
 
-    A Plan's `measure` made with it measures both kinds (evalkit.fitting.measure_messages,
+    A Plan's `measure` made with it measures both kinds (evalkit.tasks.fitting.measure_messages,
     Fitter.fit_messages); a plain function measures user texts only."""
 
     def __init__(self, template: Template, counter: TokenCounter) -> None:

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit import store
-from evalkit.analysis import build_summary
-from evalkit.config import recorded_spec_sha256
+from evalkit.results import store
+from evalkit.results.read import build_summary
+from evalkit.runner.config import recorded_spec_sha256
 from evalkit.types import EvalkitError
 
 

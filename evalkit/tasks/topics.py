@@ -20,21 +20,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from evalkit.generators.base import (
+from evalkit.tasks.base import (
     Plan,
     Score,
     TaskDef,
     accuracy,
+    data_dir,
     register_task,
     sample_rng,
-    tasks_dir,
 )
-from evalkit.generators.importers import (
+from evalkit.tasks.importers import (
     read_case_files,
     read_longeval_topics,
     read_topic_corpus,
 )
-from evalkit.generators.parsers import first_line, topic_match
+from evalkit.tasks.parsers import first_line, topic_match
 from evalkit.types import EvalkitError, MetricDef, Response, Sample
 
 HEADER = (
@@ -77,10 +77,10 @@ def load_corpus(path: str | None, short: bool = False) -> Corpus:
     LongEval's size, or with `short` the shorter ones."""
     if path is not None:
         return tuple(read_topic_corpus(path))
-    files = sorted((tasks_dir() / "data" / "topics").glob("short*.jsonl" if short
+    files = sorted((data_dir() / "topics").glob("short*.jsonl" if short
                                                           else "part*.jsonl"))
     if not files:
-        raise EvalkitError(f"the built-in topic corpus is missing under {tasks_dir()}: "
+        raise EvalkitError(f"the built-in topic corpus is missing under {data_dir()}: "
                            "reinstall evalkit (pip install evalkit)")
     return tuple(pair for f in files for pair in read_topic_corpus(f))
 

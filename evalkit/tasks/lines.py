@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from evalkit.generators.base import (
+from evalkit.tasks.base import (
     Plan,
     Score,
     TaskDef,
@@ -23,8 +23,8 @@ from evalkit.generators.base import (
     register_task,
     sample_rng,
 )
-from evalkit.generators.importers import read_case_files, read_longeval_lines
-from evalkit.generators.parsers import last_int_match
+from evalkit.tasks.importers import read_case_files, read_longeval_lines
+from evalkit.tasks.parsers import last_int_match
 from evalkit.types import EvalkitError, Response, Sample
 
 HEADER = (

@@ -18,7 +18,7 @@ the whole prompt at every step (10-18 times the final tokens). Here:
 
 A conversation (a list of messages, the template rendering them as one prompt) is fitted the
 same way (`Fitter.fit_messages`): build(k) makes the messages, the measure counts them
-rendered (`measure_messages`: a Plan's measure made by evalkit.templates.PromptMeasure), and
+rendered (`measure_messages`: a Plan's measure made by evalkit.prompts.templates.PromptMeasure), and
 the estimate is the generator's, over the messages' texts.
 
 Every answer fits (the prompt is measured) and k + 1 was either measured over budget or
@@ -62,14 +62,14 @@ class Fit(Generic[P]):
 def measure_messages(measure: Measure, messages: Sequence[Message]) -> int:
     """Tokens of a conversation rendered as the model reads it, by a Plan's `measure`: one
     that measures conversations too (its `conversation` method, as
-    evalkit.templates.PromptMeasure has). A measure of user texts alone is one EvalkitError
+    evalkit.prompts.templates.PromptMeasure has). A measure of user texts alone is one EvalkitError
     line."""
     conversation: Callable[[Sequence[Message]], int] | None = getattr(
         measure, "conversation", None)
     if conversation is None:
         raise EvalkitError("this plan measures prompts of one user text only: a task that "
                            "makes conversations needs a plan whose measure is an "
-                           "evalkit.templates.PromptMeasure")
+                           "evalkit.prompts.templates.PromptMeasure")
     return conversation(messages)
 
 

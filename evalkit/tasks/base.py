@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit.fitting import Fitter, Measure
 from evalkit.registry import Registry
+from evalkit.tasks.fitting import Fitter, Measure
 from evalkit.types import (
     EvalkitError,
     Log,
@@ -169,18 +169,18 @@ def _task_def(obj: object) -> TaskDef:
 
 # evalkit's own tasks, loaded when first asked for; plugins add theirs by entry point
 TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
-    "lines": "evalkit.generators.lines:TASK",
-    "lines_shared": "evalkit.generators.lines:TASK_SHARED",
-    "longqa": "evalkit.generators.longqa:TASK",
-    "passkey": "evalkit.generators.passkey:TASK",
-    "passkey_ll": "evalkit.generators.passkey:TASK_LL",
-    "passkey_shared": "evalkit.generators.passkey:TASK_SHARED",
-    "topics": "evalkit.generators.topics:TASK",
-    "arc_challenge": "evalkit.generators.leaderboard:ARC_CHALLENGE",
-    "hellaswag": "evalkit.generators.leaderboard:HELLASWAG",
-    "truthfulqa_mc2": "evalkit.generators.leaderboard:TRUTHFULQA_MC2",
-    "mmlu": "evalkit.generators.leaderboard:MMLU",
-}, _task_def, families={"lm_eval:": "evalkit.generators.lm_eval_tasks:make_task"})
+    "lines": "evalkit.tasks.lines:TASK",
+    "lines_shared": "evalkit.tasks.lines:TASK_SHARED",
+    "longqa": "evalkit.tasks.longqa:TASK",
+    "passkey": "evalkit.tasks.passkey:TASK",
+    "passkey_ll": "evalkit.tasks.passkey:TASK_LL",
+    "passkey_shared": "evalkit.tasks.passkey:TASK_SHARED",
+    "topics": "evalkit.tasks.topics:TASK",
+    "arc_challenge": "evalkit.tasks.lm_eval.leaderboard:ARC_CHALLENGE",
+    "hellaswag": "evalkit.tasks.lm_eval.leaderboard:HELLASWAG",
+    "truthfulqa_mc2": "evalkit.tasks.lm_eval.leaderboard:TRUTHFULQA_MC2",
+    "mmlu": "evalkit.tasks.lm_eval.leaderboard:MMLU",
+}, _task_def, families={"lm_eval:": "evalkit.tasks.lm_eval.catalogue:make_task"})
 
 
 # what a config without `tasks:` runs: the long-context tasks of the headline comparison
@@ -265,19 +265,18 @@ def sample_rng(*parts: object) -> random.Random:
     return random.Random("/".join(str(p) for p in parts))
 
 
-def tasks_dir() -> Path:
-    """The task data we wrote (word lists, topic corpus): inside the installed package
-    (evalkit/_tasks, from a wheel) or the checkout's tasks/ (source tree, editable install)."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "_tasks", package.parent / "tasks"):
-        if (candidate / "data").is_dir():
-            return candidate
-    raise EvalkitError(f"evalkit's task data is missing (neither {package / '_tasks'} nor "
-                       f"{package.parent / 'tasks'}): reinstall evalkit (pip install evalkit)")
+def data_dir() -> Path:
+    """The task data we wrote (word lists, topic corpus, TruthfulQA-format questions):
+    evalkit/tasks/data, inside the package wherever it is installed."""
+    folder = Path(__file__).resolve().parent / "data"
+    if not folder.is_dir():
+        raise EvalkitError(f"evalkit's task data is missing ({folder}): reinstall evalkit "
+                           "(pip install evalkit)")
+    return folder
 
 
 def read_words(name: str) -> list[str]:
-    path = tasks_dir() / "data" / "words" / f"{name}.txt"
+    path = data_dir() / "words" / f"{name}.txt"
     try:
         return [w for w in path.read_text(encoding="utf-8").splitlines() if w]
     except FileNotFoundError:

@@ -46,7 +46,8 @@ from typing import Literal
 import pandas as pd
 from scipy import stats
 
-from evalkit.analysis import (
+from evalkit.report.tables import counted, fmt_length
+from evalkit.results.read import (
     CellKey,
     MetricInfo,
     Run,
@@ -56,8 +57,7 @@ from evalkit.analysis import (
     records_frame,
     row_info,
 )
-from evalkit.report.tables import counted, fmt_length
-from evalkit.scoring import interval_se
+from evalkit.stats.intervals import interval_se
 from evalkit.types import EvalkitError, MetricKind, SummaryRow
 
 Alternative = Literal["worse", "two-sided"]

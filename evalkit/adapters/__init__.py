@@ -1,1 +1,0 @@
-"""Adapters: evalkit models seen through other harnesses' interfaces (lm-eval)."""
