@@ -49,7 +49,11 @@ _API: dict[str, tuple[str, str]] = {
     "TaskDef": ("evalkit.tasks.base", "TaskDef"),
     "Plan": ("evalkit.tasks.base", "Plan"),
     "Score": ("evalkit.tasks.base", "Score"),
+    "Whole": ("evalkit.tasks.base", "Whole"),
+    "WholeRun": ("evalkit.tasks.base", "WholeRun"),
     # the core data types
+    "Message": ("evalkit.types", "Message"),
+    "Log": ("evalkit.types", "Log"),
     "Sample": ("evalkit.types", "Sample"),
     "Request": ("evalkit.types", "Request"),
     "Response": ("evalkit.types", "Response"),
@@ -62,8 +66,9 @@ _API: dict[str, tuple[str, str]] = {
 }
 
 __all__ = [
-    "Capabilities", "EvalkitError", "Interrupted", "MetricDef", "Model", "Plan", "Record",
-    "Request", "Response", "RunResult", "RunSpec", "Sample", "Score", "TaskDef", "Unsupported",
+    "Capabilities", "EvalkitError", "Interrupted", "Log", "Message", "MetricDef", "Model",
+    "Plan", "Record", "Request", "Response", "RunResult", "RunSpec", "Sample", "Score",
+    "TaskDef", "Unsupported", "Whole", "WholeRun",
     "build_index", "build_report", "build_spec", "build_specs", "compare_runs", "load_config",
     "make_model", "merge", "read_run", "records_frame", "register_backend", "register_counter",
     "register_task", "run", "run_gate", "summary_frame",
@@ -95,11 +100,13 @@ if TYPE_CHECKING:  # the same names, for type checkers
     from evalkit.runner.execute import RunResult, run
     from evalkit.runner.shards import merge
     from evalkit.stats.gate import gate as run_gate
-    from evalkit.tasks.base import Plan, Score, TaskDef, register_task
+    from evalkit.tasks.base import Plan, Score, TaskDef, Whole, WholeRun, register_task
     from evalkit.types import (
         Capabilities,
         EvalkitError,
         Interrupted,
+        Log,
+        Message,
         MetricDef,
         Record,
         Request,

@@ -160,7 +160,8 @@ class Sample:
 
     @property
     def subsets(self) -> tuple[str, ...]:
-        """The subsets the sample is counted in besides "all" (a subject of a multi-subject task)."""
+        """The subsets the sample is counted in besides "all" (a subject of a task of
+        several subjects)."""
         return tuple(str(s) for s in self.meta.get("subsets", ()))
 
     @property

@@ -31,6 +31,7 @@ from evalkit.prompts.templates import PromptMeasure, Template, make_template, se
 from evalkit.report.tables import counted
 from evalkit.results import store
 from evalkit.results.read import build_summary
+from evalkit.results.schema import RunInfo
 from evalkit.runner.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec_sha256
 from evalkit.runner.shards import Selection
 from evalkit.runner.spool import Planned, Spool, prefix_key
@@ -315,24 +316,11 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
                 samples: list[Planned], planned: Mapping[str, Mapping[str, int | str]],
                 whole_ids: Sequence[str], spool: Spool, run_dir: Path, progress: bool,
                 log: Log, started: float) -> RunResult:
-    backend = model.backend
     store.remove_stale_temporaries(run_dir)
     ids = [s.id for s in samples] + [i for task_ids in planned.values() for i in task_ids]
     if not (run_dir / store.RUN_JSON).is_file():
-        shard = {} if spec.shard is None else {"shard": {
-            "index": spec.shard[0], "count": spec.shard[1],
-            "whole_spec_hash": spec.whole().spec_hash(), "whole_n_samples": len(whole_ids),
-            "whole_sample_ids_sha256": _ids_hash(whole_ids)}}
-        store.write_run(run_dir, {**shard,
-            "run_id": run_dir.name, "spec": spec.redacted(), "spec_hash": spec.spec_hash(),
-            "spec_redacted_sha256": recorded_spec_sha256(spec.redacted()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_label": label,
-            "backend": dict(backend.describe()), "tokenizer": counter.name,
-            "templates": {t.name: resolve_template(t, backend).name for t in spec.tasks},
-            "n_samples": len(ids), "cells": planned_cells(samples, planned),
-            "sample_ids_sha256": _ids_hash(ids),
-            "git_sha": _git_sha(), "versions": _versions(), "argv": sys.argv[1:],
-        })
+        store.write_run(run_dir, run_info(spec, run_dir, label, model.backend, counter, ids,
+                                          planned_cells(samples, planned), whole_ids))
     store.repair_tail(run_dir)
     done = {r.sample.id for r in store.read_records(run_dir, prompts=False) if r.ok}
     todo = sorted((s for s in samples if s.id not in done), key=lambda s: s.order)
@@ -344,15 +332,41 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
         with store.session(run_dir, started):
             _execute(spec, model, label, run_dir, todo, spool, progress)
             for task in scored_once:
-                run = whole_run(task, spec, counter=counter, model=model, label=label,
-                                done=frozenset(done), log=log, progress=progress)
-                for records in whole_of(task).run(run):
-                    store.append_records(run_dir, records)
+                _execute_whole(task, spec, model, counter, label, run_dir, done, log, progress)
     if model.cache is not None and model.cache.hits:
         log(f"{counted(model.cache.hits, 'answer')} came from the response cache "
             f"({model.cache.root}; --no-cache asks the backend again)")
     summary = summarize(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, resumed_from=len(done))
+
+
+def _execute_whole(task: TaskSpec, spec: RunSpec, model: Model, counter: TokenCounter,
+                   label: str, run_dir: Path, done: set[str], log: Log, progress: bool) -> None:
+    """A task planned whole: its harness asks the Model; its records are appended a unit
+    at a time, as they come."""
+    run = whole_run(task, spec, counter=counter, model=model, label=label,
+                    done=frozenset(done), log=log, progress=progress)
+    for records in whole_of(task).run(run):
+        store.append_records(run_dir, records)
+
+
+def run_info(spec: RunSpec, run_dir: Path, label: str, backend: Backend, counter: TokenCounter,
+             ids: Sequence[str], cells: Mapping[str, Mapping[str, int]],
+             whole_ids: Sequence[str]) -> RunInfo:
+    """run.json of a run starting: its spec, where its answers come from, what it plans
+    (a shard: also which run it is a slice of)."""
+    shard = None if spec.shard is None else {
+        "index": spec.shard[0], "count": spec.shard[1],
+        "whole_spec_hash": spec.whole().spec_hash(), "whole_n_samples": len(whole_ids),
+        "whole_sample_ids_sha256": _ids_hash(whole_ids)}
+    return RunInfo(
+        run_id=run_dir.name, spec=spec.redacted(), spec_hash=spec.spec_hash(),
+        spec_redacted_sha256=recorded_spec_sha256(spec.redacted()),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), model_label=label,
+        backend=dict(backend.describe()), tokenizer=counter.name,
+        templates={t.name: resolve_template(t, backend).name for t in spec.tasks},
+        n_samples=len(ids), cells=cells, sample_ids_sha256=_ids_hash(ids),
+        git_sha=_git_sha(), versions=_versions(), argv=tuple(sys.argv[1:]), shard=shard)
 
 
 def planned_cells(samples: Sequence[Planned],
