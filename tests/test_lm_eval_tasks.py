@@ -312,6 +312,7 @@ def test_an_lm_eval_task_runs_resumes_reports_and_gates_through_the_cli(
     code, out, err = in_proc(capsys, monkeypatch, "report", run, "--out", tmp_path / "rep")
     assert code == 0, err
     assert "lm_eval:arc_easy" in (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
-    code, out, err = in_proc(capsys, monkeypatch, "gate", run, run)
+    code, out, err = in_proc(capsys, monkeypatch, "gate", "--baseline", run, "--candidate",
+                             run)
     assert code == 0, out + err
     assert "acc" in out
