@@ -49,8 +49,8 @@ from evalkit.model import make_model
 from evalkit.model.files import resolve_gguf
 from evalkit.results import store
 from evalkit.runner import execute as runner
+from evalkit.runner import spool
 from evalkit.runner.config import build_spec, parse_length
-from evalkit.runner.execute import spool
 
 # fp32 as the converted weights are (vLLM's CPU default is bf16); eager: no long compile
 VLLM_OPTIONS = {"dtype": "float32", "enforce_eager": True}

@@ -40,6 +40,15 @@ def install() -> None:
             signal.signal(sig, on_signal)
 
 
+def release() -> None:
+    """Give the signals back to the system as the command ends: while the interpreter shuts
+    down (closing clients, flushing), a signal ends the process at once instead of raising
+    in cleanup code, where it could only print a traceback. Every answer is saved by then."""
+    for sig in SIGNALS:
+        if signal.getsignal(sig) is on_signal:
+            signal.signal(sig, signal.SIG_DFL)
+
+
 def _raise_pending() -> None:
     global _pending
     if _pending is not None:

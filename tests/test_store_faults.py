@@ -376,6 +376,15 @@ SAMPLE_FAULTS = {
                "line 8: field 'scores' should be an object of numbers"),
     "sent": (3, lambda r: _set(r, {"before": "<s>", "after": "", "user": [5, 2]}, "sent"),
              "line 3: field 'sent' should be an object of 'before' and 'after' texts"),
+    # fields with a default that every record has held: a line without one is damaged
+    "no meta": (2, lambda r: _del(r, "sample", "meta"), "line 2: field 'sample.meta' is missing"),
+    "no text": (5, lambda r: _del(r, "response", "text"),
+                "line 5: field 'response.text' is missing"),
+    "no version": (4, lambda r: _del(r, "schema_version"),
+                   "line 4: field 'schema_version' is missing"),
+    "conversation": (6, lambda r: _set(r, [{"role": "robot", "content": "hi"}], "sample",
+                                       "messages"),
+                     "line 6: sample.messages[0] should be {role, content}"),
 }
 
 

@@ -97,3 +97,5 @@ def main() -> None:
         _err(f"internal error (a bug in evalkit, please report it): {type(exc).__name__}: "
              f"{text} (EVALKIT_DEBUG=1 shows the traceback)")
         sys.exit(1)
+    finally:
+        interrupts.release()

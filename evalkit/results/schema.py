@@ -7,8 +7,9 @@ written from, so that writer and reader cannot drift apart.
 
 A field's JSON kind is read off its type (str, int, float, bool, a list of strings, an
 object of numbers, int | str, a Literal's choices, X | None); a field with a default may be
-missing (files written before it existed read as that default); a field that is neither
-given nor defaulted is the one fault named. `check` says the first difference in words a
+missing (files written before it existed read as that default) unless every version of the
+file has written it (ALWAYS_WRITTEN); a required field that is missing is the one fault
+named. `check` says the first difference in words a
 user can act on, or None.
 """
 
@@ -103,6 +104,23 @@ SENT = Kind("an object of 'before' and 'after' texts and an optional 'user' [sta
 # fields whose type says less than their JSON must be: (class name, field) -> kind
 NARROWER = {("Record", "sent"): SENT}
 
+# Fields with a default that every file has held since its first version: the default is
+# the writer's, and a file read without one is damaged (a field added later is left out,
+# so that older files read as its default).
+ALWAYS_WRITTEN = {
+    "RunInfo": {"schema_version"},
+    "RunSummary": {"schema_version"},
+    "Sample": {"meta"},
+    "Record": {"parsed"},
+    "Response": {"text", "logprob", "is_greedy", "input_tokens", "output_tokens",
+                 "latency_s", "error"},
+}
+# Fields written beside a class's own: a record line carries the file's schema_version.
+ENVELOPE = {"Record": ("schema_version", int)}
+# Fields that only describe a run, read by code that passes over a bad value (the report's
+# list of shards, merge's own check that a folder is a shard): not a fault of the file.
+DESCRIPTIVE = {("RunInfo", "merged_from"), ("RunInfo", "shard")}
+
 
 @dataclass(frozen=True)
 class Field:
@@ -141,8 +159,11 @@ def _kind(hint: Any) -> tuple[Kind, tuple[str, ...]]:
 def fields_of(cls: type) -> tuple[Field, ...]:
     """The saved fields of a dataclass, with their JSON kinds."""
     hints = typing.get_type_hints(cls)
+    always = ALWAYS_WRITTEN.get(cls.__name__, set())
     out = []
     for f in dataclasses.fields(cls):
+        if (cls.__name__, f.name) in DESCRIPTIVE:
+            continue
         hint = hints[f.name]
         args = typing.get_args(hint)
         nullable = type(None) in args
@@ -151,9 +172,12 @@ def fields_of(cls: type) -> tuple[Field, ...]:
             hint = rest[0] if len(rest) == 1 else typing.Union[rest]  # noqa: UP007
         kind, choices = _kind(hint)
         kind = NARROWER.get((cls.__name__, f.name), kind)
-        required = (f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING)
+        required = f.name in always or (f.default is dataclasses.MISSING
+                                         and f.default_factory is dataclasses.MISSING)
         out.append(Field(f.name, kind, nullable, required, choices))
+    if cls.__name__ in ENVELOPE:
+        name, hint = ENVELOPE[cls.__name__]
+        out.append(Field(name, _kind(hint)[0], False, True))
     return tuple(out)
 
 
@@ -199,5 +223,5 @@ def check(d: Any, cls: type, what: str, prefix: str = "", *,
 
 def known(d: Mapping[str, Any], cls: type) -> dict[str, Any]:
     """Those of `d`'s fields that `cls` has (a newer writer's extra fields left out)."""
-    names = {f.name for f in fields_of(cls)}
+    names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in d.items() if k in names}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import fcntl
 import io
@@ -642,10 +643,14 @@ def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> 
                                    closed=True))
     if problem:
         raise EvalkitError(f"{where}: {problem}: {_RECORD_FIX}")
-    if not prompts:
-        d["sample"]["prompt"] = ""
-        d["sent"] = None
-    return record_from_json(d)
+    try:
+        record = record_from_json(d)
+    except (EvalkitError, KeyError, TypeError, ValueError) as exc:  # a damaged conversation
+        raise EvalkitError(f"{where}: {exc}: {_RECORD_FIX}") from None
+    if prompts:
+        return record
+    return dataclasses.replace(
+        record, sample=dataclasses.replace(record.sample, prompt="", messages=None), sent=None)
 
 
 def read_records(run_dir: Path, prompts: bool = True) -> list[Record]:

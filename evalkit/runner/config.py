@@ -569,9 +569,10 @@ def _task_spec(name: str, raw: Mapping[str, Any], defaults: _Defaults, ov: Overr
     else:
         template = "raw"
     lengths: tuple[int, ...] = ()
-    if "lengths" in task.options and task.fitted(params):
+    if "lengths" in task.options:  # checked even where the task's cases are not fitted
         lengths = defaults.lengths if ov.lengths or "lengths" not in over else parse_lengths(
             over["lengths"], f"{source}: tasks.{name}.lengths")
+        lengths = lengths if task.fitted(params) else ()
     samples, max_new = 1, 0
     if "samples" in task.options:
         samples = defaults.samples if ov.samples is not None or "samples" not in over else \

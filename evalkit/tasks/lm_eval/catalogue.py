@@ -26,24 +26,25 @@ Records, one per lm-eval document:
   documents (lm-eval's few-shot sampling depends on the documents before) with the answers
   before served from the Model's response cache.
 
-Length axis (RULER: lm-eval's `ruler` group and its niah_*, ruler_vt, ruler_cwe,
-ruler_fwe, ruler_qa_* tasks): lm-eval's `max_seq_lengths` metadata are WholeRun.lengths
-(lm-eval's default, 4096, when none are given); a record's target_tokens is its length, so
-Sample.cell is it, and --limit N is the first N documents of each length. RULER sizes its
-haystacks with a Hugging Face tokenizer named by metadata `tokenizer`/`pretrained`, calling
-only `tokenizer(text).input_ids`; here it gets the evaluated model's own TokenCounter
-instead (CounterTokenizer: input_ids = counter.encode(text), the tokens the model reads,
-BOS included as it is), by replacing the `get_tokenizer` its modules imported, for the
-length of one dataset call (ruler_patches). RULER counts a document as its input's tokens
-plus the generation budget (128 tokens for the niah tasks) and keeps it if that is at most
-the length, so a prompt (input and lm-eval's answer prefix) is some tokens below its cell.
-Each length is generated on its own, with the seeds lm_eval.simple_evaluate sets (random
-0, numpy 1234) and RULER's module-level generators put back as they were imported: a
-task's documents at a length are the ones `lm_eval --tasks TASK --metadata
-'{"max_seq_lengths": [LENGTH]}'` makes with the same tokenizer, whatever other lengths or
-tasks run beside it. With --limit N only the first N of RULER's 500 documents per length
-are generated (the same first N: each document draws from the generators after the ones
-before it).
+Length axis (RULER: lm-eval's `ruler` group and its niah_*, ruler_vt, ruler_cwe, ruler_fwe,
+ruler_qa_* tasks): lm-eval's `max_seq_lengths` metadata are WholeRun.lengths, the run's
+lengths (--lengths, the config's `lengths`, else evalkit's default 1k,2k,4k; a Python
+caller that gives none gets lm-eval's default, 4096); a record's target_tokens is its
+length, so Sample.cell is it, and --limit N is the first N documents of each length. RULER
+sizes its haystacks with a Hugging Face tokenizer named by metadata
+`tokenizer`/`pretrained`, calling only `tokenizer(text).input_ids`; here it gets the
+evaluated model's own TokenCounter instead (CounterTokenizer: input_ids =
+counter.encode(text), the tokens the model reads, BOS included as it is), by replacing the
+`get_tokenizer` its modules imported, for the length of one dataset call (ruler_patches).
+RULER counts a document as its input's tokens plus the generation budget (128 tokens for
+the niah tasks) and keeps it if that is at most the length, so a prompt (input and lm-
+eval's answer prefix) is some tokens below its cell. Each length is generated on its own,
+with the seeds lm_eval.simple_evaluate sets (random 0, numpy 1234) and RULER's module-level
+generators put back as they were imported: a task's documents at a length are the ones
+`lm_eval --tasks TASK --metadata '{"max_seq_lengths": [LENGTH]}'` makes with the same
+tokenizer, whatever other lengths or tasks run beside it. With --limit N only the first N
+of RULER's 500 documents per length are generated (the same first N: each document draws
+from the generators after the ones before it).
 
 Data: lm-eval's own generators (RULER) run as they are; a task reading a Hugging Face
 dataset reads it offline, from the first of: files named in the config (`data: {test:
@@ -140,6 +141,17 @@ class Params:
 
     data: str | dict[str, str | list[str]] | None = None
     online: bool = False
+
+
+def spec_params(params: Params) -> dict[str, Any]:
+    """The parameters a run's spec records (and the run is planned from again): those
+    given, so that naming a default leaves the run's hash as it is."""
+    plain: dict[str, Any] = {}
+    if params.data is not None:
+        plain["data"] = params.data
+    if params.online:
+        plain["online"] = True
+    return plain
 
 
 # ---- the catalogue ------------------------------------------------------------------------
@@ -373,6 +385,7 @@ def make_task(name: str) -> TaskDef:
         params_type=Params, kind=kind, metrics=tuple(metrics.values()),
         default_template="raw", max_new_tokens=0,
         whole=Whole(plan=fn(plan, name), run=fn(run, name), describe=fn(describe, name)),
+        spec_params=spec_params,
         options=frozenset({"lengths"}) if ruler else frozenset(), fixed=FIXED, limited=True,
         details=tuple(_task_details(name, tasks, metrics, grouped)))
 
@@ -417,9 +430,9 @@ def _task_details(name: str, tasks: Sequence[Leaf], metrics: Mapping[str, Metric
                   f"{', ...' if len(tasks) > 4 else ''}), each a subset; " if grouped else "")
                + f"output {', '.join(types)}; metrics {', '.join(metrics)}"]
     if ruler:
-        details.append(f"lengths: RULER's max_seq_lengths (default "
-                       f"{', '.join(map(str, RULER_DEFAULT_LENGTHS))}), haystacks sized with "
-                       "the model's own tokenizer; --limit N: first N documents per length")
+        details.append("lengths: RULER's max_seq_lengths, the run's --lengths, haystacks "
+                       "sized with the model's own tokenizer; --limit N: first N documents "
+                       "per length")
     else:
         details.append("--limit N: the first N documents of each task")
     if len(ruler) < len(tasks):

@@ -183,7 +183,7 @@ def _subjects(subjects: object) -> tuple[str, ...]:
     if unknown:
         raise EvalkitError(f"mmlu: unknown subject '{unknown[0]}': the 57 subjects are "
                            f"{', '.join(MMLU_SUBJECTS[:3])}, ... (see evalkit.tasks."
-                           "leaderboard.MMLU_SUBJECTS)")
+                           "lm_eval.leaderboard.MMLU_SUBJECTS)")
     return tuple(dict.fromkeys(s.strip() for s in subjects))
 
 
