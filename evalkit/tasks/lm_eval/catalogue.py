@@ -37,8 +37,8 @@ evaluated model's own TokenCounter instead (CounterTokenizer: input_ids =
 counter.encode(text), the tokens the model reads, BOS included as it is), by replacing the
 `get_tokenizer` its modules imported, for the length of one dataset call (ruler_patches).
 RULER counts a document as its input's tokens plus the generation budget (128 tokens for
-the niah tasks) and keeps it if that is at most the length, so a prompt (input and lm-
-eval's answer prefix) is some tokens below its cell. Each length is generated on its own,
+the niah tasks) and keeps it if that is at most the length, so a prompt (input and
+lm-eval's answer prefix) is some tokens below its cell. Each length is generated on its own,
 with the seeds lm_eval.simple_evaluate sets (random 0, numpy 1234) and RULER's module-level
 generators put back as they were imported: a task's documents at a length are the ones
 `lm_eval --tasks TASK --metadata '{"max_seq_lengths": [LENGTH]}'` makes with the same
