@@ -8,7 +8,8 @@ An entry comes from one of three places, and is resolved by name when it is aske
   to evalkit;
 - code: `register_task`, `register_backend`, `register_counter` (the decorators).
 A family of entries is named by a prefix (`lm_eval:NAME`, any task of lm-eval's catalogue):
-its "module:attr" factory makes the entry of a name when it is first asked for.
+its "module:attr" factory makes the entry of a name when it is first asked for, and a
+line says what the family holds (`evalkit tasks` prints it).
 A name given by two of them is refused, naming both; a module registering its own lazy
 entry as it is imported is no clash. An entry that does not load (its package is missing,
 it is not what its group holds) is one EvalkitError line naming it.
@@ -31,10 +32,12 @@ class Registry(Generic[T]):
     object as a T, or raises TypeError saying what it should be."""
 
     def __init__(self, kind: str, group: str, builtin: Mapping[str, str],
-                 check: Callable[[object], T], families: Mapping[str, str] | None = None
-                 ) -> None:
+                 check: Callable[[object], T],
+                 families: Mapping[str, tuple[str, str]] | None = None) -> None:
         self.kind = kind
-        self.families = dict(families or {})  # "prefix:" -> "module:factory"
+        # "prefix:" -> "module:factory"; and "prefix:" -> what the family holds
+        self.families = {prefix: target for prefix, (target, _) in (families or {}).items()}
+        self.family_help = {prefix: said for prefix, (_, said) in (families or {}).items()}
         self.group = group
         self._check = check
         self._lazy: dict[str, str] = dict(builtin)  # name -> "module:attr", not loaded yet

@@ -6,7 +6,7 @@
   ONE attempt and fails with an HttpError that says, as data, whether to retry (no answer,
   429, 5xx) and what Retry-After asked; the backends turn it into Response(error=...,
   retryable=..., retry_after_s=...), and the Model's one retry policy decides
-  (evalkit/model.py: RetryPolicy, ServerHealth). The client's own metadata and tokenize
+  (evalkit.model: RetryPolicy, ServerHealth). The client's own metadata and tokenize
   calls, which are no Requests, go through the same policy (evalkit.model.retry_call).
 - `ApiKey` and `Secrets`: the key is read from the environment variable the config names,
   at request time; it is never stored. Every message (errors, retry notices) is redacted

@@ -13,7 +13,7 @@ from AWS's standard chain (environment, ~/.aws, instance or task role), never fr
 botocore's own retries are off: each call is one attempt, and a failure says as data
 whether it is worth another (throttling, 5xx, a model error whose container answered
 429/5xx, connection errors and timeouts), so that the Model's one retry policy applies as
-for the HTTP backends (evalkit/model.py: a retry notice per retry on stderr, an endpoint
+for the HTTP backends (evalkit.model: a retry notice per retry on stderr, an endpoint
 that keeps failing stops the run's traffic; the timeouts' trade-off: evalkit/backends/http.py).
 """
 

@@ -10,8 +10,7 @@ import typer
 
 from evalkit.cli.app import EXIT_PARTIAL, _Command, _err, app
 from evalkit.report.tables import format_table
-from evalkit.results import read as analysis
-from evalkit.results import store
+from evalkit.results import read, store
 from evalkit.types import EvalkitError
 
 
@@ -141,7 +140,7 @@ def merge(
     from evalkit.runner.shards import merge as merge_shards
 
     run_dir = merge_shards(shards, out)
-    summary = analysis.build_summary(run_dir)
+    summary = read.build_summary(run_dir)
     typer.echo(format_table(summary.rows))
     typer.echo(f"\n{summary.n_done}/{summary.n_samples} samples scored, from {len(shards)} "
                f"shards; merged run in {run_dir}")

@@ -22,7 +22,7 @@ from evalkit.runner.config import (
     parse_shard,
 )
 from evalkit.runner.shards import Selection
-from evalkit.tasks import get_task, task_names
+from evalkit.tasks import TASKS, get_task, task_names
 from evalkit.tasks.options import (
     CASES_HELP,
     CORPUS_HELP,
@@ -142,11 +142,12 @@ def _dry_run(spec: Any) -> None:
         limit = f"--limit {spec.limit}" if spec.limit else "no --limit: all documents"
         typer.echo(f"dry run for model label {label}: tasks scored whole by lm-eval "
                    f"({limit}):")
-        typer.echo(f"{'task':<16} {'shots':>7} {'documents':>10}")
-        for t in whole:
-            run = runner.whole_run(t, spec, counter=counter)
-            for line in runner.whole_of(t).describe(run):
-                typer.echo(line)
+        rows = [row for t in whole
+                for row in runner.whole_of(t).describe(runner.whole_run(t, spec, counter=counter))]
+        width = max(len("task"), *(len(what) for what, _, _ in rows))
+        typer.echo(f"{'task':<{width}} {'cell':>8} {'documents':>10}")
+        for what, cell, documents in rows:
+            typer.echo(f"{what:<{width}} {cell:>8} {documents:>10}")
 
 
 def _dry_run_samples(spec: Any, label: str) -> Any:
@@ -191,3 +192,5 @@ def tasks() -> None:
                 typer.echo(f"  {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
         for line in t.details:
             typer.echo(f"  {line}")
+    for prefix, said in TASKS.family_help.items():
+        typer.echo(f"{prefix}NAME: {said}")

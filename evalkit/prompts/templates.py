@@ -19,7 +19,7 @@ transformers: the same sandboxed jinja2 environment, extensions, filters, global
 variables (see `chat_environment` and `make_template`).
 
 A template that writes the BOS text itself gets no second BOS from the token counter
-(see tokenizers.py and each backend's counter).
+(see evalkit.prompts.counters and each backend's counter).
 """
 
 from __future__ import annotations

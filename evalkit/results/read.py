@@ -136,9 +136,10 @@ def summary_of(run_dir: Path, info: Mapping[str, Any], records: Sequence[Record]
 
 
 def summary_rows(records: Sequence[Record]) -> list[SummaryRow]:
-    """The summary rows of records: by length cell and subset (scoring.aggregate), but for
-    the tasks that summarize themselves (TaskDef.summarize: a suite's average, a mean of
-    subjects), which do so over the records of every task sharing their summarize."""
+    """The summary rows of records: by length cell and subset
+    (evalkit.results.summary.aggregate), but for the tasks that summarize themselves
+    (TaskDef.summarize: a suite's average, a mean of subjects), which do so over the
+    records of every task sharing their summarize."""
     tasks = _known_tasks({r.sample.task for r in records})
     own: dict[Any, list[Record]] = {}
     plain: list[Record] = []

@@ -114,7 +114,7 @@ class RunSpec:
     tasks: tuple[TaskSpec, ...]
     retries: int | None = None  # None: the backend's default (evalkit.model.RetryPolicy)
     # the model's name in tables; default: its alias or file stem (reports use the name
-    # the model gives itself, analysis.model_name)
+    # the model gives itself, evalkit.results.read.model_name)
     label: str | None = None
     cache: bool = True  # answer from the response cache where it can (evalkit.model)
     limit: int | None = None  # tasks scored whole: the first N documents (TaskDef.limited)
@@ -596,7 +596,10 @@ def _task_def(name: str, source: str) -> TaskDef:
         names = task_names()
         raise EvalkitError(f"{source}: unknown task '{name}' ({_did_you_mean(name, names)}"
                            f"tasks: {', '.join(names)}; see `evalkit tasks`)")
-    return get_task(name)
+    try:
+        return get_task(name)
+    except EvalkitError as exc:  # a family's name its family does not hold
+        raise EvalkitError(f"{source}: {exc}") from None
 
 
 def _task_params(task: TaskDef, name: str, raw: Mapping[str, Any], source: str) -> Any:

@@ -8,7 +8,7 @@ Ctrl-C, SIGTERM or SIGHUP lose no answer that arrived (evalkit.interrupts); a cr
 which scores a task as a whole) runs through its own harness, which asks the Model: its
 records are appended a unit at a time, and a unit cut short replays the answers it had
 from the response cache (with the cache off, it is asked again). Retries, the response cache and
-continuation tokens are the Model's (evalkit/model.py).
+continuation tokens are the Model's (evalkit.model).
 """
 
 from __future__ import annotations

@@ -185,9 +185,9 @@ class CellTest:
 def cell_test(a: SummaryRow, b: SummaryRow, info: MetricInfo, pairs: pd.DataFrame | None,
               values_a: Sequence[float], values_b: Sequence[float], margin: float = 0.0,
               alternative: Alternative = "worse") -> CellTest:
-    """The test fitting one cell (see the module docstring). `pairs` are the cell's rows of
-    analysis.paired_frame (None: the runs cannot pair, one has no samples); `values_*` each
-    side's scored values (empty for a summary alone)."""
+    """The test fitting one cell (see the module docstring). `pairs` are the cell's rows
+    of evalkit.results.read.paired_frame (None: the runs cannot pair, one has no samples);
+    `values_*` each side's scored values (empty for a summary alone)."""
     sign = 1 if info.higher_is_better else -1
     n_pairs, changed = (0, 0) if pairs is None else (len(pairs),
                                                      int(pairs["prompt_changed"].sum()))

@@ -11,6 +11,6 @@
     data/         the data evalkit wrote (word lists, topic corpus, TruthfulQA-format fixtures)
 """
 
-from evalkit.tasks.base import Plan, Score, TaskDef, get_task, make_params, task_names
+from evalkit.tasks.base import TASKS, Plan, Score, TaskDef, get_task, make_params, task_names
 
-__all__ = ["Plan", "Score", "TaskDef", "get_task", "make_params", "task_names"]
+__all__ = ["TASKS", "Plan", "Score", "TaskDef", "get_task", "make_params", "task_names"]

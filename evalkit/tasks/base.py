@@ -100,11 +100,12 @@ class Whole:
       asks no model), for run.json's counts before the model is made;
     run: the records of the samples not in `done`, a unit (one lm-eval task) at a time, the
       Model asked through the harness; the runner appends each unit's records as they come;
-    describe: the lines a dry run prints for it."""
+    describe: the rows of its dry run's table: what runs (a task, a task at a length), its
+      cell (the shots a leaderboard task is scored with, a RULER length), its documents."""
 
     plan: Callable[[WholeRun], Mapping[str, int | str]]
     run: Callable[[WholeRun], Iterator[Sequence[Record]]]
-    describe: Callable[[WholeRun], list[str]]
+    describe: Callable[[WholeRun], list[tuple[str, str, int]]]
 
 
 # the options of a config's task entry that set how samples are made (TaskSpec's fields)
@@ -180,7 +181,11 @@ TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
     "hellaswag": "evalkit.tasks.lm_eval.leaderboard:HELLASWAG",
     "truthfulqa_mc2": "evalkit.tasks.lm_eval.leaderboard:TRUTHFULQA_MC2",
     "mmlu": "evalkit.tasks.lm_eval.leaderboard:MMLU",
-}, _task_def, families={"lm_eval:": "evalkit.tasks.lm_eval.catalogue:make_task"})
+}, _task_def, families={"lm_eval:": (
+    "evalkit.tasks.lm_eval.catalogue:make_task",
+    "any task or group of lm-eval's catalogue by its name (`lm_eval ls tasks` lists them): "
+    "lm_eval:arc_easy, lm_eval:niah_single_1 (RULER: --lengths are its max_seq_lengths), "
+    "lm_eval:ruler; --limit N: first N documents (per length)")})
 
 
 # what a config without `tasks:` runs: the long-context tasks of the headline comparison

@@ -1,7 +1,7 @@
 """Topic retrieval (LongChat LongEval "topics"), fitted to token lengths or by topic count.
 
 The prompt is LongEval's, to the character; conversations are joined as LongEval joins
-them. The default corpus (tasks/data/topics/) is ours, in LongEval's format: part*.jsonl
+them. The default corpus (evalkit/tasks/data/topics/) is ours, in LongEval's format: part*.jsonl
 holds conversations of LongEval's size (about 550-650 tokens), short*.jsonl shorter ones
 (about 170-230), drawn below SHORT_BELOW (2K) tokens, where three of LongEval's size do not
 fit, so that a 1K case still asks for the first of several topics: a 1K case holds 4
@@ -57,7 +57,8 @@ Corpus = tuple[tuple[str, str], ...]
 class TopicsParams:
     corpus: str | None = field(
         default=None, metadata={"help": "topic corpus JSONL {topic, conversation} (LongEval's "
-                                        "conversations.jsonl); none: ours, in tasks/data/topics"})
+                                        "conversations.jsonl); none: ours, in "
+                                        "evalkit/tasks/data/topics"})
     num_topics: list[int] | None = field(
         default=None, metadata={"help": "make cases by topic count (LongEval: 5..25) instead of"
                                         " by token length"})

@@ -817,15 +817,15 @@ def plan(name: str, run: WholeRun) -> dict[str, int | str]:
     return ids
 
 
-def describe(name: str, run: WholeRun) -> list[str]:
-    """The dry run's lines: each lm-eval task (at each length), its cell and documents."""
+def describe(name: str, run: WholeRun) -> list[tuple[str, str, int]]:
+    """The dry run's rows: each lm-eval task (at each length), its cell and documents."""
     counts: dict[str, int] = {}
     cells: dict[str, int | str] = {}
     for sample_id, cell in plan(name, run).items():
         unit_key = sample_id.rsplit("/", 1)[0]
         counts[unit_key] = counts.get(unit_key, 0) + 1
         cells[unit_key] = cell
-    return [f"{key:<40} {str(cells[key]):>8} {n:>8}" for key, n in counts.items()]
+    return [(key, str(cells[key]), n) for key, n in counts.items()]
 
 
 def run(name: str, whole: WholeRun) -> Iterator[list[Record]]:

@@ -570,10 +570,9 @@ def plan_task(task: str, run: WholeRun) -> dict[str, int | str]:
     return ids
 
 
-def describe_task(task: str, run: WholeRun) -> list[str]:
-    """The dry run's line: the task, its shots, its documents."""
-    shots = PROTOCOLS[task].num_fewshot
-    return [f"{task:<16} {f'{shots}-shot':>7} {len(plan_task(task, run)):>10}"]
+def describe_task(task: str, run: WholeRun) -> list[tuple[str, str, int]]:
+    """The dry run's row: the task, its shots, its documents."""
+    return [(task, f"{PROTOCOLS[task].num_fewshot}-shot", len(plan_task(task, run)))]
 
 
 def _log_sources(task: str, units: Sequence[Unit], log: Log) -> None:
