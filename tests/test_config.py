@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.runner.config import Overrides, build_spec, build_specs, parse_lengths
+from evalkit.runner.config import (
+    Overrides,
+    build_spec,
+    build_specs,
+    load_config_file,
+    parse_lengths,
+)
 from evalkit.types import EvalkitError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_parse_lengths() -> None:
@@ -177,3 +185,32 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str],
     assert message in res.stderr
     assert "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+# The spec hashes of the bundled configs as the releases before wrote them: a run folder
+# names its spec by this hash, and a run resumes only where the hash is the same, so a
+# change here strands every run made with the config (change one only on purpose).
+BUNDLED_SPEC_HASHES = {
+    "leaderboard-v1.yaml": [
+        "85f561f90139ec3055ac02b4374651c5738b4f2b8b47abb90794142a535c648c",
+    ],
+    "mistrallite-vs-mistral-instruct.yaml": [
+        "dd10e8135a1cab3f86e785e9e4f636b9e93fa0adf2ec1972aa707630af15ba51",
+        "e39fd5d04e6468f51109bf53e913fa8de9f90af9d3e70f97c8620eff6c9d36a3",
+    ],
+    "quickstart.yaml": [
+        "5f6d01a2cf7700264cf6ec35c231b63f201f8bd4c7abf0a49678dfdf9f032bb7",
+    ],
+    "smoke.yaml": [
+        "f816541f25b6221eb57efe28f08ee8089819a046586b9e1e2daff13aee3a7ac0",
+    ],
+    "smollm2.yaml": [
+        "0d4dfcf4dd2fa0b1d404f94007f16699fb6f302dba1d8bea23d73c5b9558930e",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_SPEC_HASHES))
+def test_a_bundled_config_keeps_its_spec_hash(name: str) -> None:
+    specs = build_specs(load_config_file(ROOT / "configs" / name))
+    assert [s.spec_hash() for s in specs] == BUNDLED_SPEC_HASHES[name]
