@@ -28,7 +28,15 @@ def main() -> None:
             signal.signal(sig, _before_start)
     from evalkit.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    finally:
+        # the command is over, every answer saved: while the interpreter shuts down
+        # (closing clients, flushing), a signal ends the process at once instead of
+        # raising in cleanup code, where it could only print a traceback
+        for sig in SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

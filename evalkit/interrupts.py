@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from evalkit.types import Interrupted
 
@@ -21,6 +22,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _deferring = 0  # depth of deferred() sections
 _allowed = 0  # depth of allowed() sections inside them
 _pending: int | None = None  # a signal that came while deferred
+_before: dict[int, Any] = {}  # what install() replaced, for release()
 
 
 def on_signal(signum: int, frame: object) -> None:
@@ -36,17 +38,20 @@ def install() -> None:
     """Take SIGINT, SIGTERM and SIGHUP over (in the main thread). A signal that the parent
     set to be ignored stays ignored (nohup)."""
     for sig in SIGNALS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
+        current = signal.getsignal(sig)
+        if current is not signal.SIG_IGN:
+            if current is not on_signal:
+                _before[sig] = current
             signal.signal(sig, on_signal)
 
 
 def release() -> None:
-    """Give the signals back to the system as the command ends: while the interpreter shuts
-    down (closing clients, flushing), a signal ends the process at once instead of raising
-    in cleanup code, where it could only print a traceback. Every answer is saved by then."""
-    for sig in SIGNALS:
+    """Put back the handlers install() replaced, as the command ends (a process that calls
+    the command in itself, a test or a notebook, gets its own handlers back)."""
+    for sig, handler in list(_before.items()):
         if signal.getsignal(sig) is on_signal:
-            signal.signal(sig, signal.SIG_DFL)
+            signal.signal(sig, handler)
+        del _before[sig]
 
 
 def _raise_pending() -> None:

@@ -84,7 +84,12 @@ def test_secrets_outside_api_key_env_are_redacted_everywhere_in_the_spec() -> No
     ({"lengths": [None]}, "lengths.0"),
     ({"tasks": [{"passkey": {"samples": True}}]}, "tasks.passkey.samples"),
     ({"tasks": [{"passkey": {"max_new_tokens": 0}}]}, "tasks.passkey.max_new_tokens"),
-    ({"tasks": [{"passkey": {"lengths": {"a": 1}}}]}, "is not a length"),
+    ({"tasks": [{"passkey": {"lengths": {"a": 1}}}]}, "tasks.passkey.lengths: {'a': 1} is not"),
+    # checked where the cases are not fitted too (topics by count)
+    ({"tasks": [{"topics": {"num_topics": [5], "lengths": ["banana"]}}]},
+     "c.yaml: tasks.topics.lengths: 'banana' is not a length"),
+    ({"tasks": [{"passkey": {"lengths": []}}]},
+     "tasks.passkey.lengths: no lengths given: write e.g. [1k, 4k, 16k]"),
     ({"tasks": [{"passkey": {"depths": "middle"}}]}, "depths"),
     ({"tasks": [{"passkey": {"key_digits": True}}]}, "key_digits"),
     ({"tasks": [{"lines": {"num_lines": [0]}}]}, "num_lines must lie in"),
@@ -201,6 +206,21 @@ BUNDLED_SPEC_HASHES = {
     "quickstart.yaml": [
         "5f6d01a2cf7700264cf6ec35c231b63f201f8bd4c7abf0a49678dfdf9f032bb7",
     ],
+    "scale/many-servers.yaml": [
+        "7bf06a6609e1341ad762b502c7ac2eb1913f7c57195c536d8694e30593b06b06",
+    ],
+    "scale/multi-gpu.yaml": [
+        "7f33dfe1c59f8a3ad43607d714aedf90691527391cf094e7d4ccfdc75207e091",
+    ],
+    "scale/one-gpu.yaml": [
+        "7f787e0bbe7568ac27a3c275ca615815391cb36af5c3566bf1f085a11213e900",
+    ],
+    "scale/ray-cluster.yaml": [
+        "87a6c3cb693db7ec1beacc7707366df26c25bdd3b0ee786ba25cd36f28cc1339",
+    ],
+    "scale/sharded.yaml": [
+        "0f6ae06105ad3251dc031ff56b0db281ea338888c82305784d596089a41baea0",
+    ],
     "smoke.yaml": [
         "f816541f25b6221eb57efe28f08ee8089819a046586b9e1e2daff13aee3a7ac0",
     ],
@@ -214,3 +234,11 @@ BUNDLED_SPEC_HASHES = {
 def test_a_bundled_config_keeps_its_spec_hash(name: str) -> None:
     specs = build_specs(load_config_file(ROOT / "configs" / name))
     assert [s.spec_hash() for s in specs] == BUNDLED_SPEC_HASHES[name]
+
+
+def test_every_bundled_config_with_tasks_has_its_hash_pinned() -> None:
+    """A config added later is pinned from its first release on (one that names no task,
+    longeval-published.yaml, takes them from --task)."""
+    with_tasks = {str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml")
+                  if load_config_file(p).get("tasks")}
+    assert with_tasks == set(BUNDLED_SPEC_HASHES)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from clirun import in_proc
 from fakeopenai import FakeOpenAI
 
 from evalkit.results import store
@@ -213,6 +214,27 @@ def test_a_signal_keeps_the_answers_that_arrived(tmp_path: Path, sig: int) -> No
         assert server.asked - asked == 8 - fast  # only the samples not recorded
         ids = [r["sample"]["id"] for r in _records(out)]
         assert len(ids) == len(set(ids)) == 8
+
+
+def test_the_command_in_a_process_of_its_own_gives_its_signal_handlers_back(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() takes SIGINT, SIGTERM and SIGHUP over while it runs, and puts back what the
+    calling process had (a test runner, a notebook), whether the command succeeds or fails;
+    the console script alone then leaves them to the system for the interpreter's exit."""
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGTERM, mine)
+        for args in (["tasks"], ["show", "/no/such/run"]):
+            code, _, _ = in_proc(capsys, monkeypatch, *args)
+            assert code == (0 if args == ["tasks"] else 2)
+            assert signal.getsignal(signal.SIGTERM) is mine
+            assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_signals_at_random_moments_lose_and_duplicate_nothing(tmp_path: Path) -> None:

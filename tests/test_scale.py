@@ -122,6 +122,13 @@ def test_merge_refuses_what_is_not_one_whole_run(runs, tmp_path: Path) -> None:
         f.write((shards[0] / store.SAMPLES).read_text().splitlines()[0] + "\n")
     assert "overlap" in refused(shards[0], overlap, shards[2], "--out", tmp_path / "e")
     assert "not an empty folder" in refused(*shards, "--out", whole)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shards[1], damaged)
+    info = json.loads((damaged / store.RUN_JSON).read_text())
+    del info["shard"]["index"]  # run.json's shard only describes the run: merge checks it
+    (damaged / store.RUN_JSON).write_text(json.dumps(info))
+    assert "its 'shard' is damaged" in refused(shards[0], damaged, shards[2], "--out",
+                                               tmp_path / "f")
     for bad in ("0/3", "4/3", "1/0", "a/b", "2"):
         res = _cli("run", runs["cfg"], "--shard", bad, "--out", tmp_path / "x")
         assert res.returncode == 2 and "--shard" in res.stderr and "Traceback" not in res.stderr

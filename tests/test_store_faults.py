@@ -424,6 +424,9 @@ RUN_JSON_FAULTS = {
     "missing key": ({"drop": "spec_hash"}, "field 'spec_hash' is missing"),
     "wrong type": ({"set": ("n_samples", "ten")}, "field 'n_samples' should be an integer"),
     "spec not an object": ({"set": ("spec", [])}, "field 'spec' should be a JSON object"),
+    # None until set, never written as null (git_sha alone is: a run made outside git)
+    "null backend": ({"set": ("backend", None)}, "field 'backend' should be a JSON object, "
+                     "got null"),
     "not UTF-8": (b"\xff\xfe{}", "not UTF-8 text"),
 }
 

@@ -144,7 +144,7 @@ def _dry_run(spec: Any) -> None:
                    f"({limit}):")
         rows = [row for t in whole
                 for row in runner.whole_of(t).describe(runner.whole_run(t, spec, counter=counter))]
-        width = max(len("task"), *(len(what) for what, _, _ in rows))
+        width = max([len("task"), *(len(what) for what, _, _ in rows)])
         typer.echo(f"{'task':<{width}} {'cell':>8} {'documents':>10}")
         for what, cell, documents in rows:
             typer.echo(f"{what:<{width}} {cell:>8} {documents:>10}")

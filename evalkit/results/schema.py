@@ -115,6 +115,12 @@ ALWAYS_WRITTEN = {
     "Response": {"text", "logprob", "is_greedy", "input_tokens", "output_tokens",
                  "latency_s", "error"},
 }
+# Fields that are None in the class until set but never written as null (RunInfo.to_json
+# leaves a None out): a null in the file is damage. git_sha alone is written null (no git).
+NEVER_NULL = {
+    "RunInfo": {"spec_redacted_sha256", "created", "model_label", "backend", "tokenizer",
+                "templates", "cells", "sample_ids_sha256", "versions", "argv"},
+}
 # Fields written beside a class's own: a record line carries the file's schema_version.
 ENVELOPE = {"Record": ("schema_version", int)}
 # Fields that only describe a run, read by code that passes over a bad value (the report's
@@ -160,14 +166,15 @@ def fields_of(cls: type) -> tuple[Field, ...]:
     """The saved fields of a dataclass, with their JSON kinds."""
     hints = typing.get_type_hints(cls)
     always = ALWAYS_WRITTEN.get(cls.__name__, set())
+    never_null = NEVER_NULL.get(cls.__name__, set())
     out = []
     for f in dataclasses.fields(cls):
         if (cls.__name__, f.name) in DESCRIPTIVE:
             continue
         hint = hints[f.name]
         args = typing.get_args(hint)
-        nullable = type(None) in args
-        if nullable:
+        nullable = type(None) in args and f.name not in never_null
+        if type(None) in args:
             rest = tuple(a for a in args if a is not type(None))
             hint = rest[0] if len(rest) == 1 else typing.Union[rest]  # noqa: UP007
         kind, choices = _kind(hint)

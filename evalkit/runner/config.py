@@ -78,10 +78,14 @@ def parse_lengths(text: str | int | Sequence[str | int], where: str = "lengths"
     else:
         items = [text]
     if not items:
-        raise EvalkitError("no lengths given: write e.g. --lengths 1k,4k,16k")
+        example = f"{where} 1k,4k,16k" if where.startswith("--") else "[1k, 4k, 16k]"
+        raise EvalkitError(f"{where}: no lengths given: write e.g. {example}")
     lengths: dict[int, Any] = {}
     for item in items:
-        value = parse_length(item)
+        try:
+            value = parse_length(item)
+        except EvalkitError as exc:
+            raise EvalkitError(f"{where}: {exc}") from None
         if value in lengths:
             first, again = str(lengths[value]).strip(), str(item).strip()
             same = f"'{again}'" if first == again else f"'{first}' and '{again}' ({value} tokens)"

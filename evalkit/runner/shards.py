@@ -201,4 +201,10 @@ def _shard(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(shard, dict):
         raise EvalkitError(f"{folder} is not a shard (its run was made without --shard): "
                            "merge the folders of `evalkit run ... --shard i/n`")
+    index, count = shard.get("index"), shard.get("count")
+    if not (isinstance(index, int) and isinstance(count, int)
+            and not isinstance(index, bool) and not isinstance(count, bool)
+            and 1 <= index <= count):
+        raise EvalkitError(f"{folder}/run.json: its 'shard' is damaged (index {index!r} of "
+                           f"{count!r}): rerun that shard with --shard i/n into a new folder")
     return shard

@@ -218,7 +218,8 @@ def leaves(name: str, *, resolve: bool = False) -> list[Leaf]:
     index = catalogue().task_index
     if name not in index:
         close = difflib.get_close_matches(name, list(index), n=5, cutoff=0.6)
-        hint = f"close matches: {', '.join(close)}" if close else "no close match"
+        hint = (f"close matches: {', '.join(PREFIX + c for c in close)}" if close
+                else "no close match")
         raise EvalkitError(f"unknown lm-eval task '{name}' ({hint}; `lm_eval ls tasks` "
                            "lists them all)")
     out: dict[str, Leaf] = {}
@@ -430,7 +431,7 @@ def _task_details(name: str, tasks: Sequence[Leaf], metrics: Mapping[str, Metric
                   f"{', ...' if len(tasks) > 4 else ''}), each a subset; " if grouped else "")
                + f"output {', '.join(types)}; metrics {', '.join(metrics)}"]
     if ruler:
-        details.append("lengths: RULER's max_seq_lengths, the run's --lengths, haystacks "
+        details.append("lengths: the run's --lengths are RULER's max_seq_lengths; haystacks "
                        "sized with the model's own tokenizer; --limit N: first N documents "
                        "per length")
     else:
@@ -819,13 +820,13 @@ def plan(name: str, run: WholeRun) -> dict[str, int | str]:
 
 def describe(name: str, run: WholeRun) -> list[tuple[str, str, int]]:
     """The dry run's rows: each lm-eval task (at each length), its cell and documents."""
-    counts: dict[str, int] = {}
-    cells: dict[str, int | str] = {}
+    counts: dict[tuple[str, str], int] = {}
     for sample_id, cell in plan(name, run).items():
-        unit_key = sample_id.rsplit("/", 1)[0]
-        counts[unit_key] = counts.get(unit_key, 0) + 1
-        cells[unit_key] = cell
-    return [(key, str(cells[key]), n) for key, n in counts.items()]
+        task = sample_id.rsplit("/", 1)[0]  # the task, at its length (RULER)
+        if isinstance(cell, int):
+            task = task.removesuffix(f"/{cell}")  # the length has its own column
+        counts[(task, str(cell))] = counts.get((task, str(cell)), 0) + 1
+    return [(task, cell, n) for (task, cell), n in counts.items()]
 
 
 def run(name: str, whole: WholeRun) -> Iterator[list[Record]]:

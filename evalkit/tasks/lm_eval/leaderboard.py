@@ -797,7 +797,8 @@ def _derived_row(model: str, task: str, length: str, metric: str, parts: Sequenc
     return SummaryRow(model=model, task=task, length=length, subset="all", metric=metric,
                       value=mean, ci_low=max(0.0, mean - half), ci_high=min(1.0, mean + half),
                       n=sum(p.n for p in parts), n_errors=n_errors,
-                      input_tokens_mean=round(tokens, 1), kind=parts[0].kind, derived=True)
+                      input_tokens_mean=round(tokens, 1), derived=True,
+                      kind="binary" if all(p.kind == "binary" for p in parts) else "continuous")
 
 
 def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
