@@ -125,6 +125,11 @@ class Sample:
     user text that the record's `sent` and the report single out, the earlier turns being
     part of the rendered text before it. (A reader that drops prompts, such as
     store.read_records(prompts=False), may leave `prompt` empty.)
+
+    `answer_prefix`: where the benchmark starts the model's answer itself (RULER's answer
+    prefix, lm-eval's gen_prefix), the text written after the rendered prompt, past the
+    chat template's assistant start, for the model to continue. It is part of the prompt
+    as sent, counted in `input_tokens`; None (the JSON leaves it out) where there is none.
     """
 
     id: str
@@ -138,6 +143,7 @@ class Sample:
     meta: Mapping[str, Any] = field(default_factory=dict)
     # left out of the JSON while None: one-text samples are written as they always were
     messages: tuple[Message, ...] | None = field(default=None, metadata=_OMIT_NONE)
+    answer_prefix: str | None = field(default=None, metadata=_OMIT_NONE)
 
     def __post_init__(self) -> None:
         if self.messages is not None:
@@ -194,7 +200,11 @@ class Request:
     `messages`: the request's sample is a conversation. `prompt` is still the conversation
     as evalkit rendered it, which backends that take a prompt send; a chat endpoint that
     applies the model's template itself (backend openai, endpoint chat) sends the messages
-    instead. The cache key holds them only when set, so one-text requests keep their keys."""
+    instead. The cache key holds them only when set, so one-text requests keep their keys.
+
+    `answer_prefix`: the sample's (Sample.answer_prefix), already at the end of `prompt`;
+    a chat endpoint sends it as the start of the assistant's turn for the model to go on
+    from. In the cache key only when set."""
 
     sample_id: str
     kind: RequestKind
@@ -208,6 +218,7 @@ class Request:
     continuation_tokens: tuple[int, ...] | None = None
     time_left_s: float | None = None
     messages: tuple[Message, ...] | None = field(default=None, metadata=_OMIT_NONE)
+    answer_prefix: str | None = field(default=None, metadata=_OMIT_NONE)
 
     def cache_key(self, backend_fingerprint: str) -> str:
         parts: list[Any] = [backend_fingerprint, self.kind, self.prompt, self.continuation,
@@ -219,6 +230,8 @@ class Request:
         if self.messages is not None:
             # what a chat endpoint is sent; tagged, so that no other list reads the same
             parts.append(["messages", [[m.role, m.content] for m in self.messages]])
+        if self.answer_prefix is not None:
+            parts.append(["answer_prefix", self.answer_prefix])
         payload = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -386,6 +399,7 @@ def sample_from_json(d: Mapping[str, Any]) -> Sample:
         target_tokens=d["target_tokens"], input_tokens=d["input_tokens"],
         template=d["template"], max_new_tokens=d["max_new_tokens"], meta=dict(d["meta"]),
         messages=None if messages is None else messages_from_json(messages),
+        answer_prefix=d.get("answer_prefix"),
     )
 
 

@@ -106,8 +106,10 @@ class _ChatEndpointCounter(ChatCounter):
         self._templated = base
         self._template = template
 
-    def encode_messages(self, messages: Sequence[Message]) -> list[int]:
-        return self._templated.encode_templated(self._template.render_conversation(messages))
+    def encode_messages(self, messages: Sequence[Message],
+                        answer_prefix: str = "") -> list[int]:
+        return self._templated.encode_templated(
+            self._template.render_conversation(messages) + answer_prefix)
 
 
 def _logprobs_unsupported(err: HttpError) -> bool:
@@ -276,10 +278,17 @@ class OpenAIBackend:
         if req.stop:
             body["stop"] = list(req.stop)
         if self.endpoint == "chat":
-            # a conversation as its messages; one user text as one user message
-            body["messages"] = ([{"role": "user", "content": req.prompt}] if req.messages is None
+            # a conversation as its messages; one user text as one user message; an answer
+            # prefix as the start of the assistant's turn, continued (vLLM's and llama.cpp's
+            # continue_final_message)
+            prefix = req.answer_prefix or ""
+            body["messages"] = ([{"role": "user", "content": req.prompt.removesuffix(prefix)}]
+                                if req.messages is None
                                 else [{"role": m.role, "content": m.content}
                                       for m in req.messages])
+            if prefix:
+                body["messages"].append({"role": "assistant", "content": prefix})
+                body.update(continue_final_message=True, add_generation_prompt=False)
             return "/v1/chat/completions", body
         body["prompt"] = self._prompt_counter().server_text(req.prompt)
         return "/v1/completions", body

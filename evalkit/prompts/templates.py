@@ -89,18 +89,20 @@ class Template:
 
     def render_sample(self, sample: Sample) -> str:
         """The prompt of any sample, as the model reads it: its user text or its
-        conversation rendered."""
+        conversation rendered, then its answer prefix, if any (Sample.answer_prefix)."""
         if sample.messages is None:
-            return self.render(sample.prompt)
-        return self.render_conversation(sample.messages)
+            return self.render(sample.prompt) + (sample.answer_prefix or "")
+        return self.render_conversation(sample.messages) + (sample.answer_prefix or "")
 
 
 @runtime_checkable
 class MessagesCounter(Protocol):
     """A token counter that applies the chat template itself, as a chat endpoint will (the
-    openai backend with endpoint chat): it counts a conversation from its messages."""
+    openai backend with endpoint chat): it counts a conversation from its messages, and
+    the answer prefix the assistant's turn starts with, if any."""
 
-    def encode_messages(self, messages: Sequence[Message]) -> list[int]: ...
+    def encode_messages(self, messages: Sequence[Message],
+                        answer_prefix: str = "") -> list[int]: ...
 
 
 class PromptMeasure:
@@ -113,24 +115,34 @@ class PromptMeasure:
     A Plan's `measure` made with it measures both kinds (evalkit.tasks.fitting.measure_messages,
     Fitter.fit_messages); a plain function measures user texts only."""
 
-    def __init__(self, template: Template, counter: TokenCounter) -> None:
+    def __init__(self, template: Template, counter: TokenCounter,
+                 answer_prefix: str = "") -> None:
         self.template = template
         self.counter = counter
+        self.answer_prefix = answer_prefix
 
     def __call__(self, text: str) -> int:
-        return len(self.counter.encode(self.template.render(text)))
+        if self.answer_prefix and isinstance(self.counter, MessagesCounter):
+            return self.conversation((Message("user", text),))
+        return len(self.counter.encode(self.template.render(text) + self.answer_prefix))
 
     def conversation(self, messages: Sequence[Message]) -> int:
         rendered = self.template.render_conversation(messages)
         if isinstance(self.counter, MessagesCounter):
-            return len(self.counter.encode_messages(messages))
-        return len(self.counter.encode(rendered))
+            return len(self.counter.encode_messages(messages, self.answer_prefix))
+        return len(self.counter.encode(rendered + self.answer_prefix))
+
+    def with_answer_prefix(self, answer_prefix: str) -> PromptMeasure:
+        """The same measure of prompts that end with an answer prefix (Sample.answer_prefix):
+        what a generator fitting such samples measures with."""
+        return PromptMeasure(self.template, self.counter, answer_prefix)
 
     def sample(self, sample: Sample) -> int:
-        """The tokens of any sample's prompt."""
+        """The tokens of any sample's prompt, its answer prefix included."""
+        measure = self.with_answer_prefix(sample.answer_prefix or "")
         if sample.messages is None:
-            return self(sample.prompt)
-        return self.conversation(sample.messages)
+            return measure(sample.prompt)
+        return measure.conversation(sample.messages)
 
 
 class GenerationTag(jinja2.ext.Extension):

@@ -441,10 +441,10 @@ def request_for(sample: Sample, rendered: str, spec: RunSpec) -> Request:
     if get_task(sample.task).kind == "loglikelihood":
         # no decoding parameters: the same prompt scores the same under any seed
         return Request(sample_id=sample.id, kind="loglikelihood", prompt=rendered,
-                       messages=sample.messages,
+                       messages=sample.messages, answer_prefix=sample.answer_prefix,
                        max_new_tokens=0, continuation=sample.targets[0])
     return Request(sample_id=sample.id, kind="generate", prompt=rendered,
-                   messages=sample.messages,
+                   messages=sample.messages, answer_prefix=sample.answer_prefix,
                    max_new_tokens=sample.max_new_tokens, temperature=spec.temperature,
                    seed=spec.seed)
 

@@ -73,6 +73,19 @@ def measure_messages(measure: Measure, messages: Sequence[Message]) -> int:
     return conversation(messages)
 
 
+def with_answer_prefix(measure: Measure, answer_prefix: str) -> Measure:
+    """A Plan's `measure` of prompts that end with `answer_prefix` (Sample.answer_prefix:
+    written after the rendered prompt, counted with it), for fitting such samples. It needs
+    a measure that renders (evalkit.prompts.templates.PromptMeasure); a plain function of
+    the user text is one EvalkitError line."""
+    method: Callable[[str], Measure] | None = getattr(measure, "with_answer_prefix", None)
+    if method is None:
+        raise EvalkitError("this plan measures user texts only: a task whose samples carry "
+                           "an answer prefix needs a plan whose measure is an "
+                           "evalkit.prompts.templates.PromptMeasure")
+    return method(answer_prefix)
+
+
 class Estimator:
     """Token counts of texts as sums of memoized whitespace-led chunk counts. Over a counter
     that is slow per call (a server's tokenize endpoint), the chunks of a text that the memo
