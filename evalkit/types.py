@@ -126,7 +126,7 @@ class Sample:
     part of the rendered text before it. (A reader that drops prompts, such as
     store.read_records(prompts=False), may leave `prompt` empty.)
 
-    `answer_prefix`: where the benchmark starts the model's answer itself (RULER's answer
+    `answer_prefix`: where the benchmark starts the model's answer itself (an answer
     prefix, lm-eval's gen_prefix), the text written after the rendered prompt, past the
     chat template's assistant start, for the model to continue. It is part of the prompt
     as sent, counted in `input_tokens`; None (the JSON leaves it out) where there is none.

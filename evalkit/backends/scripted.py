@@ -1,7 +1,8 @@
 """A scripted backend of our own, for unit tests of the runner and for dry runs.
 
 It runs no model: it counts whitespace tokens and answers every prompt by a rule:
-`reply: lookup` (reads a pass key, or the asked line's number, back out of the prompt),
+`reply: lookup` (reads a pass key, the asked line's number, or the values of the needles a
+needle-in-a-haystack prompt asks for, back out of the prompt),
 `reply: <any text>` (that text), with an optional `delay_s` per request and
 `fail_every: N` (every N-th request returns a retryable error) to exercise the runner.
 
@@ -33,6 +34,9 @@ OPTIONS: dict[str, type] = {"reply": str, "delay_s": float, "fail_every": int,
                             "context_window": int, "loglikelihood": str}
 _KEY_STATED = re.compile(r"The pass key is (\d+)")
 _ASKED_LINE = re.compile(r"in line (.+?)\? I need the number")
+# a needle prompt ends with its answer prefix, which names the keys asked for
+_ASKED_KEYS = re.compile(
+    r"special magic \w+ for ([^?\n]+) mentioned in the provided text (?:is|are)$")
 
 
 class ScriptedBackend:
@@ -67,6 +71,12 @@ class ScriptedBackend:
         rule = self.options.get("reply", "lookup")
         if rule != "lookup":
             return str(rule)
+        keys = _ASKED_KEYS.search(prompt)
+        if keys:
+            asked_keys = re.split(r", and |, ", keys.group(1))
+            values = [v for k in asked_keys
+                      for v in re.findall(f"for {re.escape(k)} is: (\\S+)\\.", prompt)]
+            return f" {', '.join(values)}." if values else " I do not know."
         asked = _ASKED_LINE.search(prompt)
         if asked:
             line = re.search(f"line {re.escape(asked.group(1))}: REGISTER_CONTENT is <(\\d+)>",

@@ -90,12 +90,13 @@ def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
     if window is None:
         return
     for task in spec.tasks:
+        budget = 0 if get_task(task.name).budget_in_length else task.max_new_tokens
         for target in task.lengths:
-            if target + task.max_new_tokens > window:
+            if target + budget > window:
                 raise EvalkitError(
                     f"{task.name}: length {target} + {task.max_new_tokens} new tokens is over "
                     f"the context window of {label} ({window} tokens): use lengths up to "
-                    f"{window - task.max_new_tokens}"
+                    f"{window - budget}"
                 )
 
 

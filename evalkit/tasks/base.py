@@ -134,7 +134,10 @@ class TaskDef:
     - summarize: its summary rows from its records (default: a mean per length cell and
       subset); tasks sharing one summarize are summarized together (a suite's average);
     - axes: sample fields (Sample.axis) the report plots against length as heatmaps;
-    - details: more lines for `evalkit tasks`."""
+    - details: more lines for `evalkit tasks`;
+    - budget_in_length: its lengths count the prompt and the generation budget together
+      (RULER's max_seq_length), so a length is fitted with max_new_tokens taken off and
+      fits a context window of that length."""
 
     name: str
     description: str
@@ -155,6 +158,7 @@ class TaskDef:
     summarize: Callable[[Sequence[Record]], list[SummaryRow]] | None = None
     axes: tuple[str, ...] = ()
     details: tuple[str, ...] = ()
+    budget_in_length: bool = False  # a length counts the prompt and max_new_tokens (RULER)
 
     def __post_init__(self) -> None:
         if self.whole is None and (self.generate is None or self.score is None):
@@ -181,6 +185,9 @@ TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
     "hellaswag": "evalkit.tasks.lm_eval.leaderboard:HELLASWAG",
     "truthfulqa_mc2": "evalkit.tasks.lm_eval.leaderboard:TRUTHFULQA_MC2",
     "mmlu": "evalkit.tasks.lm_eval.leaderboard:MMLU",
+    **{name: f"evalkit.tasks.ruler.niah:{name.upper()}" for name in (
+        "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
+        "niah_multikey_3", "niah_multivalue", "niah_multiquery")},
 }, _task_def, families={"lm_eval:": (
     "evalkit.tasks.lm_eval.catalogue:make_task",
     "any task or group of lm-eval's catalogue by its name (`lm_eval ls tasks` lists them): "

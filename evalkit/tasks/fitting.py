@@ -261,11 +261,13 @@ class Fitter:
         return measure_messages(self.measure, messages)
 
     def fit(self, key: str, build: Callable[[int], str], estimate: Estimate, budget: int,
-            lo: int, hi: int, what: str = "haystack") -> Fit[str]:
+            lo: int, hi: int, what: str = "haystack", measure: Measure | None = None
+            ) -> Fit[str]:
         """The k in [lo, hi] with measure(build(k)) <= budget < measure(build(k + 1)) (or
         k = hi when everything fits: the caller decides whether the source ran out).
-        Raises EvalkitError when even build(lo) is over budget."""
-        return self._fit(key, build, self.measure, estimate, budget, lo, hi, what)
+        Raises EvalkitError when even build(lo) is over budget. `measure`: another measure
+        than the plan's (with_answer_prefix's, for a sample that carries one)."""
+        return self._fit(key, build, measure or self.measure, estimate, budget, lo, hi, what)
 
     def fit_messages(self, key: str, build: Callable[[int], Sequence[Message]],
                      estimate: Estimate, budget: int, lo: int, hi: int,

@@ -1,0 +1,128 @@
+"""RULER's haystacks and needle values, made by evalkit: sized in words, so that a prompt is
+fitted to its length to within a word (RULER's own builder steps by whole units: a line of
+noise, a distractor needle, 500 essay words).
+
+- noise: RULER's noise sentence group (protocol.NOISE), one a line;
+- needle: distractor needles, one a line, each with a random key and value (RULER draws
+  them anew at every size it tries; here line j of a sample is always the same line, so
+  that a haystack grows by appending);
+- essay: the words of an essay text, repeated if a length needs more, cut into sentences
+  for the needles to go between (`sentences`).
+
+With `whole_units` (a named option) a noise or needle haystack ends at a whole line, as
+RULER's do, and the prompt may fall up to a line short of its length.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from evalkit.tasks.base import data_dir
+from evalkit.tasks.ruler.protocol import NEEDLE, NOISE, NeedleType
+from evalkit.types import EvalkitError
+
+
+@functools.cache
+def key_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """RULER's word keys are "{adjective}-{noun}" over wonderwords' lists, drawn uniformly
+    from the sorted set of those joins; with each list's duplicates dropped, every pair
+    joins to a distinct word, so drawing an adjective and a noun uniformly is that draw
+    (without building its 6.2 million words)."""
+    folder = data_dir() / "ruler"
+    try:
+        adjs = (folder / "adjectivelist.txt").read_text(encoding="utf-8").splitlines()
+        nouns = (folder / "nounlist.txt").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise EvalkitError(f"task data file {exc.filename} is missing: reinstall evalkit "
+                           "(pip install evalkit)") from None
+    return tuple(sorted(set(w.rstrip() for w in adjs))), tuple(sorted(set(w.rstrip()
+                                                                          for w in nouns)))
+
+
+def random_value(kind: NeedleType, rng: random.Random) -> str:
+    """A needle's key or value as RULER draws it: a 7-digit number, an adjective-noun word,
+    or a version-4 UUID."""
+    if kind == "numbers":
+        return str(rng.randint(10 ** 6, 10 ** 7 - 1))
+    if kind == "words":
+        adjs, nouns = key_words()
+        return f"{rng.choice(adjs)}-{rng.choice(nouns)}"
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+@dataclass(frozen=True)
+class Lines:
+    """A haystack of lines (noise, or distractor needles): `lines(k)` holds its first k
+    words, `line(j)` being its j-th whole line; the last line is cut at a word unless
+    `whole_units`, where k counts whole lines' words only."""
+
+    line: Callable[[int], str]
+    words_per_line: int  # every line has this many words (noise: 19; a needle: 10)
+    whole_units: bool = False
+
+    def lines(self, k: int) -> list[str]:
+        full, part = divmod(k, self.words_per_line)
+        out = [self.line(j) for j in range(full)]
+        if part and not self.whole_units:
+            out.append(" ".join(self.line(full).split(" ")[:part]))
+        return out
+
+    def step(self) -> int:
+        """The sizes a fit tries are multiples of this (words)."""
+        return self.words_per_line if self.whole_units else 1
+
+
+def noise_lines(whole_units: bool = False) -> Lines:
+    return Lines(lambda j: NOISE, len(NOISE.split(" ")), whole_units)
+
+
+def needle_lines(seed: str, type_needle_k: NeedleType, type_needle_v: NeedleType,
+                 whole_units: bool = False) -> Lines:
+    """Distractor needles, line j drawn from a generator of its own (seeded by the
+    sample and j), so that any line is made without the ones before it."""
+    plural = f"{type_needle_v}"
+
+    @functools.lru_cache(maxsize=65536)
+    def line(j: int) -> str:
+        rng = random.Random(f"{seed}/{j}")
+        return NEEDLE.format(type_needle_v=plural, key=random_value(type_needle_k, rng),
+                             value=random_value(type_needle_v, rng))
+
+    words = len(line(0).split(" "))
+    return Lines(line, words, whole_units)
+
+
+def essay_words(text: str) -> list[str]:
+    """RULER's essay haystack: the text's words, whitespace runs as one space."""
+    return re.sub(r"\s+", " ", text).split(" ")
+
+
+def first_words(words: Sequence[str], k: int) -> str:
+    """The first k words, the essay repeated as often as k needs (as RULER does)."""
+    if k <= len(words):
+        return " ".join(words[:k])
+    repeats = -(-k // len(words))
+    return " ".join((list(words) * repeats)[:k])
+
+
+# A sentence ends at . ! or ? (and the closing quotes or brackets after it) before a space:
+# evalkit's own rule. RULER splits with nltk's punkt, whose model is a download; a fixed
+# rule splits the same text the same everywhere. Needles go between sentences.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?= )")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a text whose words are one space apart: " ".join(them) is it."""
+    text = text.strip()
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        out.append(text[start:m.end()])
+        start = m.end() + 1
+    if start < len(text):
+        out.append(text[start:])
+    return out
