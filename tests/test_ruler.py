@@ -294,3 +294,50 @@ def test_gemma_answers_a_needle_prompt_fitted_to_its_own_tokens(tmp_path: Path) 
         assert r.sent is not None and r.sent["after"].endswith(r.sample.answer_prefix)
         assert 0 < r.response.output_tokens <= 128
         assert "string_match_all" in r.scores
+
+
+# -- cwe and fwe -------------------------------------------------------------------------
+
+def _numbered(text: str) -> list[str]:
+    return re.findall(r"\d+\. (\S+)", text)
+
+
+@pytest.mark.parametrize("target,common,uncommon", [(2048, 6, 1), (5000, 30, 3)])
+def test_cwe_lists_common_words_as_ruler_does(target: int, common: int,
+                                              uncommon: int) -> None:
+    from collections import Counter
+
+    for s in _samples("cwe", lengths=(target,), samples=2, max_new_tokens=120):
+        # one few-shot example first: the task template, its answer prefix and its answer
+        assert s.prompt.startswith(protocol.CWE_TEMPLATE.split("{context}")[0])
+        assert protocol.CWE_ANSWER_PREFIX + " 1. " in s.prompt
+        listed = s.prompt.rsplit(protocol.CWE_TEMPLATE.split("{context}")[0], 1)[1]
+        counts = Counter(_numbered(listed.split("\nQuestion:")[0]))
+        assert {w for w, n in counts.items() if n == common} == set(s.targets)
+        assert len(s.targets) == 10 and set(counts.values()) == {common, uncommon}
+        assert len(counts) == s.meta["size"]
+        assert s.answer_prefix == protocol.CWE_ANSWER_PREFIX
+        # the largest list that fits: one word more (uncommon times listed) would not
+        assert s.target_tokens - 120 - 3 * uncommon < s.input_tokens <= s.target_tokens - 120
+
+
+def test_fwe_writes_a_zipf_text_whose_top_words_are_the_answer() -> None:
+    from collections import Counter
+
+    for s in _samples("fwe", lengths=(4096,), samples=2, max_new_tokens=50):
+        text = s.prompt.split("coded words. ", 1)[1].split("\nQuestion:")[0]
+        ranked = [w for w, _ in Counter(text.split(" ")).most_common()]
+        assert ranked[0] == "..." and tuple(ranked[1:4]) == s.targets
+        assert all(re.fullmatch("[a-z]{6}", w) for w in ranked[1:])
+        assert s.input_tokens == 4096 - 50  # one word more is one token more here
+        assert s.answer_prefix == protocol.FWE_ANSWER_PREFIX
+
+
+@pytest.mark.parametrize("task", ["cwe", "fwe"])
+def test_cwe_and_fwe_score_the_words_named(task: str) -> None:
+    (s,) = _samples(task, lengths=(2048,), samples=1, max_new_tokens=50)
+    named = " " + ", ".join(s.targets)
+    assert get_task(task).score(s, Response(text=named)).scores == {"string_match_all": 1.0}
+    half = " " + ", ".join(s.targets[: len(s.targets) // 2 + 1])
+    got = get_task(task).score(s, Response(text=half)).scores["string_match_all"]
+    assert got == pytest.approx((len(s.targets) // 2 + 1) / len(s.targets))

@@ -188,6 +188,8 @@ TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
     **{name: f"evalkit.tasks.ruler.niah:{name.upper()}" for name in (
         "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
         "niah_multikey_3", "niah_multivalue", "niah_multiquery")},
+    "cwe": "evalkit.tasks.ruler.extraction:CWE",
+    "fwe": "evalkit.tasks.ruler.extraction:FWE",
 }, _task_def, families={"lm_eval:": (
     "evalkit.tasks.lm_eval.catalogue:make_task",
     "any task or group of lm-eval's catalogue by its name (`lm_eval ls tasks` lists them): "
