@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import itertools
 import random
 import re
 from pathlib import Path
@@ -341,3 +342,39 @@ def test_cwe_and_fwe_score_the_words_named(task: str) -> None:
     half = " " + ", ".join(s.targets[: len(s.targets) // 2 + 1])
     got = get_task(task).score(s, Response(text=half)).scores["string_match_all"]
     assert got == pytest.approx((len(s.targets) // 2 + 1) / len(s.targets))
+
+
+# -- vt ----------------------------------------------------------------------------------
+
+def test_vt_hides_a_chain_of_four_hops_after_rulers_example() -> None:
+    from evalkit.tasks.ruler import vt
+
+    samples = _samples("vt", lengths=(1024, 3000), samples=2, max_new_tokens=30)
+    examples = set()
+    for s in samples:
+        # the example, then a blank line, then the task: RULER's icl_example ends with a
+        # newline and is joined to the task by another
+        shot = s.prompt.split("\n\n" + protocol.VT_TEMPLATE[:20], 1)[0]
+        # the example: RULER's task template, its answer prefix, its 5 renamed answers (after
+        # the prefix's own trailing space, a second one, as RULER joins them)
+        assert shot.startswith(protocol.VT_TEMPLATE[:40]) and "they are:  " in shot
+        example_names = shot.split("they are: ")[1].split()
+        assert len(example_names) == 5 and all(re.fullmatch("[A-Z]{3}", n)
+                                                 for n in example_names)
+        assert "12345" not in shot  # its value was replaced too
+        assert len(WhitespaceCounter().encode(shot)) <= 500 + 8
+        examples.add(shot)
+        # the chain: VAR A = value, then each next name = the one before (trailing space)
+        names = list(s.targets)
+        value = s.meta["value"]
+        assert f"\nVAR {names[0]} = {value}\n" in s.prompt
+        for a, b in itertools.pairwise(names):
+            assert f"\nVAR {b} = VAR {a} \n" in s.prompt
+        lines = [i for i, line in enumerate(s.prompt.split("\n")) if line.startswith("VAR ")
+                 and any(n in line for n in names)]
+        assert lines == sorted(lines)  # in chain order
+        assert s.answer_prefix == protocol.VT_ANSWER_PREFIX.format(num_v=5, query=value)
+        assert s.input_tokens == s.target_tokens - 30
+        assert vt.score(s, Response(text=" " + " ".join(names))).scores == {
+            "string_match_all": 1.0}
+    assert len(examples) == len(samples)  # one example, renamed for every sample

@@ -190,6 +190,7 @@ TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
         "niah_multikey_3", "niah_multivalue", "niah_multiquery")},
     "cwe": "evalkit.tasks.ruler.extraction:CWE",
     "fwe": "evalkit.tasks.ruler.extraction:FWE",
+    "vt": "evalkit.tasks.ruler.vt:VT",
 }, _task_def, families={"lm_eval:": (
     "evalkit.tasks.lm_eval.catalogue:make_task",
     "any task or group of lm-eval's catalogue by its name (`lm_eval ls tasks` lists them): "

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from scipy.special import zeta
 
 from evalkit.tasks.base import Plan, TaskDef, data_dir, register_task, sample_rng
-from evalkit.tasks.fitting import Curve, with_answer_prefix
+from evalkit.tasks.ruler.haystacks import fit_prompt
 from evalkit.tasks.ruler.niah import RULER_SEED, score
 from evalkit.tasks.ruler.protocol import (
     CWE_ANSWER_PREFIX,
@@ -154,12 +154,8 @@ def _lengths(plan: Plan, name: str) -> tuple[int, ...]:
 
 def _fitted(name: str, plan: Plan, sid: str, target: int, build: Callable[[int], str],
             prefix: str, lo: int, hi: int, answers: list[str], what: str) -> Sample:
-    est = plan.fitter.estimator
-    prefix_tokens = est(prefix)
-    budget = target - plan.max_new_tokens
-    fit = plan.fitter.fit(name, build, Curve(lambda k: est(build(k)) + prefix_tokens), budget,
-                          lo=lo, hi=hi, what=what, measure=with_answer_prefix(plan.measure,
-                                                                              prefix))
+    fit = fit_prompt(plan, name, build, prefix, target - plan.max_new_tokens, lo=lo, hi=hi,
+                     what=what)
     meta: dict[str, object] = {"size": fit.size}
     if name == "cwe" and fit.size == hi:
         meta["words_exhausted"] = True

@@ -22,9 +22,21 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from evalkit.tasks.base import data_dir
+from evalkit.tasks.base import Plan, data_dir
+from evalkit.tasks.fitting import Curve, Fit, with_answer_prefix
 from evalkit.tasks.ruler.protocol import NEEDLE, NOISE, NeedleType
 from evalkit.types import EvalkitError
+
+
+def fit_prompt(plan: Plan, key: str, build: Callable[[int], str], answer_prefix: str,
+               budget: int, lo: int, hi: int, what: str) -> Fit[str]:
+    """The largest size k in [lo, hi] whose user text build(k), rendered with the model's
+    template and followed by the answer prefix, takes at most `budget` tokens."""
+    est = plan.fitter.estimator
+    prefix_tokens = est(answer_prefix)
+    return plan.fitter.fit(key, build, Curve(lambda k: est(build(k)) + prefix_tokens), budget,
+                           lo=lo, hi=hi, what=what,
+                           measure=with_answer_prefix(plan.measure, answer_prefix))
 
 
 @functools.cache

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evalkit.tasks.base import Plan, Score, TaskDef, data_dir, register_task, sample_rng
-from evalkit.tasks.fitting import Curve, with_answer_prefix
 from evalkit.tasks.ruler.haystacks import (
     Lines,
     essay_words,
     first_words,
+    fit_prompt,
     needle_lines,
     noise_lines,
     random_value,
@@ -206,14 +206,10 @@ def _sample(task: Niah, params: RulerParams, plan: Plan, sid: str, target: int,
             context = essay_context(essay[1], k, draws)
         return template.replace("{context}", context)
 
-    est = plan.fitter.estimator
-    prefix_tokens = est(prefix)
     step = lines.step() if lines is not None else 1
     lo = -(-len(draws.needles) * lines.words_per_line // step) if lines is not None else 1
-    fit = plan.fitter.fit(
-        task.name, build, Curve(lambda k: est(build(k)) + prefix_tokens), budget, lo=lo,
-        hi=max(lo, budget // step + 1), what="haystack words",
-        measure=with_answer_prefix(plan.measure, prefix))
+    fit = fit_prompt(plan, task.name, build, prefix, budget, lo=lo,
+                     hi=max(lo, budget // step + 1), what="haystack words")
     start = template.index("{context}")
     size = len(fit.prompt) - len(template) + len("{context}")  # the context's characters
     at = fit.prompt.find(f" is: {draws.answers[0]}.", start)  # the first answer's needle
