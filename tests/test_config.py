@@ -203,6 +203,9 @@ BUNDLED_SPEC_HASHES = {
         "dd10e8135a1cab3f86e785e9e4f636b9e93fa0adf2ec1972aa707630af15ba51",
         "e39fd5d04e6468f51109bf53e913fa8de9f90af9d3e70f97c8620eff6c9d36a3",
     ],
+    "ruler.yaml": [
+        "444d53925113c061aa151a1e269679b5d5d21d52b4e337f3e5406d783c859459",
+    ],
     "quickstart.yaml": [
         "5f6d01a2cf7700264cf6ec35c231b63f201f8bd4c7abf0a49678dfdf9f032bb7",
     ],

@@ -8,6 +8,7 @@ import ast
 import dataclasses
 import importlib.util
 import itertools
+import json
 import random
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from evalkit.prompts.templates import PromptMeasure, make_template
 from evalkit.results import store
 from evalkit.runner import execute
 from evalkit.runner.config import build_spec
-from evalkit.tasks import get_task
+from evalkit.tasks import get_task, make_params
 from evalkit.tasks.base import Plan
 from evalkit.tasks.ruler import haystacks, niah, protocol
 from evalkit.types import EvalkitError, Response
@@ -56,7 +57,7 @@ def _plan(task: str, lengths: tuple[int, ...] = (1024,), samples: int = 3,
 def _samples(task: str, params: dict[str, Any] | None = None, **kw: Any) -> list[Any]:
     tdef = get_task(task)
     assert tdef.generate is not None
-    return list(tdef.generate(niah.RulerParams(**(params or {})), _plan(task, **kw)))
+    return list(tdef.generate(make_params(tdef, params or {}), _plan(task, **kw)))
 
 
 # -- RULER's strings, as lm-eval's port copies them ----------------------------------------
@@ -378,3 +379,137 @@ def test_vt_hides_a_chain_of_four_hops_after_rulers_example() -> None:
         assert vt.score(s, Response(text=" " + " ".join(names))).scores == {
             "string_match_all": 1.0}
     assert len(examples) == len(samples)  # one example, renamed for every sample
+
+
+# -- qa_1, qa_2: small files in SQuAD's and HotpotQA's formats, built here ----------------
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(ESSAY_WORDS) for _ in range(n)).capitalize() + "."
+
+
+def squad_file(tmp_path: Path, articles: int = 12, paragraphs: int = 4) -> Path:
+    """SQuAD v2.0's layout: articles of paragraphs, each with questions, some unanswerable."""
+    rng = random.Random(5)
+    data = []
+    for a in range(articles):
+        paras = []
+        for p in range(paragraphs):
+            answer = f"Answer{a}x{p}"
+            context = " ".join(_sentence(rng, 12) for _ in range(4)) + f" It was {answer}."
+            paras.append({"context": context, "qas": [
+                {"id": f"{a}-{p}", "question": f"What was it in article {a}, part {p}?",
+                 "answers": [{"text": answer, "answer_start": context.index(answer)}],
+                 "is_impossible": False},
+                {"id": f"{a}-{p}-x", "question": "What is unanswerable here?", "answers": [],
+                 "plausible_answers": [{"text": "x", "answer_start": 0}],
+                 "is_impossible": True}]})
+        data.append({"title": f"Article_{a}", "paragraphs": paras})
+    path = tmp_path / "dev-v2.0.json"
+    path.write_text(json.dumps({"version": "v2.0", "data": data}))
+    return path
+
+
+def hotpot_file(tmp_path: Path, questions: int = 15) -> Path:
+    """HotpotQA's distractor layout: each question with 10 [title, sentences] paragraphs."""
+    rng = random.Random(6)
+    data = []
+    for q in range(questions):
+        context = [[f"Title {q}-{p}", [" " + _sentence(rng, 10) for _ in range(3)]]
+                   for p in range(10)]
+        context[3][1].append(f" The bridge was built by Builder{q}.")
+        data.append({"_id": f"q{q}", "question": f"Who built the bridge of question {q}?",
+                     "answer": f"Builder{q}", "type": "bridge", "level": "hard",
+                     "supporting_facts": [[f"Title {q}-3", 3]], "context": context})
+    path = tmp_path / "hotpot_dev_distractor_v1.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_qa_1_reads_squad_and_places_the_gold_paragraph_among_distractors(
+        tmp_path: Path) -> None:
+    from evalkit.tasks.ruler import qa
+
+    path = squad_file(tmp_path)
+    qset = qa.read_set("squad", str(path))
+    assert len(qset.questions) == 48 and len(qset.docs) == 48  # unanswerable ones left out
+    samples = _samples("qa_1", {"data": str(path)}, lengths=(1024, 2048), samples=3,
+                       max_new_tokens=32)
+    for s in samples:
+        i = s.meta["question"]
+        q = qset.questions[i]
+        assert s.targets == q.outputs and s.prompt.endswith(f"Question: {q.query}")
+        docs = re.findall(r"Document (\d+):\n", s.prompt)
+        assert docs == [str(n + 1) for n in range(s.meta["documents"])]
+        assert qset.docs[q.context[0]] in s.prompt  # the gold paragraph is always there
+        assert s.answer_prefix == protocol.QA_ANSWER_PREFIX
+        assert s.input_tokens <= s.target_tokens - 32
+        # one document more would not fit (each is about 60 tokens here)
+        assert s.target_tokens - 32 - s.input_tokens < 80
+        got = qa.score(s, Response(text=f" {s.targets[0].upper()}"))
+        assert got.scores == {"string_match_part": 1.0}
+    assert [s.meta["question"] for s in samples[:3]] == [0, 1, 2]  # question i of the file
+
+
+def test_qa_2_reads_hotpotqa_with_titled_documents(tmp_path: Path) -> None:
+    from evalkit.tasks.ruler import qa
+
+    path = hotpot_file(tmp_path)
+    (s,) = _samples("qa_2", {"data": str(path)}, lengths=(3000,), samples=1,
+                    max_new_tokens=32)
+    assert "Document 1:\nTitle " in s.prompt and "built by Builder0." in s.prompt
+    for title, sentences in json.loads(path.read_text())[0]["context"]:
+        assert f"{title}\n{''.join(sentences)}" in s.prompt  # every gold document
+    assert s.targets == ("Builder0",)
+    assert qa.score(s, Response(text=" I do not know")).scores == {"string_match_part": 0.0}
+
+
+@pytest.mark.parametrize("task,content,message", [
+    ("qa_1", None, "qa_1 reads SQuAD's dev-v2.0.json"),
+    ("qa_1", "[1, 2]", "not SQuAD's format"),
+    ("qa_2", '{"data": []}', "not HotpotQA's format"),
+    ("qa_2", "not json", "cannot be read as JSON"),
+])
+def test_qa_data_missing_or_wrong_is_one_line(tmp_path: Path, task: str,
+                                              content: str | None, message: str) -> None:
+    params: dict[str, Any] = {}
+    if content is not None:
+        path = tmp_path / "data.json"
+        path.write_text(content)
+        params["data"] = str(path)
+    with pytest.raises(EvalkitError, match=re.escape(message)):
+        _samples(task, params, max_new_tokens=32)
+
+
+# -- the suite ---------------------------------------------------------------------------
+
+def test_the_ruler_config_runs_the_13_tasks_and_averages_them_per_length(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/ruler.yaml's tasks, at 1K on the scripted backend (qa on the files built
+    here): a row per task and length, and RULER's average where all 13 ran."""
+    from evalkit.runner.config import Overrides, load_config_file
+    from evalkit.tasks.ruler import suite
+
+    (tmp_path / "squad").mkdir()
+    (tmp_path / "hotpotqa").mkdir()
+    squad_file(tmp_path / "squad")
+    hotpot_file(tmp_path / "hotpotqa")
+    monkeypatch.chdir(tmp_path)  # the config's data paths are read from here
+    config = load_config_file(Path(__file__).resolve().parents[1] / "configs" / "ruler.yaml")
+    assert tuple(t if isinstance(t, str) else next(iter(t)) for t in config["tasks"]) == \
+        suite.TASK_NAMES
+    spec = build_spec({**config, "model": "x", "backend": "scripted"},
+                      Overrides(lengths="1k", samples=2))
+    result = execute.run(spec, results_root=tmp_path / "results", progress=False)
+    rows = result.summary.rows
+    tasks = {r.task: r for r in rows if r.length == 1024 and r.subset == "all"}
+    assert set(tasks) == {*suite.TASK_NAMES, "ruler"}
+    average = tasks["ruler"]
+    assert average.metric == "average" and average.derived
+    assert average.value == pytest.approx(
+        sum(tasks[t].value for t in suite.TASK_NAMES) / 13)
+    assert all(tasks[t].value == 1.0 for t in suite.TASK_NAMES if t.startswith("niah"))
+    # a run of fewer tasks has no suite average: it would not be RULER's number
+    fewer = build_spec({"model": "x", "backend": "scripted", "lengths": ["1k"],
+                        "samples": 1, "tasks": ["niah_single_1", "vt"]})
+    part = execute.run(fewer, results_root=tmp_path / "results", progress=False)
+    assert "ruler" not in {r.task for r in part.summary.rows}

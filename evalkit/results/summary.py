@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from evalkit.stats.intervals import clustered_interval, interval, metric_kind
+from evalkit.stats.intervals import Z95, clustered_interval, interval, interval_se, metric_kind
 from evalkit.types import MetricKind, Record, SummaryRow
 
 
@@ -70,3 +71,23 @@ def aggregate(records: Iterable[Record],
 def length_order(length: int | str) -> tuple[int, int | str]:
     """Sort key of length cells: token lengths by size, then named bins."""
     return (0, length) if isinstance(length, int) else (1, length)
+
+
+def _se(row: SummaryRow) -> float:
+    """A standard error read off a row's 95% interval (0 where it has none)."""
+    se = interval_se(row)
+    return 0.0 if math.isnan(se) else se
+
+
+def derived_row(model: str, task: str, length: int | str, metric: str,
+                parts: Sequence[SummaryRow], n_errors: int, tokens: float) -> SummaryRow:
+    """The unweighted mean of `parts` (MMLU's subjects, a suite's tasks: its average), its
+    normal interval from each part's standard error (read off its interval, not p(1-p)/n,
+    which is 0 for a part answered all right or all wrong)."""
+    mean = statistics.fmean(p.value for p in parts)
+    half = Z95 * math.sqrt(sum(_se(p) ** 2 for p in parts)) / len(parts)
+    return SummaryRow(model=model, task=task, length=length, subset="all", metric=metric,
+                      value=mean, ci_low=max(0.0, mean - half), ci_high=min(1.0, mean + half),
+                      n=sum(p.n for p in parts), n_errors=n_errors,
+                      input_tokens_mean=round(tokens, 1), derived=True,
+                      kind="binary" if all(p.kind == "binary" for p in parts) else "continuous")

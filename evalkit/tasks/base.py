@@ -191,6 +191,8 @@ TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
     "cwe": "evalkit.tasks.ruler.extraction:CWE",
     "fwe": "evalkit.tasks.ruler.extraction:FWE",
     "vt": "evalkit.tasks.ruler.vt:VT",
+    "qa_1": "evalkit.tasks.ruler.qa:QA_1",
+    "qa_2": "evalkit.tasks.ruler.qa:QA_2",
 }, _task_def, families={"lm_eval:": (
     "evalkit.tasks.lm_eval.catalogue:make_task",
     "any task or group of lm-eval's catalogue by its name (`lm_eval ls tasks` lists them): "

@@ -46,7 +46,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -54,8 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalkit.results.summary import mean_row
-from evalkit.stats.intervals import Z95, interval_se
+from evalkit.results.summary import derived_row, mean_row
 from evalkit.tasks.base import TaskDef, Whole, WholeRun
 from evalkit.types import (
     EvalkitError,
@@ -781,24 +779,6 @@ def _gold_request(answers: Sequence[Answer | None], gold: int, context: str,
 
 # ---- summary rows ------------------------------------------------------------------------
 
-def _se(row: SummaryRow) -> float:
-    """A standard error read off a row's 95% interval (0 where it has none)."""
-    se = interval_se(row)
-    return 0.0 if math.isnan(se) else se
-
-
-def _derived_row(model: str, task: str, length: str, metric: str, parts: Sequence[SummaryRow],
-                 n_errors: int, tokens: float) -> SummaryRow:
-    """The unweighted mean of `parts` (MMLU's subjects, the four tasks of the average), its
-    normal interval from each part's standard error (read off its interval, not p(1-p)/n,
-    which is 0 for a part answered all right or all wrong)."""
-    mean = statistics.fmean(p.value for p in parts)
-    half = Z95 * math.sqrt(sum(_se(p) ** 2 for p in parts)) / len(parts)
-    return SummaryRow(model=model, task=task, length=length, subset="all", metric=metric,
-                      value=mean, ci_low=max(0.0, mean - half), ci_high=min(1.0, mean + half),
-                      n=sum(p.n for p in parts), n_errors=n_errors,
-                      input_tokens_mean=round(tokens, 1), derived=True,
-                      kind="binary" if all(p.kind == "binary" for p in parts) else "continuous")
 
 
 def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
@@ -832,7 +812,7 @@ def leaderboard_rows(records: Iterable[Record]) -> list[SummaryRow]:
         # short): that mmlu row stands alone, its subjects counted beside it
         if all(t in got for t in TASKS) and mmlu_subjects[model] >= set(MMLU_SUBJECTS):
             parts = [got[t] for t in TASKS]
-            rows.append(_derived_row(model, AVERAGE_TASK, "all", AVERAGE_METRIC, parts,
+            rows.append(derived_row(model, AVERAGE_TASK, "all", AVERAGE_METRIC, parts,
                                      sum(p.n_errors for p in parts),
                                      statistics.fmean(p.input_tokens_mean for p in parts)))
     return rows
@@ -864,7 +844,7 @@ def _mmlu_rows(model: str, recs: Sequence[Record]) -> tuple[list[SummaryRow], se
     if not sub_rows:
         return [], set(by_subject)
     tokens = statistics.fmean(r.sample.input_tokens for r in recs)
-    top = _derived_row(model, "mmlu", length, "acc", sub_rows, len(recs) - len(ok), tokens)
+    top = derived_row(model, "mmlu", length, "acc", sub_rows, len(recs) - len(ok), tokens)
     return [top, *sub_rows], set(by_subject)
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from scipy.special import zeta
 
 from evalkit.tasks.base import Plan, TaskDef, data_dir, register_task, sample_rng
+from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import fit_prompt
 from evalkit.tasks.ruler.niah import RULER_SEED, score
 from evalkit.tasks.ruler.protocol import (
@@ -174,7 +175,7 @@ CWE = register_task(TaskDef(
     generate=generate_cwe, score=score, kind="generate",
     metrics=(MetricDef("string_match_all", "continuous", description="the share of the 10 "
                        "common words found in the output (RULER's string_match_all)"),),
-    budget_in_length=True, details=_DETAILS))
+    budget_in_length=True, summarize=suite.rows, details=_DETAILS))
 
 FWE = register_task(TaskDef(
     name="fwe",
@@ -183,4 +184,4 @@ FWE = register_task(TaskDef(
     generate=generate_fwe, score=score, kind="generate",
     metrics=(MetricDef("string_match_all", "continuous", description="the share of the 3 "
                        "most frequent words found in the output (RULER's string_match_all)"),),
-    budget_in_length=True, details=_DETAILS))
+    budget_in_length=True, summarize=suite.rows, details=_DETAILS))

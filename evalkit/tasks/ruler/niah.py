@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evalkit.tasks.base import Plan, Score, TaskDef, data_dir, register_task, sample_rng
+from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import (
     Lines,
     essay_words,
@@ -251,6 +252,7 @@ def _task(spec: Niah) -> TaskDef:
         max_new_tokens=spec.tokens_to_generate,
         generate=functools.partial(generate, spec), score=score, fitted=lambda p: True,
         kind="generate", metrics=(metric,), axes=("depth",), budget_in_length=True,
+        summarize=suite.rows,
         details=("lengths count the prompt and the 128 tokens to generate (RULER's "
                  "max_seq_length); the prompt is fitted to the rest exactly",)))
 

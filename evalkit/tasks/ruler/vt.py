@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from evalkit.tasks.base import Plan, TaskDef, register_task, sample_rng
 from evalkit.tasks.fitting import Curve
+from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import fit_prompt, noise_lines
 from evalkit.tasks.ruler.niah import RulerParams, score
 from evalkit.tasks.ruler.protocol import NOISE, VT_ANSWER_PREFIX, VT_TEMPLATE
@@ -146,7 +147,7 @@ VT = register_task(TaskDef(
     generate=generate, score=score, kind="generate",
     metrics=(MetricDef("string_match_all", "continuous", description="the share of the 5 "
                        "variables found in the output (RULER's string_match_all)"),),
-    budget_in_length=True,
+    budget_in_length=True, summarize=suite.rows,
     details=("lengths count the prompt and the 30 tokens to generate (RULER's "
              "max_seq_length); the prompt is fitted to the rest exactly; the essay parameter "
              "is not used (vt's haystack is noise)",)))
