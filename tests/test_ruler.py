@@ -468,13 +468,15 @@ def test_qa_2_reads_hotpotqa_with_titled_documents(tmp_path: Path) -> None:
     ("qa_1", "[1, 2]", "not SQuAD's format"),
     ("qa_2", '{"data": []}', "not HotpotQA's format"),
     ("qa_2", "not json", "cannot be read as JSON"),
+    ("qa_1", "missing", "no such file"),
 ])
 def test_qa_data_missing_or_wrong_is_one_line(tmp_path: Path, task: str,
                                               content: str | None, message: str) -> None:
     params: dict[str, Any] = {}
     if content is not None:
         path = tmp_path / "data.json"
-        path.write_text(content)
+        if content != "missing":
+            path.write_text(content)
         params["data"] = str(path)
     with pytest.raises(EvalkitError, match=re.escape(message)):
         _samples(task, params, max_new_tokens=32)
@@ -513,3 +515,23 @@ def test_the_ruler_config_runs_the_13_tasks_and_averages_them_per_length(
                         "samples": 1, "tasks": ["niah_single_1", "vt"]})
     part = execute.run(fewer, results_root=tmp_path / "results", progress=False)
     assert "ruler" not in {r.task for r in part.summary.rows}
+
+
+def test_vt_draws_distinct_names_where_ruler_would_draw_again() -> None:
+    """A name drawn twice leaves RULER's chain short (its sample loop then draws again):
+    the example of seed 1199 draws one; its chain still has 5 distinct names."""
+    from evalkit.tasks.ruler import vt
+
+    found = vt.chains(random.Random("vt/icl/1199"), icl=True)
+    assert [len(set(n)) for n in found.names] == [5]
+    plan = _plan("vt", lengths=(1024,), samples=1, max_new_tokens=30)
+    (s,) = get_task("vt").generate(make_params(get_task("vt"), {}),  # type: ignore[misc]
+                                   dataclasses.replace(plan, seed=1199))
+    assert len(set(s.targets)) == 5
+
+
+@pytest.mark.parametrize("task", ["niah_single_1", "vt", "cwe", "qa_1"])
+def test_a_length_within_the_budget_is_one_line(task: str, tmp_path: Path) -> None:
+    params = {"data": str(squad_file(tmp_path))} if task == "qa_1" else {}
+    with pytest.raises(EvalkitError, match="leaves nothing beside the .* tokens to generate"):
+        _samples(task, params, lengths=(20,), max_new_tokens=get_task(task).max_new_tokens)

@@ -7,7 +7,11 @@ model's template, so lengths are counted with the model's template (option chat_
 a file holding it, or a fixed template name such as mistral-instruct) around the user text.
 A conversation sample (Request.messages) goes to the chat endpoint as its messages, and is
 counted as the model's template renders them (a fixed template name renders one user text
-only: give the template's file).
+only: give the template's file). An answer prefix (Request.answer_prefix) goes as the
+start of the assistant's turn, with vLLM's and llama.cpp's `continue_final_message`; a
+template that trims message contents (Gemma's, Llama 3's) drops its leading and trailing
+spaces there, so the server may read a token or two fewer than were counted (never
+more). A server that takes neither field needs the completions endpoint.
 
 Token counts come from the server's tokenize endpoint where it has one (vLLM and llama.cpp
 `POST /tokenize`, llama-cpp-python `POST /extras/tokenize`, TGI `POST /tokenize`), else

@@ -93,10 +93,10 @@ def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
         budget = 0 if get_task(task.name).budget_in_length else task.max_new_tokens
         for target in task.lengths:
             if target + budget > window:
+                asked = f"length {target}" + (f" + {budget} new tokens" if budget else "")
                 raise EvalkitError(
-                    f"{task.name}: length {target} + {task.max_new_tokens} new tokens is over "
-                    f"the context window of {label} ({window} tokens): use lengths up to "
-                    f"{window - budget}"
+                    f"{task.name}: {asked} is over the context window of {label} ({window} "
+                    f"tokens): use lengths up to {window - budget}"
                 )
 
 

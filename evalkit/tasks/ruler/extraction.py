@@ -12,12 +12,14 @@ shuffled by Random(42), the answer words 2 to 4. Budgets 120 and 50 tokens; stri
 
 evalkit's own, as for every RULER task here (see niah): the size (cwe's number of words,
 fwe's n) is the largest whose prompt fits its length, per sample (RULER settles on one size
-per length, in steps of 10 words or length / 32); every draw comes from the sample's own
+per length, on one draw; a cwe sample that does not fit steps down 10 words, and fwe's
+size moves in steps of length / 32); every draw comes from the sample's own
 generator (a word sample is a prefix of the sample's one shuffle of the words, so a larger
 size only adds words). The few-shot example is written as RULER's base template writes it
 (the task template, no chat markup inside the user's text). cwe stops at the words it has
-(8,734: about 100K tokens): RULER goes on with an 8.5 MB English word list, not bundled; a
-sample that runs out says so (meta "words_exhausted") and falls short of its length.
+(8,166: about 190K tokens with Gemma's tokenizer, past RULER's 128K): RULER goes on with an
+8.5 MB English word list, not bundled; a sample that runs out says so (meta
+"words_exhausted") and falls short of its length.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """RULER's haystacks and needle values, made by evalkit: sized in words, so that a prompt is
-fitted to its length to within a word (RULER's own builder steps by whole units: a line of
-noise, a distractor needle, 500 essay words).
+fitted to its length to within a word (RULER's own builder finds one size per length by
+bisection over whole units, a line of noise, a distractor needle, an essay word, on one
+draw; a sample that does not fit at that size steps down 25 lines or 500 words).
 
 - noise: RULER's noise sentence group (protocol.NOISE), one a line;
 - needle: distractor needles, one a line, each with a random key and value (RULER draws
@@ -32,6 +33,10 @@ def fit_prompt(plan: Plan, key: str, build: Callable[[int], str], answer_prefix:
                budget: int, lo: int, hi: int, what: str) -> Fit[str]:
     """The largest size k in [lo, hi] whose user text build(k), rendered with the model's
     template and followed by the answer prefix, takes at most `budget` tokens."""
+    if budget <= 0:
+        raise EvalkitError(f"{plan.task}: a length of {budget + plan.max_new_tokens} tokens "
+                           f"leaves nothing beside the {plan.max_new_tokens} tokens to "
+                           "generate (a RULER length counts them): ask for a longer length")
     est = plan.fitter.estimator
     prefix_tokens = est(answer_prefix)
     return plan.fitter.fit(key, build, Curve(lambda k: est(build(k)) + prefix_tokens), budget,

@@ -215,7 +215,9 @@ def _sample(task: Niah, params: RulerParams, plan: Plan, sid: str, target: int,
     size = len(fit.prompt) - len(template) + len("{context}")  # the context's characters
     at = fit.prompt.find(f" is: {draws.answers[0]}.", start)  # the first answer's needle
     meta: dict[str, object] = {
-        "haystack_type": task.type_haystack, "haystack_words": fit.size * step,
+        "haystack_type": task.type_haystack,
+        "haystack_words": (sum(len(x.split(" ")) for x in lines.lines(fit.size * step))
+                           if lines is not None else fit.size),
         # where the first answer's needle stands in the haystack: 0 its start, 1 its end
         "depth": round((at - start) / max(1, size), 4),
         "keys": draws.keys, "queries": draws.queries, "needles": len(draws.needles),

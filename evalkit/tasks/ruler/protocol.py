@@ -60,11 +60,6 @@ QA_ANSWER_PREFIX = " Answer:"
 DEPTHS: tuple[int, ...] = tuple(
     int(d) for d in np.round(np.linspace(0, 100, num=40, endpoint=True)).astype(int))
 
-# RULER's standard lengths (scripts/config_tasks.sh's SEQ_LENGTHS) and the threshold of its
-# effective length: Llama-2-7B's 4K average
-LENGTHS: tuple[int, ...] = (4096, 8192, 16384, 32768, 65536, 131072)
-EFFECTIVE_THRESHOLD = 0.856
-
 Haystack = Literal["noise", "essay", "needle"]
 NeedleType = Literal["words", "numbers", "uuids"]
 

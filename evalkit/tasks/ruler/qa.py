@@ -91,8 +91,10 @@ def read_squad(data: Any, path: str) -> QaSet:
                         questions.append(Question(
                             qa["question"], tuple(a["text"] for a in qa["answers"]), (here,),
                             tuple(i for i in more if i != here)))
-    except (KeyError, TypeError) as exc:
-        raise _bad("squad", path, f"not SQuAD's format ({exc!r} missing)") from None
+    except KeyError as exc:
+        raise _bad("squad", path, f"not SQuAD's format (no {exc} field)") from None
+    except TypeError:
+        raise _bad("squad", path, "not SQuAD's format (data.paragraphs.qas expected)") from None
     return QaSet(Path(path).name, tuple(questions), tuple(docs))
 
 
@@ -103,8 +105,11 @@ def read_hotpotqa(data: Any, path: str) -> QaSet:
         index = {c: i for i, c in enumerate(docs)}
         questions = tuple(Question(d["question"], (d["answer"],), tuple(
             index[f"{t}\n{''.join(p)}"] for t, p in d["context"])) for d in data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _bad("hotpotqa", path, f"not HotpotQA's format ({exc!r})") from None
+    except KeyError as exc:
+        raise _bad("hotpotqa", path, f"not HotpotQA's format (no {exc} field)") from None
+    except (TypeError, ValueError):
+        raise _bad("hotpotqa", path, "not HotpotQA's format (a list of questions, each with "
+                                     "context [[title, sentences], ...])") from None
     return QaSet(Path(path).name, questions, tuple(docs))
 
 
@@ -114,8 +119,12 @@ def read_set(dataset: Dataset, path: str | None) -> QaSet:
         task = "qa_1" if dataset == "squad" else "qa_2"
         raise EvalkitError(f"{task} reads {WHERE[dataset]}: download it and give it as "
                            f"tasks: [{{{task}: {{data: FILE}}}}]")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise _bad(dataset, path, f"no such file ({file.resolve()}; a relative path is read "
+                                  "from the folder evalkit runs in)")
     try:
-        data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _bad(dataset, path, f"cannot be read as JSON ({type(exc).__name__})") from None
     qa = read_squad(data, path) if dataset == "squad" else read_hotpotqa(data, path)
@@ -143,7 +152,7 @@ def documents(qa: QaSet, q: Question, order: list[int], more: list[int], n: int)
 
 def build_text(docs: list[str], query: str) -> str:
     context = "\n\n".join(DOCUMENT.format(i=i + 1, document=d) for i, d in enumerate(docs))
-    return QA_TEMPLATE.replace("{context}", context).replace("{query}", query)
+    return QA_TEMPLATE.format(context=context, query=query)
 
 
 def generate(dataset: Dataset, name: str, params: QaParams, plan: Plan) -> Iterator[Sample]:

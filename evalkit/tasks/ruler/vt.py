@@ -46,10 +46,14 @@ def chains(rng: random.Random, icl: bool = False) -> Chains:
     as RULER writes it)."""
     k = 3 if icl else 5
     hops = min(10, NUM_HOPS) if icl else NUM_HOPS
-    names = ["".join(rng.choices(string.ascii_uppercase, k=k)) for _ in range(
-        (hops + 1) * NUM_CHAINS)]
-    while len(set(names)) < NUM_CHAINS * (hops + 1):
-        names.append("".join(rng.choices(string.ascii_uppercase, k=k)))
+    # distinct names: RULER keeps a name drawn twice, which leaves a chain short and fails
+    # the draw, and its sample loop draws again; a repeat is skipped here instead, which
+    # makes the chains RULER's retries end with
+    names: list[str] = []
+    while len(names) < NUM_CHAINS * (hops + 1):
+        name = "".join(rng.choices(string.ascii_uppercase, k=k))
+        if name not in names:
+            names.append(name)
     out_names, out_lines = [], []
     for i in range(0, len(names), hops + 1):
         these = names[i:i + hops + 1]
@@ -78,7 +82,8 @@ def task_text(ctx: str, value: str) -> str:
 
 def icl_example(plan: Plan) -> str:
     """RULER's in-context example: its chain in as many noise lines as keep the example,
-    task template and answer prefix included, within 500 tokens; then its answer."""
+    task template and answer prefix included, within 500 text tokens (no chat template,
+    no BOS); then its answer."""
     seed = f"vt/icl/{plan.seed}"
     found = chains(random.Random(seed), icl=True)
     prefix = VT_ANSWER_PREFIX.replace("{num_v}", str(NUM_HOPS + 1)).replace("{query}",
@@ -88,9 +93,10 @@ def icl_example(plan: Plan) -> str:
     def build(n: int) -> str:
         return task_text(context([NOISE] * n, found, seed), ICL_VALUE) + prefix
 
+    special = count("")  # RULER counts text tokens alone: what a count adds (a BOS) is extra
     fit = plan.fitter.fit("vt/icl", build, Curve(lambda n: plan.fitter.estimator(build(n))),
-                          ICL_TOKENS, lo=NUM_HOPS + 1, hi=ICL_TOKENS, what="noise lines",
-                          measure=count)
+                          ICL_TOKENS + special, lo=NUM_HOPS + 1, hi=ICL_TOKENS,
+                          what="noise lines", measure=count)
     return fit.prompt + " " + " ".join(found.names[0]) + "\n"
 
 
