@@ -81,7 +81,7 @@ def _se(row: SummaryRow) -> float:
 
 def derived_row(model: str, task: str, length: int | str, metric: str,
                 parts: Sequence[SummaryRow], n_errors: int, tokens: float) -> SummaryRow:
-    """The unweighted mean of `parts` (MMLU's subjects, a suite's tasks: its average), its
+    """The unweighted mean of `parts` (a task's subjects, a suite's tasks: its average), its
     normal interval from each part's standard error (read off its interval, not p(1-p)/n,
     which is 0 for a part answered all right or all wrong)."""
     mean = statistics.fmean(p.value for p in parts)
