@@ -204,7 +204,7 @@ BUNDLED_SPEC_HASHES = {
         "e39fd5d04e6468f51109bf53e913fa8de9f90af9d3e70f97c8620eff6c9d36a3",
     ],
     "ruler.yaml": [
-        "444d53925113c061aa151a1e269679b5d5d21d52b4e337f3e5406d783c859459",
+        "273d7d3fb95dba511a909db9e727e95c9884f68203977adb3a63a86092192e7c",
     ],
     "quickstart.yaml": [
         "5f6d01a2cf7700264cf6ec35c231b63f201f8bd4c7abf0a49678dfdf9f032bb7",

@@ -167,23 +167,21 @@ def _fitted(name: str, plan: Plan, sid: str, target: int, build: Callable[[int],
                   max_new_tokens=plan.max_new_tokens, meta=meta, answer_prefix=prefix)
 
 
-_DETAILS = ("lengths count the prompt and the tokens to generate (RULER's max_seq_length); "
-            "the list is as long as fits",)
+def _task(name: str, description: str, budget: int, generate: Callable[..., Iterator[Sample]],
+          answers: str) -> TaskDef:
+    return register_task(TaskDef(
+        name=name, description=f"RULER's {name}: {description}", params_type=NoParams,
+        default_template="chat", max_new_tokens=budget, generate=generate, score=score,
+        kind="generate", metrics=(MetricDef(
+            "string_match_all", "continuous",
+            description=f"the share of {answers} found in the output (RULER's "
+                        "string_match_all)"),),
+        budget_in_length=True, summarize=suite.rows,
+        details=(f"lengths count the prompt and the {budget} tokens to generate (RULER's "
+                 "max_seq_length); the list is as long as fits",)))
 
-CWE = register_task(TaskDef(
-    name="cwe",
-    description="RULER's cwe: name the 10 most common words of a long numbered word list",
-    params_type=NoParams, default_template="chat", max_new_tokens=CWE_BUDGET,
-    generate=generate_cwe, score=score, kind="generate",
-    metrics=(MetricDef("string_match_all", "continuous", description="the share of the 10 "
-                       "common words found in the output (RULER's string_match_all)"),),
-    budget_in_length=True, summarize=suite.rows, details=_DETAILS))
 
-FWE = register_task(TaskDef(
-    name="fwe",
-    description="RULER's fwe: name the 3 most frequent coded words of a long Zipf text",
-    params_type=NoParams, default_template="chat", max_new_tokens=FWE_BUDGET,
-    generate=generate_fwe, score=score, kind="generate",
-    metrics=(MetricDef("string_match_all", "continuous", description="the share of the 3 "
-                       "most frequent words found in the output (RULER's string_match_all)"),),
-    budget_in_length=True, summarize=suite.rows, details=_DETAILS))
+CWE = _task("cwe", "name the 10 most common words of a long numbered word list", CWE_BUDGET,
+            generate_cwe, "the 10 common words")
+FWE = _task("fwe", "name the 3 most frequent coded words of a long Zipf text", FWE_BUDGET,
+            generate_fwe, "the 3 most frequent words")

@@ -18,13 +18,13 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evalkit.tasks.base import Plan, TaskDef, register_task, sample_rng
 from evalkit.tasks.fitting import Curve
 from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import fit_prompt, noise_lines
-from evalkit.tasks.ruler.niah import RulerParams, score
+from evalkit.tasks.ruler.niah import score
 from evalkit.tasks.ruler.protocol import NOISE, VT_ANSWER_PREFIX, VT_TEMPLATE
 from evalkit.types import EvalkitError, MetricDef, Sample
 
@@ -32,6 +32,13 @@ NUM_CHAINS, NUM_HOPS = 1, 4
 VT_BUDGET = 30
 ICL_TOKENS = 500  # RULER's example: max_seq_length 500, nothing to generate
 ICL_VALUE = "12345"
+
+
+@dataclass(frozen=True)
+class VtParams:
+    whole_units: bool = field(
+        default=False, metadata={"help": "end the noise haystack at a whole line, as RULER "
+                                         "does (prompts then fall up to a line short)"})
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ def randomize_icl(example: str, rng: random.Random) -> str:
     return example.replace(ICL_VALUE, str(rng.randint(10000, 99998)))
 
 
-def generate(params: RulerParams, plan: Plan) -> Iterator[Sample]:
+def generate(params: VtParams, plan: Plan) -> Iterator[Sample]:
     if not plan.lengths:
         raise EvalkitError("vt needs lengths: pass --lengths, e.g. 4k,8k,16k")
     example = icl_example(plan)
@@ -149,11 +156,10 @@ VT = register_task(TaskDef(
     name="vt",
     description="RULER's vt: name the 5 variables a chain of assignments hidden in noise "
                 "gives one value",
-    params_type=RulerParams, default_template="chat", max_new_tokens=VT_BUDGET,
+    params_type=VtParams, default_template="chat", max_new_tokens=VT_BUDGET,
     generate=generate, score=score, kind="generate",
     metrics=(MetricDef("string_match_all", "continuous", description="the share of the 5 "
                        "variables found in the output (RULER's string_match_all)"),),
     budget_in_length=True, summarize=suite.rows,
     details=("lengths count the prompt and the 30 tokens to generate (RULER's "
-             "max_seq_length); the prompt is fitted to the rest exactly; the essay parameter "
-             "is not used (vt's haystack is noise)",)))
+             "max_seq_length); the prompt is fitted to the rest exactly",)))
