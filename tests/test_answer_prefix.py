@@ -10,7 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
-from test_conversations import CONVERSATION, SMOLLM2, SMOLLM2_RENDERED, ChatServer, _chat
+from fakeopenai import FakeOpenAI
+from test_conversations import (
+    CONVERSATION,
+    SMOLLM2_RENDERED,
+    ChatServer,
+    _chat,
+    chat_endpoint_model,
+)
 
 from evalkit.prompts.counters import WhitespaceCounter
 from evalkit.prompts.templates import PromptMeasure, make_template, sent_of
@@ -78,17 +85,8 @@ def test_the_cache_key_holds_the_prefix_only_when_set() -> None:
 
 
 def test_a_chat_endpoint_is_sent_the_prefix_as_the_assistants_turn(tmp_path: Path) -> None:
-    pytest.importorskip("httpx")
-    from fakeopenai import FakeOpenAI
-
-    from evalkit.model import make_model
-
-    template_file = tmp_path / "smollm2.jinja"
-    template_file.write_text(SMOLLM2, encoding="utf-8")
     with ChatServer() as server:
-        model = make_model("openai", "tiny", {"base_url": server.url, "endpoint": "chat",
-                                              "chat_template": str(template_file)},
-                           cache_dir=tmp_path / "cache")
+        model = chat_endpoint_model(server, tmp_path)
         raw = make_template("raw")  # evalkit renders nothing for a chat endpoint
         measure = PromptMeasure(raw, model.backend.tokenizer())
         sample = _sample(template="raw")

@@ -337,16 +337,21 @@ class ChatServer(FakeOpenAI):
             "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}})
 
 
-def test_the_chat_endpoint_is_sent_the_messages_and_counts_them(tmp_path: Path) -> None:
+def chat_endpoint_model(server: ChatServer, tmp_path: Path) -> Any:
+    """The openai backend on `server`'s chat endpoint, counting with SmolLM2's template."""
     pytest.importorskip("httpx")
     from evalkit.model import make_model
 
     template_file = tmp_path / "smollm2.jinja"
     template_file.write_text(SMOLLM2, encoding="utf-8")
+    return make_model("openai", "tiny", {"base_url": server.url, "endpoint": "chat",
+                                         "chat_template": str(template_file)},
+                      cache_dir=tmp_path / "cache")
+
+
+def test_the_chat_endpoint_is_sent_the_messages_and_counts_them(tmp_path: Path) -> None:
     with ChatServer() as server:
-        model = make_model("openai", "tiny", {"base_url": server.url, "endpoint": "chat",
-                                              "chat_template": str(template_file)},
-                           cache_dir=tmp_path / "cache")
+        model = chat_endpoint_model(server, tmp_path)
         backend = model.backend
         # evalkit renders nothing for a chat endpoint (raw), the counter the model's template
         assert backend.chat_template() is None
