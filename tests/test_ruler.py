@@ -45,6 +45,12 @@ def _essay(tmp_path: Path, words: int = 20_000) -> Path:
     return path
 
 
+def _essay_params(task: str, tmp_path: Path) -> dict[str, Any]:
+    """An essay file for the tasks whose haystack is one."""
+    essay = protocol.NIAH.get(task) and protocol.NIAH[task].type_haystack == "essay"
+    return {"essay": str(_essay(tmp_path))} if essay else {}
+
+
 def _plan(task: str, lengths: tuple[int, ...] = (1024,), samples: int = 3,
           template: Any = None, counter: Any = None, max_new_tokens: int = 128) -> Plan:
     template = template or make_template("raw")
@@ -132,7 +138,7 @@ def test_key_words_are_rulers_adjective_noun_set() -> None:
 @pytest.mark.parametrize("task", NIAH_TASKS)
 def test_needles_queries_and_answers_are_rulers(task: str, tmp_path: Path) -> None:
     spec = protocol.NIAH[task]
-    for s in _samples(task, {"essay": str(_essay(tmp_path))}):
+    for s in _samples(task, _essay_params(task, tmp_path)):
         keys, queries = s.meta["keys"], s.meta["queries"]
         n_keys = max(spec.num_needle_k, spec.num_needle_q)
         assert len(keys) == n_keys == len(set(keys)) and len(queries) == spec.num_needle_q
@@ -185,7 +191,7 @@ def test_a_sample_is_made_by_its_id_alone() -> None:
 def test_lengths_are_exact_in_words_counted(task: str, tmp_path: Path) -> None:
     """One word one token (and a BOS): every prompt, answer prefix included, is its length
     less the 128 tokens to generate, to the token."""
-    for s in _samples(task, {"essay": str(_essay(tmp_path))}, lengths=(1024, 3000)):
+    for s in _samples(task, _essay_params(task, tmp_path), lengths=(1024, 3000)):
         assert s.input_tokens == s.target_tokens - 128
         assert len(WhitespaceCounter().encode(s.prompt + s.answer_prefix)) == s.input_tokens
 
@@ -214,7 +220,8 @@ def test_lengths_are_exact_with_gemmas_tokenizer_and_chat_template(tmp_path: Pat
         tdef = get_task(task)
         assert tdef.generate is not None
         plan = _plan(task, lengths=(2048,), samples=2, template=chat, counter=counter)
-        for s in tdef.generate(niah.RulerParams(essay=essay), plan):
+        params = niah.RulerParams(essay=essay if task == "niah_single_2" else None)
+        for s in tdef.generate(params, plan):
             rendered = chat.render_sample(s)
             assert rendered.endswith("<start_of_turn>model\n" + s.answer_prefix)
             assert len(counter.encode(rendered)) == s.input_tokens <= 2048 - 128
@@ -535,3 +542,8 @@ def test_a_length_within_the_budget_is_one_line(task: str, tmp_path: Path) -> No
     params = {"data": str(squad_file(tmp_path))} if task == "qa_1" else {}
     with pytest.raises(EvalkitError, match="leaves nothing beside the .* tokens to generate"):
         _samples(task, params, lengths=(20,), max_new_tokens=get_task(task).max_new_tokens)
+
+
+def test_an_essay_given_to_a_task_without_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(EvalkitError, match="niah_single_1: its haystack is noise, not an essay"):
+        _samples("niah_single_1", {"essay": str(_essay(tmp_path))})

@@ -179,6 +179,11 @@ def essay_context(words: tuple[str, ...], k: int, draws: Needles) -> str:
 def generate(task: Niah, params: RulerParams, plan: Plan) -> Iterator[Sample]:
     if not plan.lengths:
         raise EvalkitError(f"{task.name} needs lengths: pass --lengths, e.g. 4k,8k,16k")
+    if params.essay is not None and task.type_haystack != "essay":
+        raise EvalkitError(f"{task.name}: its haystack is {task.type_haystack}, not an "
+                           "essay: drop its essay parameter (the essay tasks are "
+                           "niah_single_2/3, niah_multikey_1, niah_multivalue, "
+                           "niah_multiquery)")
     essay = read_essay(params.essay) if task.type_haystack == "essay" else None
     for target in plan.lengths:
         budget = target - plan.max_new_tokens
