@@ -313,6 +313,25 @@ class SummaryRow:
 
 
 @dataclass(frozen=True)
+class EffectiveLength:
+    """A task's effective context length (evalkit.results.effective): the longest length in
+    tokens up to which its metric stays at or above `threshold`, by the point estimates
+    (`by_value`), by the lower 95% bounds (`by_ci_low`, the length one can claim) and by the
+    upper ones (`by_ci_high`, the longest not ruled out). None where the shortest length
+    measured falls below; equal to `longest` where every length measured passes."""
+
+    model: str
+    task: str
+    metric: str
+    threshold: float
+    by_value: int | None
+    by_ci_low: int | None
+    by_ci_high: int | None
+    shortest: int
+    longest: int
+
+
+@dataclass(frozen=True)
 class RunSummary:
     run_id: str
     status: Literal["complete", "partial"]
@@ -321,6 +340,8 @@ class RunSummary:
     n_done: int
     n_errors: int
     schema_version: int = SCHEMA_VERSION
+    # at the default threshold; readers recompute it from the rows at any other
+    effective: tuple[EffectiveLength, ...] = ()
 
 
 @runtime_checkable

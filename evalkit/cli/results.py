@@ -9,22 +9,29 @@ from typing import Annotated
 import typer
 
 from evalkit.cli.app import EXIT_PARTIAL, _Command, _err, app
-from evalkit.report.tables import format_table
+from evalkit.report.tables import format_effective_table, format_table
 from evalkit.results import read, store
+from evalkit.results.effective import DEFAULT_THRESHOLD, check_threshold
 from evalkit.types import EvalkitError
+
+THRESHOLD_HELP = ("the score a task's effective length must stay at or above (by default "
+                  f"{DEFAULT_THRESHOLD}, Llama-2-7B's average at 4K, as the measure was defined)")
 
 
 @app.command(cls=_Command)
 def show(run_dir: Annotated[Path, typer.Argument(
-        help="a run folder under results/, or a summary.json")]) -> None:
-    """Print a run's tables again, every metric (computed from samples.jsonl). Reads only:
-    writes nothing into the run folder."""
-    from evalkit.results.read import read_run
+        help="a run folder under results/, or a summary.json")],
+         threshold: Annotated[float, typer.Option(
+             help=THRESHOLD_HELP)] = DEFAULT_THRESHOLD) -> None:
+    """Print a run's tables again, every metric (computed from samples.jsonl), with each
+    task's effective length. Reads only: writes nothing into the run folder."""
+    from evalkit.results.read import effective_of, read_run
 
+    check_threshold(threshold)
     run = read_run(run_dir)
     typer.echo(f"{run.info.get('run_id', run.path.name)}  model={run.label}  "
                f"status={run.status} ({run.n_done}/{run.n_samples})")
-    typer.echo(format_table(run.rows))
+    typer.echo(format_table(run.rows, effective_of(run.rows, run.records, threshold)))
 
 
 @app.command(cls=_Command)
@@ -36,6 +43,8 @@ def report(
     index: Annotated[Path | None, typer.Option(
         help="write an index page of every run under this folder (e.g. results/)")] = None,
     title: Annotated[str | None, typer.Option(help="the report's title")] = None,
+    threshold: Annotated[float, typer.Option(
+        help=THRESHOLD_HELP)] = DEFAULT_THRESHOLD,
 ) -> None:
     """Write a static HTML report (tables, plots, sample browser) of one or more runs."""
     from evalkit.report.html import build_index, build_report
@@ -45,7 +54,8 @@ def report(
         page = build_index(index, out or Path("reports") / "index", log=_err)
     elif run_dirs:
         name = "_vs_".join(d.name for d in run_dirs) if len(run_dirs) > 1 else run_dirs[0].name
-        page = build_report(list(run_dirs), out or Path("reports") / name[:120], title)
+        page = build_report(list(run_dirs), out or Path("reports") / name[:120], title,
+                            threshold)
     else:
         raise EvalkitError("report needs run folders (results/<run-id>) or --index results/")
     typer.echo(f"report: {page}")
@@ -57,19 +67,26 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="the candidate run folder")],
     out: Annotated[Path | None, typer.Option(
         help="also write the side-by-side HTML report and combined plots here")] = None,
+    threshold: Annotated[float, typer.Option(
+        help=THRESHOLD_HELP)] = DEFAULT_THRESHOLD,
 ) -> None:
     """Side-by-side scores of two runs: per task, length or subset and metric, the delta
-    and its significance."""
-    from evalkit.report.compare import LEGEND, compare_runs, format_compare
+    and its significance; and each task's effective length in both."""
+    from evalkit.report.compare import LEGEND, compare_effective, compare_runs, format_compare
     from evalkit.report.html import build_report, check_out
 
+    check_threshold(threshold)
     if out is not None:  # checked before the plots go into it
         check_out(out)
-    label_a, label_b, rows = compare_runs(run_a, run_b, out / "plots" if out else None)
+    label_a, label_b, rows = compare_runs(run_a, run_b, out / "plots" if out else None,
+                                          threshold)
     typer.echo(format_compare(label_a, label_b, rows))
+    effective = format_effective_table(compare_effective(rows, threshold), [label_a, label_b])
+    if effective:
+        typer.echo(f"\n{effective}")
     typer.echo(f"\n{LEGEND}")
     if out is not None:
-        page = build_report([run_a, run_b], out, f"{label_a} vs {label_b}")
+        page = build_report([run_a, run_b], out, f"{label_a} vs {label_b}", threshold)
         typer.echo(f"report: {page}")
 
 
@@ -86,6 +103,14 @@ def gate(
     = 0.05,
     metric: Annotated[list[str] | None, typer.Option(
         help="gate only this metric (repeat); default: every metric")] = None,
+    effective_length: Annotated[bool, typer.Option(
+        "--effective-length",
+        help="also fail a task whose effective length fell: the candidate's upper 95% "
+             "bounds drop below --threshold at a length the baseline's scores still "
+             "reach")] = False,
+    threshold: Annotated[float, typer.Option(
+        help=THRESHOLD_HELP + " (with --effective-length)")]
+    = DEFAULT_THRESHOLD,
     junit: Annotated[Path | None, typer.Option(help="write JUnit XML here")] = None,
     markdown: Annotated[Path | None, typer.Option(
         help="write the markdown summary here (it is also appended to "
@@ -109,7 +134,8 @@ def gate(
     from evalkit.stats.gate import gate as run_gate
     from evalkit.stats.gate import markdown as markdown_text
 
-    result = run_gate(baseline, candidate, margin=margin, alpha=alpha, metrics=metric or ())
+    result = run_gate(baseline, candidate, margin=margin, alpha=alpha, metrics=metric or (),
+                      effective_threshold=threshold if effective_length else None)
     typer.echo(format_gate(result))
     md = markdown_text(result)
     outputs = [(junit, junit_xml(result), "w"), (markdown, md, "w")]
@@ -141,7 +167,7 @@ def merge(
 
     run_dir = merge_shards(shards, out)
     summary = read.build_summary(run_dir)
-    typer.echo(format_table(summary.rows))
+    typer.echo(format_table(summary.rows, summary.effective))
     typer.echo(f"\n{summary.n_done}/{summary.n_samples} samples scored, from {len(shards)} "
                f"shards; merged run in {run_dir}")
     if summary.status != "complete":

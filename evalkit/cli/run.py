@@ -30,7 +30,7 @@ from evalkit.tasks.options import (
     QUALITY_HELP,
     apply_file_options,
 )
-from evalkit.types import SummaryRow
+from evalkit.types import EffectiveLength, SummaryRow
 
 
 @app.command(cls=_Command)
@@ -97,6 +97,7 @@ def _run_specs(specs: list[Any], out: Path | None, results: Path, progress: bool
     from evalkit.runner import execute as runner
 
     results_rows: list[SummaryRow] = []
+    effective: list[EffectiveLength] = []
     partial: list[str] = []
     for spec in specs:
         label = spec.label or model_label(spec.model)
@@ -106,7 +107,8 @@ def _run_specs(specs: list[Any], out: Path | None, results: Path, progress: bool
         result = runner.run(spec, out=run_out, results_root=results, progress=progress)
         s = result.summary
         results_rows.extend(s.rows)
-        typer.echo(format_table(s.rows))
+        effective.extend(s.effective)
+        typer.echo(format_table(s.rows, s.effective))
         typer.echo(f"\n{s.n_done}/{s.n_samples} samples scored"
                    + (f", {s.n_errors} with errors (rerun to retry them)" if s.n_errors else "")
                    + f"; results in {result.run_dir}")
@@ -116,7 +118,7 @@ def _run_specs(specs: list[Any], out: Path | None, results: Path, progress: bool
             partial.append(f"{label}: {s.n_samples - s.n_done} of {s.n_samples}")
     if len(specs) > 1:
         typer.echo("\n== all models")
-        typer.echo(format_table(results_rows))
+        typer.echo(format_table(results_rows, effective))
     return partial
 
 

@@ -23,9 +23,10 @@ from evalkit.report.tables import (
     split_rows,
 )
 from evalkit.results import store
-from evalkit.results.read import load_runs
+from evalkit.results.effective import DEFAULT_THRESHOLD, effective_lengths
+from evalkit.results.read import effective_of, load_runs
 from evalkit.stats.gate import Cell, holm, paired_cells, value_cell
-from evalkit.types import MetricKind, SummaryRow
+from evalkit.types import EffectiveLength, MetricKind, SummaryRow
 
 ALPHA = 0.05
 LEGEND = ("delta = B - A; p: two-sided, Holm-adjusted over every tested cell; sig: p < 0.05.\n"
@@ -63,10 +64,11 @@ class CompareRow:
         return "better" if (self.delta > 0) == self.higher_is_better else "worse"
 
 
-def compare_runs(run_a: Path, run_b: Path,
-                 plot_dir: Path | None = None) -> tuple[str, str, list[CompareRow]]:
+def compare_runs(run_a: Path, run_b: Path, plot_dir: Path | None = None,
+                 threshold: float = DEFAULT_THRESHOLD) -> tuple[str, str, list[CompareRow]]:
     """(label A, label B, rows), a row per (task, length, subset, metric); with plot_dir,
-    also the combined plots per task and metric (tasks with a length axis only)."""
+    also the combined plots per task and metric (tasks with a length axis only), each
+    model's effective length at `threshold` marked."""
     runs = load_runs([run_a, run_b])
     out = _compare_rows(paired_cells(runs[0], runs[1], 0.0, "two-sided"))
     rows = runs[0].rows + runs[1].rows
@@ -77,8 +79,18 @@ def compare_runs(run_a: Path, run_b: Path,
                             (0, r.length) if isinstance(r.length, int) else (1, str(r.length)),
                             r.metric))
     if plot_dir is not None:
-        _compare_plots(rows, plot_dir)
+        effective = [e for run in runs for e in effective_of(run.rows, run.records, threshold)]
+        _compare_plots(rows, plot_dir, effective)
     return runs[0].label, runs[1].label, out
+
+
+def compare_effective(rows: list[CompareRow],
+                      threshold: float = DEFAULT_THRESHOLD) -> list[EffectiveLength]:
+    """Each run's effective lengths at `threshold`, read off the compared cells (metrics
+    where lower is better left out)."""
+    higher = {(r.task, r.metric): r.higher_is_better for r in rows}
+    cells = [c for r in rows for c in (r.a, r.b) if c is not None]
+    return effective_lengths(cells, threshold, lambda task, metric: higher[(task, metric)])
 
 
 def _compare_rows(cells: list[Cell]) -> list[CompareRow]:
@@ -105,7 +117,8 @@ def _delta(c: Cell) -> float | None:
     return None
 
 
-def _compare_plots(rows: list[SummaryRow], plot_dir: Path) -> None:
+def _compare_plots(rows: list[SummaryRow], plot_dir: Path,
+                   effective: list[EffectiveLength]) -> None:
     """Both runs' lines in one plot per task and metric (tasks with a length axis only):
     compare_TASK, or compare_TASK_METRIC for a task of several metrics."""
     metrics_of: dict[str, list[str]] = {}
@@ -115,7 +128,8 @@ def _compare_plots(rows: list[SummaryRow], plot_dir: Path) -> None:
     for task, metrics in sorted(metrics_of.items()):
         for metric in metrics:
             name = f"compare_{task}" + ("" if len(metrics) == 1 else f"_{metric}")
-            length_plot(rows, task, metric, plot_dir / store.safe_name(name))
+            length_plot(rows, task, metric, plot_dir / store.safe_name(name),
+                        effective=effective)
 
 
 def format_compare(label_a: str, label_b: str, rows: list[CompareRow]) -> str:

@@ -40,16 +40,20 @@ from evalkit.report.tables import (
     LengthLine,
     ScoreLine,
     counted,
+    effective_shown,
+    fmt_effective,
     length_tables,
     score_lines,
     split_rows,
 )
 from evalkit.results import store
+from evalkit.results.effective import DEFAULT_THRESHOLD, check_threshold
 from evalkit.results.read import (
     MetricInfo,
     Run,
     common_errors,
     declared_metrics,
+    effective_of,
     load_runs,
     loglikelihood_tasks,
     metric_kinds,
@@ -60,7 +64,7 @@ from evalkit.results.read import (
 from evalkit.results.summary import length_order
 from evalkit.tasks import get_task
 from evalkit.tasks.base import TASKS
-from evalkit.types import EvalkitError, Record, SummaryRow
+from evalkit.types import EffectiveLength, EvalkitError, Record, SummaryRow
 
 PROMPT_CHUNK = 50       # prompts per lazily loaded file
 OUTPUT_CHARS = 4000     # model output kept in the browser per sample (the record has it all)
@@ -350,23 +354,27 @@ def prepare_out(out: Path) -> None:
                            "pass another --out") from None
 
 
-def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
-    """Render the report of one or more runs into `out`; returns index.html."""
+def build_report(run_dirs: list[Path], out: Path, title: str | None = None,
+                 threshold: float = DEFAULT_THRESHOLD) -> Path:
+    """Render the report of one or more runs into `out`; returns index.html. `threshold`:
+    the score a task's effective length must stay at or above."""
     if not run_dirs:
         raise EvalkitError("report needs at least one run folder (results/<run-id>)")
+    check_threshold(threshold)
     prepare_out(out)
-    return _render_report(load_runs(run_dirs, join_disjoint=True), out, title)
+    return _render_report(load_runs(run_dirs, join_disjoint=True), out, title, threshold)
 
 
-def _render_report(runs: list[Run], out: Path, title: str | None) -> Path:
+def _render_report(runs: list[Run], out: Path, title: str | None,
+                   threshold: float = DEFAULT_THRESHOLD) -> Path:
     try:
-        return _write_report(runs, out, title)
+        return _write_report(runs, out, title, threshold)
     except OSError as exc:
         raise EvalkitError(f"cannot write the report in {out}: {exc.strerror or exc}: free "
                            "space or pass another --out") from None
 
 
-def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
+def _write_report(runs: list[Run], out: Path, title: str | None, threshold: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     records = [r for run in runs for r in run.records]
     rows = [r for run in runs for r in run.rows]
@@ -374,13 +382,16 @@ def _write_report(runs: list[Run], out: Path, title: str | None) -> Path:
     tasks = sorted({r.sample.task for r in records})
     by_length, score_table = _results(rows)
     rules = _rules(by_length, declared_metrics({*tasks, *(r.task for r in rows)}))
-    plots = _length_plots(rows, by_length, out) + _axis_heatmaps(runs, records, out)
+    effective = [e for run in runs for e in effective_of(run.rows, run.records, threshold)]
+    plots = (_length_plots(rows, by_length, out, effective)
+             + _axis_heatmaps(runs, records, out))
     cached, cached_once = _cached_notes(records)
     n = _write_samples(out, runs)
     _copy_static(out)
     html = _env().get_template("report.html.j2").render(
         title=title or " vs ".join(labels), runs=[_run_meta(r) for r in runs], labels=labels,
         length_tables=by_length, rules=rules, score_table=score_table, plots=plots,
+        effective=_effective_table(effective), threshold=threshold,
         n_samples=n, filters=_filters(labels, tasks, records), cached=cached,
         cached_once=cached_once,
     )
@@ -407,14 +418,26 @@ def _plot(title: str, paths: list[Path]) -> Plot:
     return {"title": title, "png": paths[0].name, "svg": paths[1].name}
 
 
+def _effective_table(effective: list[EffectiveLength]
+                     ) -> list[tuple[str, str, dict[str, tuple[str, str]]]]:
+    """(task, metric, label -> (by the scores, by the lower bounds)) of the tasks measured
+    at two lengths or more, in first-seen order."""
+    cells: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+    for e in effective_shown(effective):
+        cells.setdefault((e.task, e.metric), {})[e.model] = (
+            fmt_effective(e.by_value, e), fmt_effective(e.by_ci_low, e))
+    return [(task, metric, by_label) for (task, metric), by_label in cells.items()]
+
+
 def _length_plots(rows: list[SummaryRow], by_length: list[tuple[str, list[LengthLine]]],
-                  out: Path) -> list[Plot]:
-    """Each metric against length, per task of its table: plots/METRIC_TASK."""
+                  out: Path, effective: list[EffectiveLength]) -> list[Plot]:
+    """Each metric against length, per task of its table, its effective lengths marked:
+    plots/METRIC_TASK."""
     plots = []
     for metric, lines in by_length:
         for task in dict.fromkeys(line.task for line in lines):
             paths = length_plot(rows, task, metric, out / "plots" / store.safe_name(
-                f"{metric}_{task}"))
+                f"{metric}_{task}"), effective=effective)
             if paths:
                 plots.append(_plot(f"{task}: {metric} by input length", paths))
     return plots

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.types import Record, SummaryRow
+from evalkit.report.tables import fmt_effective
+from evalkit.types import EffectiveLength, Record, SummaryRow
 
 
 def _pyplot() -> Any:
@@ -40,21 +41,39 @@ def _metadata(ext: str) -> dict[str, str | None]:
 
 
 def length_plot(rows: Iterable[SummaryRow], task: str, metric: str, base: Path,
-                labels: dict[str, str] | None = None) -> list[Path] | None:
+                labels: dict[str, str] | None = None,
+                effective: Iterable[EffectiveLength] = ()) -> list[Path] | None:
     """A task's metric against input length, one line per model: each point with its 95%
-    interval as an error bar, and as a band where a line joins two or more. None (no file)
-    when the task has no scored cell."""
+    interval as an error bar, and as a band where a line joins two or more. Where
+    `effective` has the task's effective lengths: the threshold as a dotted line, and each
+    model's effective length by its scores as a dashed line of its colour (named in the
+    legend with the one by its lower bounds). None (no file) when the task has no scored
+    cell."""
     by_model = _scored_cells(rows, task, metric)
     xs = sorted({round(_x(r)) for rs in by_model.values() for r in rs})
     if not xs:
         return None
+    marks = {e.model: e for e in effective if (e.task, e.metric) == (task, metric)
+             and e.longest > e.shortest}
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ys: list[float] = []
     for i, (model, rs) in enumerate(sorted(by_model.items())):
         rs.sort(key=_x)
         dodge = _dodge(i, len(by_model))
-        ys += _model_line(ax, [_x(r) * dodge for r in rs], rs, (labels or {}).get(model, model))
+        label = (labels or {}).get(model, model)
+        mark = marks.get(model)
+        if mark is not None:
+            label += (f" (effective {fmt_effective(mark.by_value, mark)}; "
+                      f"by lower bound {fmt_effective(mark.by_ci_low, mark)})")
+        color = _model_line(ax, [_x(r) * dodge for r in rs], rs, label, ys)
+        if mark is not None and mark.by_value is not None:
+            ax.axvline(mark.by_value * dodge, color=color, linestyle="--", linewidth=1,
+                       alpha=0.7)
+    if marks:
+        threshold = next(iter(marks.values())).threshold
+        ax.axhline(threshold, color="grey", linestyle=":", linewidth=1,
+                   label=f"threshold {threshold:g}")
     _length_axes(ax, xs, ys, task, metric)
     return _save(fig, base)
 
@@ -75,14 +94,16 @@ def _dodge(i: int, n_models: int) -> float:
     return float(2 ** (0.04 * (i - (n_models - 1) / 2)))
 
 
-def _model_line(ax: Any, x: list[float], rs: list[SummaryRow], label: str) -> list[float]:
-    """One model's line at `x`, with its 95% intervals; returns every y drawn, for the
-    scale."""
+def _model_line(ax: Any, x: list[float], rs: list[SummaryRow], label: str,
+                ys: list[float]) -> Any:
+    """One model's line at `x`, with its 95% intervals; adds every y drawn to `ys` (for
+    the scale) and returns the line's colour."""
     line, = ax.plot(x, [r.value for r in rs], marker="o", label=label)
     band = [(xi, r.value, r.ci_low, r.ci_high) for xi, r in zip(x, rs, strict=True)
             if not (math.isnan(r.ci_low) or math.isnan(r.ci_high))]
     _intervals(ax, band, line.get_color())
-    return [r.value for r in rs] + [b[2] for b in band] + [b[3] for b in band]
+    ys += [r.value for r in rs] + [b[2] for b in band] + [b[3] for b in band]
+    return line.get_color()
 
 
 def _intervals(ax: Any, band: list[tuple[float, float, float, float]], color: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from evalkit.results.summary import length_order
 from evalkit.tasks.base import has_length_axis
-from evalkit.types import SummaryRow
+from evalkit.types import EffectiveLength, SummaryRow
 
 
 @dataclass(frozen=True)
@@ -185,8 +185,46 @@ def format_score_table(lines: list[ScoreLine], models: list[str]) -> str:
     return "\n".join(text)
 
 
-def format_table(rows: Iterable[SummaryRow]) -> str:
-    """Every metric of every task: by-length tables, then the score table."""
+def fmt_effective(length: int | None, e: EffectiveLength) -> str:
+    """An effective length: "16k"; ">=128k" where every length measured passes (at least
+    the longest); "<4k" where the shortest already falls below."""
+    if length is None:
+        return f"<{fmt_length(e.shortest)}"
+    return (">=" if length == e.longest else "") + fmt_length(length)
+
+
+def _fmt_both(e: EffectiveLength | None) -> str:
+    return "-" if e is None else f"{fmt_effective(e.by_value, e)} / {fmt_effective(e.by_ci_low, e)}"
+
+
+def effective_shown(effective: Iterable[EffectiveLength]) -> list[EffectiveLength]:
+    """Those effective lengths worth a line: of tasks measured at two lengths or more."""
+    return [e for e in effective if e.longest > e.shortest]
+
+
+def format_effective_table(effective: Iterable[EffectiveLength], models: list[str]) -> str:
+    """Per (task, metric), each model's effective length by the point estimates and by the
+    lower 95% bounds ("" where there is none)."""
+    shown = effective_shown(effective)
+    if not shown:
+        return ""
+    cells: dict[tuple[str, str], dict[str, EffectiveLength]] = {}
+    for e in shown:
+        cells.setdefault((e.task, e.metric), {})[e.model] = e
+    header = ["task", "metric", *models]
+    body = [[task, metric, *(_fmt_both(by_model.get(m)) for m in models)]
+            for (task, metric), by_model in cells.items()]
+    out = columns(header, body, "ll" + "r" * len(models))
+    threshold = shown[0].threshold
+    return "\n".join([f"effective length: the longest length up to which the score stays "
+                      f">= {threshold:g} (by the score / by its lower 95% bound)", out[0],
+                      "-" * max(map(len, out)), *out[1:]])
+
+
+def format_table(rows: Iterable[SummaryRow],
+                 effective: Iterable[EffectiveLength] = ()) -> str:
+    """Every metric of every task: by-length tables, the effective lengths, then the score
+    table."""
     rows = list(rows)
     if not rows:
         return "(no results yet)"
@@ -194,6 +232,9 @@ def format_table(rows: Iterable[SummaryRow]) -> str:
     by_length, once = split_rows(rows)
     parts = [format_length_table(metric, lines, models)
              for metric, lines in length_tables(by_length)]
+    effective_text = format_effective_table(effective, models)
+    if effective_text:
+        parts.append(effective_text)
     if once:
         parts.append(format_score_table(score_lines(once), models))
     return "\n\n".join(parts)

@@ -23,9 +23,17 @@ from typing import Any
 import pandas as pd
 
 from evalkit.results import store
+from evalkit.results.effective import DEFAULT_THRESHOLD, run_effective_lengths
 from evalkit.results.summary import aggregate, length_key
 from evalkit.stats.intervals import wilson
-from evalkit.types import EvalkitError, MetricKind, Record, RunSummary, SummaryRow
+from evalkit.types import (
+    EffectiveLength,
+    EvalkitError,
+    MetricKind,
+    Record,
+    RunSummary,
+    SummaryRow,
+)
 
 # a summary cell: (task, length, subset, metric)
 CellKey = tuple[str, int | str, str, str]
@@ -126,13 +134,22 @@ def summary_of(run_dir: Path, info: Mapping[str, Any], records: Sequence[Record]
     runner writes it as summary.json; readers compute it in memory."""
     n_ok = sum(1 for r in records if r.ok)
     n_planned = int(info.get("n_samples", len(records)))
+    rows = summary_rows(records)
     return RunSummary(
         run_id=str(info.get("run_id", Path(run_dir).name)),
         status="complete" if n_ok >= n_planned else "partial",
-        rows=tuple(summary_rows(records)),
+        rows=tuple(rows),
         n_samples=n_planned, n_done=n_ok,
         n_errors=len(records) - n_ok,
+        effective=tuple(effective_of(rows, records)),
     )
+
+
+def effective_of(rows: Sequence[SummaryRow], records: Iterable[Record] = (),
+                 threshold: float = DEFAULT_THRESHOLD) -> list[EffectiveLength]:
+    """The effective lengths of a run's rows at `threshold` (evalkit.results.effective),
+    metrics where lower is better left out."""
+    return run_effective_lengths(rows, row_info(rows, records), threshold)
 
 
 def summary_rows(records: Sequence[Record]) -> list[SummaryRow]:

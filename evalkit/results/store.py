@@ -621,7 +621,9 @@ def read_summary(run_dir: Path) -> RunSummary | None:
     if problem:
         raise EvalkitError(f"{path}: {problem}: {_SUMMARY_FIX}")
     rows = tuple(SummaryRow(**schema.known(r, SummaryRow)) for r in d["rows"])
-    return RunSummary(**{**schema.known(d, RunSummary), "rows": rows})
+    # the effective lengths are derived from the rows: the read side computes them again
+    # (at any threshold), so that what is saved is never read as the truth
+    return RunSummary(**{**schema.known(d, RunSummary), "rows": rows, "effective": ()})
 
 
 def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> Record:

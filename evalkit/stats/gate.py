@@ -29,7 +29,10 @@ sensitivity needs.
 
 The gate fails (exit 1) on a significant drop, on a baseline cell the candidate lacks,
 on a candidate cell with errored samples, and on a candidate run that is not complete; it
-passes (exit 0) otherwise. Nothing here writes into a run.
+passes (exit 0) otherwise. Asked to (`effective_threshold`), it also fails a task whose
+effective length fell: the candidate's upper 95% bounds fall below the threshold at a
+length where the baseline's scores still stayed at or above it (EffectiveVerdict).
+Nothing here writes into a run.
 """
 
 from __future__ import annotations
@@ -46,19 +49,21 @@ from typing import Literal
 import pandas as pd
 from scipy import stats
 
-from evalkit.report.tables import counted, fmt_length
+from evalkit.report.tables import counted, fmt_effective, fmt_length
+from evalkit.results.effective import check_threshold
 from evalkit.results.read import (
     CellKey,
     MetricInfo,
     Run,
     by_cell,
+    effective_of,
     join_frames,
     read_run,
     records_frame,
     row_info,
 )
 from evalkit.stats.intervals import interval_se
-from evalkit.types import EvalkitError, MetricKind, SummaryRow
+from evalkit.types import EffectiveLength, EvalkitError, MetricKind, SummaryRow
 
 Alternative = Literal["worse", "two-sided"]
 Status = Literal["pass", "fail", "missing", "errors", "untested", "new"]
@@ -315,6 +320,20 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class EffectiveVerdict:
+    """A task's effective length in both runs (the opt-in check of `gate`): it fails when
+    even the candidate's upper 95% bounds do not reach the length the baseline's scores
+    reached (a fall beyond the candidate's own interval)."""
+
+    task: str
+    metric: str
+    baseline: EffectiveLength
+    candidate: EffectiveLength | None
+    failed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class GateResult:
     baseline: str
     candidate: str
@@ -323,6 +342,7 @@ class GateResult:
     verdicts: list[Verdict]
     problems: list[str] = field(default_factory=list)  # run-level reasons to fail
     n_tested: int = 0  # the cells Holm's correction ran over
+    effective: list[EffectiveVerdict] = field(default_factory=list)  # when asked for
 
     @property
     def failed(self) -> list[Verdict]:
@@ -330,7 +350,8 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        return not self.failed and not self.problems
+        return (not self.failed and not self.problems
+                and not any(e.failed for e in self.effective))
 
     @property
     def exit_code(self) -> int:
@@ -347,10 +368,14 @@ def _check(margin: float, alpha: float) -> None:
 
 
 def gate(baseline: Path, candidate: Path, margin: float = 0.0, alpha: float = 0.05,
-         metrics: Sequence[str] = ()) -> GateResult:
+         metrics: Sequence[str] = (), effective_threshold: float | None = None
+         ) -> GateResult:
     """Gate `candidate` against `baseline` (run folders, or summary.json files): the verdict
-    per cell, Holm-corrected over every tested cell. Reads only."""
+    per cell, Holm-corrected over every tested cell. With `effective_threshold`, also each
+    task's effective length at that threshold (EffectiveVerdict). Reads only."""
     _check(margin, alpha)
+    if effective_threshold is not None:
+        check_threshold(effective_threshold)
     base, cand = read_run(baseline), read_run(candidate)
     if not base.rows:
         raise EvalkitError(f"the baseline {baseline} has no results: pass a finished run "
@@ -359,8 +384,39 @@ def gate(baseline: Path, candidate: Path, margin: float = 0.0, alpha: float = 0.
     cells = [c for c in paired_cells(base, cand, margin, "worse")
              if not metrics or c.key[3] in metrics]
     verdicts, n_tested = _corrected([_verdict(c) for c in cells], margin, alpha)
+    effective = ([] if effective_threshold is None
+                 else [e for e in effective_verdicts(base, cand, effective_threshold)
+                       if not metrics or e.metric in metrics])
     return GateResult(str(baseline), str(candidate), margin, alpha, verdicts,
-                      _run_problems(cand), n_tested)
+                      _run_problems(cand), n_tested, effective)
+
+
+def _reach(length: int | None) -> int:
+    return -1 if length is None else length  # None: below the shortest length measured
+
+
+def effective_verdicts(base: Run, cand: Run, threshold: float) -> list[EffectiveVerdict]:
+    """Per task and metric of the baseline measured at two lengths or more: whether the
+    candidate's effective length fell beyond its interval (its upper 95% bounds short of
+    the baseline's effective length by its scores)."""
+    mine = {(e.task, e.metric): e for e in effective_of(cand.rows, cand.records, threshold)}
+    out = []
+    for b in effective_of(base.rows, base.records, threshold):
+        if b.longest == b.shortest:
+            continue
+        c = mine.get((b.task, b.metric))
+        if c is None:
+            out.append(EffectiveVerdict(b.task, b.metric, b, None, True,
+                                        "the candidate has no lengths of this task"))
+        elif _reach(c.by_ci_high) < _reach(b.by_value):
+            out.append(EffectiveVerdict(
+                b.task, b.metric, b, c, True,
+                f"fell: the baseline stays >= {threshold:g} up to "
+                f"{fmt_effective(b.by_value, b)}, the candidate not even by its upper 95% "
+                f"bounds (up to {fmt_effective(c.by_ci_high, c)})"))
+        else:
+            out.append(EffectiveVerdict(b.task, b.metric, b, c, False, ""))
+    return out
 
 
 def _check_metrics(metrics: Sequence[str], rows: Sequence[SummaryRow]) -> None:
@@ -468,6 +524,9 @@ def headline(result: GateResult) -> str:
     counts = {s: sum(1 for v in result.verdicts if v.status == s)
               for s in ("pass", "fail", "missing", "errors", "untested", "new")}
     said = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if result.effective:
+        fell = sum(1 for e in result.effective if e.failed)
+        said += f"; effective length: {fell} of {len(result.effective)} fell"
     word = "PASS" if result.passed else "FAIL"
     margin = f"margin {result.margin:g}, " if result.margin else ""
     return (f"gate {word}: {said} ({margin}one-sided alpha {result.alpha:g}, Holm over "
@@ -484,8 +543,21 @@ def format_gate(result: GateResult) -> str:
                      + "  " + r[-1])
         if j == 0:
             lines.append("-" * len(lines[0]))
-    lines += ["", *[f"FAIL: {p}" for p in result.problems], headline(result)]
+    lines += ["", *effective_lines(result), *[f"FAIL: {p}" for p in result.problems],
+              headline(result)]
     return "\n".join(lines)
+
+
+def effective_lines(result: GateResult) -> list[str]:
+    """A line per effective length checked (none when the check was not asked for)."""
+    out = []
+    for e in result.effective:
+        base = fmt_effective(e.baseline.by_value, e.baseline)
+        cand = "-" if e.candidate is None else fmt_effective(e.candidate.by_value, e.candidate)
+        word = "FAIL" if e.failed else "pass"
+        out.append(f"effective length {e.task} {e.metric}: {base} -> {cand}: {word}"
+                   + (f": {e.reason}" if e.reason else ""))
+    return out + ([""] if out else [])
 
 
 _MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~&")
@@ -504,7 +576,8 @@ def markdown(result: GateResult) -> str:
            f"Baseline {_md(result.baseline)}, candidate {_md(result.candidate)}.", "",
            _md(headline(result)), ""]
     out += [f"- **FAIL**: {_md(p)}" for p in result.problems]
-    if result.problems:
+    out += [f"- {_md(line)}" for line in effective_lines(result) if line]
+    if result.problems or result.effective:
         out.append("")
     out.append("| " + " | ".join(COLUMNS) + " |")
     out.append("|" + "---|" * len(COLUMNS))
@@ -537,11 +610,17 @@ def junit_xml(result: GateResult) -> str:
             ET.SubElement(case, "skipped", message=_xml(row[-1]))
         else:
             ET.SubElement(case, "system-out").text = detail
+    for e in result.effective:
+        case = ET.SubElement(suite, "testcase", classname=_xml(f"evalkit.gate.{e.task}"),
+                             name=_xml(f"{e.task} effective length {e.metric}"))
+        if e.failed:
+            failures += 1
+            ET.SubElement(case, "failure", message=_xml(e.reason), type="effective")
     for problem in result.problems:
         failures += 1
         case = ET.SubElement(suite, "testcase", classname="evalkit.gate", name="candidate run")
         ET.SubElement(case, "failure", message=_xml(problem), type="run")
-    suite.set("tests", str(len(result.verdicts) + len(result.problems)))
+    suite.set("tests", str(len(result.verdicts) + len(result.effective) + len(result.problems)))
     suite.set("failures", str(failures))
     suite.set("skipped", str(skipped))
     suite.set("errors", "0")
