@@ -158,11 +158,15 @@ class Sample:
 
     @property
     def cell(self) -> int | str:
-        """The length cell: the target length asked for, else the case's named bin
-        (a natural-length case's length bucket, the shots of a task scored whole), else "all"."""
+        """The length cell: the target length asked for, else the case's bin (a
+        natural-length case's length bucket: a name, or the upper edge in tokens of a bin
+        of lengths; the shots of a task scored whole), else "all"."""
         if self.target_tokens is not None:
             return self.target_tokens
-        return str(self.meta.get("bin", "all"))
+        named = self.meta.get("bin", "all")
+        if isinstance(named, int) and not isinstance(named, bool):
+            return named  # a bin of lengths in tokens, named by its upper edge
+        return str(named)
 
     @property
     def subsets(self) -> tuple[str, ...]:

@@ -23,7 +23,8 @@ TASKS_PACKAGE = PACKAGE / "tasks"
 # names that say a task (or its benchmark) wherever they stand, any case, in code, strings
 # and comments alike
 DISTINCT = ("passkey", "longqa", "mmlu", "hellaswag", "truthfulqa", "arc_challenge",
-            "arc_easy", "niah", "ruler", "longeval", "leaderboard", "babilong", "longbench")
+            "arc_easy", "niah", "ruler", "longeval", "leaderboard", "babilong", "longbench",
+            "mrcr")
 
 
 def _outside_tasks() -> list[Path]:

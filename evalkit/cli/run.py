@@ -26,6 +26,7 @@ from evalkit.tasks import TASKS, get_task, task_names
 from evalkit.tasks.options import (
     CASES_HELP,
     CORPUS_HELP,
+    DATA_HELP,
     LIMIT_HELP,
     QUALITY_HELP,
     apply_file_options,
@@ -54,6 +55,7 @@ def run(
     corpus: Annotated[Path | None, typer.Option(help=CORPUS_HELP)] = None,
     cases: Annotated[list[Path] | None, typer.Option(help=CASES_HELP)] = None,
     quality: Annotated[Path | None, typer.Option(help=QUALITY_HELP)] = None,
+    data_files: Annotated[list[str] | None, typer.Option("--data", help=DATA_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default: results/<run-id>)")]
     = None,
     results: Annotated[Path, typer.Option(help="where new runs go")] = Path("results"),
@@ -78,7 +80,7 @@ def run(
                    cache=False if no_cache else None, limit=limit,
                    shard=parse_shard(shard) if shard else None)
     apply_file_options(ov.task_params, ov.tasks, ov.extra_tasks, task or [], bool(config),
-                       corpus=corpus, quality=quality, cases=cases or [])
+                       corpus=corpus, quality=quality, cases=cases or [], data=data_files or [])
     specs = build_specs(data, ov, source=str(config) if config else "command line")
     if dry_run:
         for spec in specs:
@@ -165,7 +167,8 @@ def _dry_run_samples(spec: Any, label: str) -> Any:
         spec.tokenizer)
     window = be.context_window() if be is not None else None
     runner.check_lengths(spec, window, label)
-    planned = runner.plan_samples(spec, be, counter)
+    skipped: dict[str, str] = {}
+    planned = runner.plan_samples(spec, be, counter, skipped=skipped)
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for smp in planned:
         groups[(smp.task, str(smp.cell), smp.template)].append(smp.input_tokens)
@@ -178,6 +181,8 @@ def _dry_run_samples(spec: Any, label: str) -> Any:
     for (t, length, tmpl), toks in groups.items():
         typer.echo(f"{t:<8} {length:>12} {tmpl:<17} {len(toks):>4} {min(toks):>7} "
                    f"{statistics.fmean(toks):>9.1f} {max(toks):>7}")
+    for sample_id, why in skipped.items():
+        typer.echo(f"skipped {sample_id}: {why}")
     return counter
 
 

@@ -51,6 +51,8 @@ class RunInfo:
     argv: tuple[str, ...] | None = None
     shard: Mapping[str, Any] | None = None
     merged_from: tuple[str, ...] | None = None
+    # samples a task left out (Plan.skip: over the window, never truncated): id -> why
+    skipped: Mapping[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON of run.json: fields left unset (None) are not written."""
@@ -119,7 +121,7 @@ ALWAYS_WRITTEN = {
 # leaves a None out): a null in the file is damage. git_sha alone is written null (no git).
 NEVER_NULL = {
     "RunInfo": {"spec_redacted_sha256", "created", "model_label", "backend", "tokenizer",
-                "templates", "cells", "sample_ids_sha256", "versions", "argv"},
+                "templates", "cells", "sample_ids_sha256", "versions", "argv", "skipped"},
 }
 # Fields written beside a class's own: a record line carries the file's schema_version.
 ENVELOPE = {"Record": ("schema_version", int)}

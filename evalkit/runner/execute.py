@@ -101,11 +101,13 @@ def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
 
 
 def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
-                 progress: bool = False, selection: Selection | None = None
-                 ) -> Iterator[Sample]:
+                 progress: bool = False, selection: Selection | None = None,
+                 skipped: dict[str, str] | None = None) -> Iterator[Sample]:
     """Every sample of the run (or of its shard: `selection`), in a stable order, measured
-    with `counter`, one at a time. `backend` is only read for the model's chat template
-    (None: every template is a fixed one)."""
+    with `counter`, one at a time. `backend` is read for the model's chat template and its
+    window (None: every template is a fixed one, the window unknown). `skipped` takes the
+    samples a task leaves out (Plan.skip), by id, with why."""
+    window = backend.context_window() if backend is not None else None
     seen: set[str] = set()
     for task in sample_tasks(spec):
         tdef = get_task(task.name)
@@ -119,7 +121,8 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
 
         plan = Plan(task=task.name, lengths=task.lengths, samples=task.samples, seed=spec.seed,
                     template=template.name, max_new_tokens=task.max_new_tokens, measure=measure,
-                    count=count, select=selection)
+                    count=count, select=selection, window=window,
+                    on_skip=None if skipped is None else skipped.__setitem__)
         params = make_params(tdef, task.params)
         for sample in _progress(tdef.generate(params, plan), progress,
                                 f"planning {task.name}", _expected_count(task, params)):
@@ -132,10 +135,12 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
 
 
 def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
-                 progress: bool = False) -> list[Sample]:
+                 progress: bool = False, skipped: dict[str, str] | None = None
+                 ) -> list[Sample]:
     """Every sample of the run (of its shard, for a shard), in a list (a dry run, tests);
-    runs stream them."""
-    return list(iter_samples(spec, backend, counter, progress, Selection(spec.shard)))
+    runs stream them. `skipped` takes those a task leaves out, with why."""
+    return list(iter_samples(spec, backend, counter, progress, Selection(spec.shard),
+                             skipped))
 
 
 def sample_tasks(spec: RunSpec) -> list[TaskSpec]:
@@ -257,14 +262,15 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
                        else get_counter(spec.tokenizer))
             with Spool(run_dir) as spool:
                 selection = Selection(spec.shard)
+                skipped: dict[str, str] = {}
                 samples = _plan_checked(spec, backend, counter, label, progress, selection,
-                                        spool)
+                                        spool, skipped)
                 scored_once = plan_whole(spec, counter)  # planned whole: one shard's
                 whole_ids = [*selection.seen, *(i for ids in scored_once.values() for i in ids)]
                 planned = {name: ids for name, ids in scored_once.items()
                            if selection.takes(name)}
                 return _run_locked(spec, model, counter, label, samples, planned, whole_ids,
-                                   spool, run_dir, progress, log, started)
+                                   spool, run_dir, progress, log, started, skipped)
     except BaseException:
         if fresh:
             store.discard_if_unused(run_dir)
@@ -277,13 +283,14 @@ def task_kind(task: TaskSpec) -> RequestKind:
 
 
 def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
-                  progress: bool, selection: Selection, spool: Spool) -> list[Planned]:
+                  progress: bool, selection: Selection, spool: Spool,
+                  skipped: dict[str, str]) -> list[Planned]:
     window = backend.context_window()
     check_lengths(spec, window, label)
     planned: list[Planned] = []
     too_long = 0
     example = ""
-    for s in iter_samples(spec, backend, counter, progress, selection):
+    for s in iter_samples(spec, backend, counter, progress, selection, skipped):
         if window and s.input_tokens + s.max_new_tokens > window:
             too_long += 1
             example = example or f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens"
@@ -316,12 +323,17 @@ def _up_to_date(run_dir: Path) -> bool:
 def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
                 samples: list[Planned], planned: Mapping[str, Mapping[str, int | str]],
                 whole_ids: Sequence[str], spool: Spool, run_dir: Path, progress: bool,
-                log: Log, started: float) -> RunResult:
+                log: Log, started: float, skipped: Mapping[str, str]) -> RunResult:
     store.remove_stale_temporaries(run_dir)
     ids = [s.id for s in samples] + [i for task_ids in planned.values() for i in task_ids]
     if not (run_dir / store.RUN_JSON).is_file():
         store.write_run(run_dir, run_info(spec, run_dir, label, model.backend, counter, ids,
-                                          planned_cells(samples, planned), whole_ids))
+                                          planned_cells(samples, planned), whole_ids,
+                                          skipped))
+    if skipped:
+        first, why = next(iter(skipped.items()))
+        log(f"{counted(len(skipped), 'sample')} skipped, not truncated (listed in run.json), "
+            f"e.g. {first}: {why}")
     store.repair_tail(run_dir)
     done = {r.sample.id for r in store.read_records(run_dir, prompts=False) if r.ok}
     todo = sorted((s for s in samples if s.id not in done), key=lambda s: s.order)
@@ -353,7 +365,7 @@ def _execute_whole(task: TaskSpec, spec: RunSpec, model: Model, counter: TokenCo
 
 def run_info(spec: RunSpec, run_dir: Path, label: str, backend: Backend, counter: TokenCounter,
              ids: Sequence[str], cells: Mapping[str, Mapping[str, int]],
-             whole_ids: Sequence[str]) -> RunInfo:
+             whole_ids: Sequence[str], skipped: Mapping[str, str] | None = None) -> RunInfo:
     """run.json of a run starting: its spec, where its answers come from, what it plans
     (a shard: also which run it is a slice of)."""
     shard = None if spec.shard is None else {
@@ -367,7 +379,8 @@ def run_info(spec: RunSpec, run_dir: Path, label: str, backend: Backend, counter
         backend=dict(backend.describe()), tokenizer=counter.name,
         templates={t.name: resolve_template(t, backend).name for t in spec.tasks},
         n_samples=len(ids), cells=cells, sample_ids_sha256=_ids_hash(ids),
-        git_sha=_git_sha(), versions=_versions(), argv=tuple(sys.argv[1:]), shard=shard)
+        git_sha=_git_sha(), versions=_versions(), argv=tuple(sys.argv[1:]), shard=shard,
+        skipped=dict(skipped) if skipped else None)
 
 
 def planned_cells(samples: Sequence[Planned],

@@ -48,11 +48,25 @@ class Plan:
     measure: Measure
     count: Measure | None = None
     select: Callable[[str, str | None], bool] | None = None  # (sample id, haystack) -> make it?
+    window: int | None = None  # the model's context window in tokens, where known
+    on_skip: Callable[[str, str], None] | None = None  # (sample id, why): see skip
 
     def wants(self, sample_id: str, haystack: str | None = None) -> bool:
         """Whether this run makes the sample (a shard makes a slice): asked before a sample
         is fitted, with the haystack its questions share, if any."""
         return self.select is None or self.select(sample_id, haystack)
+
+    def fits(self, input_tokens: int) -> bool:
+        """Whether a prompt of `input_tokens` and the answer budget fit the model's window
+        (True where the window is not known)."""
+        return self.window is None or input_tokens + self.max_new_tokens <= self.window
+
+    def skip(self, sample_id: str, why: str) -> None:
+        """Leave a sample out of the run, saying why: a case read as published that does
+        not fit the window is skipped, counted and listed in run.json (`skipped`), never
+        truncated. Said before `wants`, so that every shard skips the same samples."""
+        if self.on_skip is not None:
+            self.on_skip(sample_id, why)
 
     @functools.cached_property
     def fitter(self) -> Fitter:
@@ -193,6 +207,7 @@ TASKS: Registry[TaskDef] = Registry("task", "evalkit.tasks", {
     "vt": "evalkit.tasks.ruler.vt:VT",
     "qa_1": "evalkit.tasks.ruler.qa:QA_1",
     "qa_2": "evalkit.tasks.ruler.qa:QA_2",
+    "mrcr": "evalkit.tasks.mrcr:TASK",
 }, _task_def, families={"lm_eval:": (
     "evalkit.tasks.lm_eval.catalogue:make_task",
     "any task or group of lm-eval's catalogue by its name (`lm_eval ls tasks` lists them): "

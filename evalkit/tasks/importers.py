@@ -6,6 +6,9 @@
 - LongEval topic corpus rows: {topic_id, topic, conversation}
 - QuALITY rows: {article_id, set_unique_id, title, article, questions: [{question, options,
   gold_label (1-indexed), difficult, question_unique_id?}]}
+- OpenAI MRCR rows (parquet, or JSONL of the same columns): {prompt (a JSON string of
+  [{role, content}] messages), answer, random_string_to_prepend, n_needles,
+  desired_msg_index?, total_messages?, n_chars?, date_added?}
 The prompts of published rows are used as they are; only the template is applied.
 
 Every file is untrusted input and is checked whole, field by field, before a sample is
@@ -27,7 +30,7 @@ from typing import Any
 
 from evalkit.tasks.base import Plan
 from evalkit.tasks.parsers import normalize
-from evalkit.types import EvalkitError, Sample
+from evalkit.types import ROLES, EvalkitError, Message, Sample
 
 LINES, TOPICS, CORPUS, QUALITY = ("LongEval lines", "LongEval topics", "topic corpus", "QuALITY")
 # the fields that tell one kind of row from another, and the option that takes that kind
@@ -470,3 +473,111 @@ def _quality_question(row: Row, qi: int, q: Any, set_id: str | int | None) -> Qu
     else:
         key = f"{set_id if set_id is not None else f'line{row.line}'}-{qi}"
     return QualityQuestion(key, question, options, gold, difficult)
+
+
+# ---- OpenAI MRCR -------------------------------------------------------------------------
+
+MRCR = "MRCR"
+MRCR_FIELDS = ("prompt", "answer", "random_string_to_prepend", "n_needles")
+
+
+@dataclass(frozen=True)
+class MrcrCase:
+    """One checked row of OpenAI's MRCR: the conversation (`prompt`, parsed), the answer
+    (which starts with the random string), the string, and the row's own counts."""
+
+    source: str  # the file's name
+    row: int     # its place in the file, from 0
+    messages: tuple[Message, ...]
+    answer: str
+    random_string: str
+    n_needles: int
+    desired_msg_index: int | None
+    total_messages: int | None
+    n_chars: int | None
+
+
+def mrcr_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The MRCR files given: files, or folders whose *.parquet and *.jsonl files are read
+    (in name order: OpenAI's 2needle, 4needle, 8needle)."""
+    out: list[Path] = []
+    for given in paths:
+        p = Path(given).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix in (".parquet", ".jsonl"))
+            if not found:
+                raise EvalkitError(f"{p}: no .parquet or .jsonl file in this folder: pass the "
+                                   "folder of MRCR's files (2needle.parquet, ...) or the files")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise EvalkitError(f"MRCR data not found: {p}: pass MRCR's files (openai/mrcr: "
+                               "2needle.parquet, 4needle.parquet, 8needle.parquet) or their "
+                               "folder")
+    return out
+
+
+def _parquet_rows(p: Path) -> list[Row]:
+    """The rows of a parquet file, as JSON-like objects (needs pyarrow)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise EvalkitError(f"{p}: reading parquet needs pyarrow: pip install pyarrow, or pass "
+                           "the rows as JSONL") from None
+    try:
+        table = pq.read_table(p)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise EvalkitError(f"{p}: not a readable parquet file ({str(exc)[:120]})") from None
+    return [Row(p, i + 1, d, MRCR) for i, d in enumerate(table.to_pylist())]
+
+
+def _mrcr_messages(row: Row) -> tuple[Message, ...]:
+    """The row's `prompt`: a JSON string of [{role, content}, ...]."""
+    text = _text(row, "prompt", _need(row, row.data, "prompt"), "a JSON list of messages")
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):
+        raise row.error("prompt", "is not JSON: MRCR's prompt is a JSON string of "
+                                  "[{\"role\": ..., \"content\": ...}] messages") from None
+    if not isinstance(raw, list) or not raw:
+        raise row.error("prompt", "must be a JSON list of messages, got "
+                                  f"{_json_kind(raw)}")
+    out = []
+    for i, m in enumerate(raw):
+        if not (isinstance(m, dict) and m.get("role") in ROLES
+                and isinstance(m.get("content"), str)):
+            raise row.error("prompt", f"message {i} is not {{\"role\": user, assistant or "
+                                      f"system, \"content\": text}}: {_brief(m)}")
+        out.append(Message(m["role"], m["content"]))
+    if out[-1].role != "user":
+        raise row.error("prompt", "must end with the user's request (its last message is "
+                                  f"the {out[-1].role}'s)")
+    return tuple(out)
+
+
+def load_mrcr(paths: Iterable[str | Path]) -> list[MrcrCase]:
+    """Every row of MRCR's files (parquet, or JSONL of the same columns), checked whole:
+    a bad row is one line naming the file, the row and the field."""
+    cases = []
+    for p in mrcr_files(paths):
+        rows = _parquet_rows(p) if p.suffix == ".parquet" else read_rows(p, MRCR)
+        for i, row in enumerate(rows):
+            d = row.data
+            if not isinstance(d.get("prompt"), str) and all(k not in d for k in MRCR_FIELDS[1:]):
+                raise EvalkitError(f"{p}: not MRCR rows (no {', '.join(MRCR_FIELDS)}): pass "
+                                   "openai/mrcr's files")
+            random_string = _text(row, "random_string_to_prepend",
+                                  _need(row, d, "random_string_to_prepend"))
+            answer = _need(row, d, "answer")
+            if not isinstance(answer, str) or not answer.startswith(random_string):
+                raise row.error("answer", "must be text that starts with "
+                                          "random_string_to_prepend, got " + _brief(answer))
+            optional = {k: None if _optional(d, k) is None else _whole(row, k, d[k], 0)
+                        for k in ("desired_msg_index", "total_messages", "n_chars")}
+            cases.append(MrcrCase(
+                source=p.name, row=i, messages=_mrcr_messages(row), answer=answer,
+                random_string=random_string,
+                n_needles=_whole(row, "n_needles", _need(row, d, "n_needles"), 1),
+                **optional))
+    return cases

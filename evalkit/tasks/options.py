@@ -4,6 +4,8 @@ the tasks package knows what they are for.
     --corpus FILE   topics: a LongEval-style corpus (conversations.jsonl)
     --quality FILE  longqa: a QuALITY JSONL file
     --cases FILE    LongEval's published lines or topics cases (the file says which)
+    --data T=PATH   the `data` parameter of task T: mrcr's files or folder, qa_1's SQuAD
+                    file, qa_2's HotpotQA file (repeat; repeated for one task, a list)
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from evalkit.types import EvalkitError
 CORPUS_HELP = "topics: a LongEval-style corpus (conversations.jsonl)"
 QUALITY_HELP = "longqa: QuALITY JSONL file"
 CASES_HELP = "LongEval published lines/topics test-case file (repeat)"
+DATA_HELP = ("a task's data files, TASK=PATH (repeat): mrcr=FOLDER (OpenAI MRCR's parquet or "
+             "JSONL files), qa_1=SQuAD.json, qa_2=HotpotQA.json")
 LIMIT_HELP = ("tasks scored whole (the leaderboard suite, lm_eval:NAME): the first N documents "
               "of each (of each MMLU subject, of each length cell)")
 
@@ -25,7 +29,7 @@ LIMIT_HELP = ("tasks scored whole (the leaderboard suite, lm_eval:NAME): the fir
 def apply_file_options(task_params: dict[str, dict[str, Any]], tasks: list[str],
                        extra_tasks: list[str], asked: Sequence[str], from_config: bool, *,
                        corpus: Path | None, quality: Path | None,
-                       cases: Sequence[Path]) -> None:
+                       cases: Sequence[Path], data: Sequence[str] = ()) -> None:
     """Put the files given on the command line into the parameters of their tasks.
     A file for a task that `--task` (`asked`) leaves out is refused, else it would be
     dropped in silence. Case files add their task: to the config's tasks (`extra_tasks`),
@@ -38,6 +42,7 @@ def apply_file_options(task_params: dict[str, dict[str, Any]], tasks: list[str],
             raise EvalkitError(f"{option} {path} is for the {kind} task, but --task asks for "
                                f"{', '.join(asked)} only: add --task {kind}, or drop {option}")
         task_params.setdefault(kind, {})[param] = str(path)
+    _apply_data(task_params, tasks, extra_tasks, asked, from_config, data)
     given: dict[Path, Path] = {}
     for path in cases:
         key = path.expanduser().resolve()
@@ -53,3 +58,24 @@ def apply_file_options(task_params: dict[str, dict[str, Any]], tasks: list[str],
         task_params.setdefault(kind, {}).setdefault("cases", []).append(str(path))
         if not asked:  # without a config, just these cases; with one, added to its tasks
             (extra_tasks if from_config else tasks).append(kind)
+
+
+def _apply_data(task_params: dict[str, dict[str, Any]], tasks: list[str],
+                extra_tasks: list[str], asked: Sequence[str], from_config: bool,
+                data: Sequence[str]) -> None:
+    """--data TASK=PATH: the task's `data` parameter (a list where given more than once);
+    the task is added to the run as a case file's is."""
+    paths: dict[str, list[str]] = {}
+    for item in data:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise EvalkitError(f"--data {item}: write TASK=PATH, e.g. --data mrcr=data/mrcr/")
+        name = name.strip()
+        if asked and name not in asked:
+            raise EvalkitError(f"--data {item} is for the {name} task, but --task asks for "
+                               f"{', '.join(asked)} only: add --task {name}, or drop it")
+        paths.setdefault(name, []).append(path.strip())
+    for name, given in paths.items():
+        task_params.setdefault(name, {})["data"] = given if len(given) > 1 else given[0]
+        if not asked and name not in (extra_tasks if from_config else tasks):
+            (extra_tasks if from_config else tasks).append(name)
