@@ -15,6 +15,7 @@ from clirun import in_proc, one_line_error
 from servers import require
 
 from evalkit.backends import make_backend
+from evalkit.report.html import build_report
 from evalkit.results import store
 from evalkit.runner import execute
 from evalkit.runner.config import build_spec
@@ -210,6 +211,9 @@ def test_rows_over_the_window_are_skipped_and_listed(tmp_path: Path) -> None:
     assert all("over the window (9000)" in why for why in info["skipped"].values())
     assert len(records) == info["n_samples"] == 5 and result.summary.status == "complete"
     assert any("2 samples skipped, not truncated" in line for line in logged)
+    page = build_report([result.run_dir], tmp_path / "report").read_text()
+    assert "2 samples left out, not truncated" in page
+    assert "mrcr/2needle.parquet/4</code>: " in page
 
 
 @pytest.mark.engine

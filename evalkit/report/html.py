@@ -303,7 +303,16 @@ def _run_meta(run: Run) -> dict[str, Any]:
         "created": info.get("created"), "git_sha": (info.get("git_sha") or "")[:12],
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
         "merged_from": ", ".join(merged),
+        "skipped": _skipped(info),
     }
+
+
+def _skipped(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The samples a task left out (run.json's `skipped`: over the window), with why."""
+    skipped = info.get("skipped")
+    if not isinstance(skipped, dict):
+        return []
+    return [(str(k), str(v)) for k, v in skipped.items()]
 
 
 REPORT_MARK = ".evalkit-report"
