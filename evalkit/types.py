@@ -251,7 +251,13 @@ class Response:
 
     `cached`: the Model answered from the response cache (the same request to a backend of
     the same identity) instead of asking the backend. `truncated`: the server sent more
-    than evalkit reads for the request's budget, and `text` is the part that was read."""
+    than evalkit reads for the request's budget, and `text` is the part that was read.
+
+    A thinking model's answer (evalkit.model.reasoning): `text` is the answer alone,
+    `reasoning` what came before it (handed over apart by a server, or split off by the
+    template's markers), `reasoning_tokens` its length in the model's tokens, and
+    `reasoning_exhausted` is True where the reasoning used the whole budget without an
+    answer. All three are left out of the JSON while None."""
 
     text: str = ""
     logprob: float | None = None
@@ -264,6 +270,9 @@ class Response:
     retry_after_s: float | None = None
     cached: bool = False
     truncated: bool = False
+    reasoning: str | None = field(default=None, metadata=_OMIT_NONE)
+    reasoning_tokens: int | None = field(default=None, metadata=_OMIT_NONE)
+    reasoning_exhausted: bool | None = field(default=None, metadata=_OMIT_NONE)
 
 
 @dataclass(frozen=True)

@@ -310,7 +310,9 @@ class OpenAIBackend:
         choice = choices[0] if isinstance(choices, list) and choices else None
         field = "message" if self.endpoint == "chat" else "text"
         text: Any = choice.get(field, ...) if isinstance(choice, dict) else ...
+        reasoning = None
         if self.endpoint == "chat" and isinstance(text, dict):
+            reasoning = _reasoning_of(text)
             text = text.get("content")
         text = "" if text is None else text  # a message with no text (a refusal)
         if not isinstance(text, str):
@@ -322,9 +324,16 @@ class OpenAIBackend:
         text, cut = limit.cut_text(text)  # a server that ignored max_tokens
         usage = data.get("usage")
         usage = usage if isinstance(usage, dict) else {}
+        exhausted = None
+        if reasoning is not None:
+            reasoning, _ = limit.cut_text(reasoning)
+            # the budget ran out before the answer began
+            exhausted = True if (not text.strip() and isinstance(choice, dict)
+                                 and choice.get("finish_reason") == "length") else None
         return Response(text=text, input_tokens=usage.get("prompt_tokens"),
                         output_tokens=usage.get("completion_tokens"), truncated=cut,
-                        latency_s=time.perf_counter() - start)
+                        latency_s=time.perf_counter() - start, reasoning=reasoning,
+                        reasoning_exhausted=exhausted)
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         if requests and self.endpoint == "completions":
@@ -459,3 +468,13 @@ class OpenAIBackend:
                 "server": redact({k: v for k, v in self._deployment().items()
                                   if k != "probe_ids"}),
                 "options": redact(dict(self.options))}  # no password, no key in extra_body
+
+
+def _reasoning_of(message: dict[str, Any]) -> str | None:
+    """The reasoning a server handed over beside a chat message's content: vLLM's and
+    llama.cpp's `reasoning_content`, newer vLLM's `reasoning`; None where there is none."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None

@@ -4,7 +4,8 @@ It runs no model: it counts whitespace tokens and answers every prompt by a rule
 `reply: lookup` (reads a pass key, the asked line's number, or the values of the needles a
 needle-in-a-haystack prompt asks for, back out of the prompt),
 `reply: <any text>` (that text), with an optional `delay_s` per request and
-`fail_every: N` (every N-th request returns a retryable error) to exercise the runner.
+`fail_every: N` (every N-th request returns a retryable error) to exercise the runner, and
+`chat_template: FILE` (a jinja chat template: the model's own, for "chat" and "auto").
 
 `loglikelihood: oracle` scores continuations by the same rule, to test the loglikelihood
 path end to end without an engine: a continuation that is the answer `reply: lookup`
@@ -14,6 +15,7 @@ greedy; any other gets -5 per token and is not.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +23,7 @@ from typing import Any
 
 from evalkit.backends import check_options
 from evalkit.prompts.counters import WhitespaceCounter
+from evalkit.prompts.templates import chat_template_source
 from evalkit.types import (
     Capabilities,
     EvalkitError,
@@ -31,7 +34,7 @@ from evalkit.types import (
 )
 
 OPTIONS: dict[str, type] = {"reply": str, "delay_s": float, "fail_every": int,
-                            "context_window": int, "loglikelihood": str}
+                            "context_window": int, "loglikelihood": str, "chat_template": str}
 _KEY_STATED = re.compile(r"The pass key is (\d+)")
 _ASKED_LINE = re.compile(r"in line (.+?)\? I need the number")
 # a needle prompt ends with its answer prefix, which names the keys asked for
@@ -50,6 +53,11 @@ class ScriptedBackend:
         self.model = model
         self.options = dict(options)
         self._calls = 0
+        fixed, self._chat_template = chat_template_source(options.get("chat_template"))
+        if fixed is not None:
+            raise EvalkitError(f"backend scripted: chat_template {fixed} is a fixed template: "
+                               f"set template: {fixed} instead (chat_template takes a jinja "
+                               "file)")
 
     def capabilities(self) -> Capabilities:
         return Capabilities(generate=True, loglikelihood="loglikelihood" in self.options,
@@ -62,7 +70,7 @@ class ScriptedBackend:
         return int(self.options.get("context_window", 1_000_000))
 
     def chat_template(self) -> str | None:
-        return None
+        return self._chat_template
 
     def special_tokens(self) -> Mapping[str, str]:
         return {}
@@ -124,7 +132,9 @@ class ScriptedBackend:
         return out
 
     def fingerprint(self) -> str:
-        return f"scripted:{self.options.get('reply', 'lookup')}"
+        template = self._chat_template
+        return f"scripted:{self.options.get('reply', 'lookup')}" + (
+            f":{hashlib.sha256(template.encode()).hexdigest()[:16]}" if template else "")
 
     def describe(self) -> Mapping[str, Any]:
         return {"backend": self.name, "model": self.model, "options": self.options}

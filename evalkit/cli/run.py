@@ -116,12 +116,22 @@ def _run_specs(specs: list[Any], out: Path | None, results: Path, progress: bool
                    + f"; results in {result.run_dir}")
         for message, count in _errors(result.run_dir):
             _err(f"error ({counted(count, 'sample')}): {message}")
+        exhausted = _exhausted(result.run_dir)
+        if exhausted:
+            _err(f"{counted(exhausted, 'sample')} used their whole reasoning budget without an "
+                 "answer (scored on an empty answer): raise thinking.budget")
         if s.status != "complete":
             partial.append(f"{label}: {s.n_samples - s.n_done} of {s.n_samples}")
     if len(specs) > 1:
         typer.echo("\n== all models")
         typer.echo(format_table(results_rows, effective))
     return partial
+
+
+def _exhausted(run_dir: Path) -> int:
+    """How many of a run's latest records reasoned to the end of their budget."""
+    return sum(1 for r in store.read_records(run_dir, prompts=False)
+               if r.response.reasoning_exhausted)
 
 
 def _errors(run_dir: Path, most: int = 3) -> list[tuple[str, int]]:

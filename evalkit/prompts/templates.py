@@ -202,7 +202,8 @@ def _whose(model: str | None) -> str:
 
 def make_template(name: str, chat_template: str | None = None,
                   special_tokens: Mapping[str, str] | None = None,
-                  model: str | None = None) -> Template:
+                  model: str | None = None,
+                  options: Mapping[str, Any] | None = None) -> Template:
     """Resolve a template by name. `chat_template` is the model's own (jinja2 source), needed
     for "chat"; `special_tokens` maps bos_token, eos_token (and any other named special token)
     to their texts; `model` names the model in errors.
@@ -213,7 +214,8 @@ def make_template(name: str, chat_template: str | None = None,
     its messages as `messages`. Unlike transformers, bos_token and
     eos_token default to "" so that a model without one still renders. A template that does
     not parse, or that fails while rendering, raises one EvalkitError line naming the model
-    and the fixed templates to use instead."""
+    and the fixed templates to use instead. `options` are the chat template's own switches
+    (Qwen3's enable_thinking), passed to it as apply_chat_template's extra arguments are."""
     if name in FIXED_TEMPLATES:
         compiled = jinja2.Environment(autoescape=False).from_string(FIXED_TEMPLATES[name])
         return Template(name, lambda prompt: compiled.render(prompt=prompt),
@@ -233,6 +235,7 @@ def make_template(name: str, chat_template: str | None = None,
         tokens: dict[str, Any] = {"bos_token": "", "eos_token": ""}
         tokens.update({k: v for k, v in (special_tokens or {}).items()
                        if k not in _CHAT_VARIABLES})
+        tokens.update({k: v for k, v in (options or {}).items() if k not in _CHAT_VARIABLES})
 
         def render_chat(messages: list[dict[str, str]], what: str) -> str:
             try:

@@ -234,6 +234,27 @@ def _cached_notes(records: list[Record]) -> tuple[dict[CacheKey, str],
             {k: note for k, recs in once.items() if (note := _cached_note(recs))})
 
 
+def _reasoning_note(records: list[Record]) -> str | None:
+    """"reasoning: 412 tokens on average, 3 out of budget" where a thinking model's records
+    kept their reasoning, else None."""
+    tokens = [r.response.reasoning_tokens for r in records
+              if r.response.reasoning_tokens is not None]
+    if not tokens:
+        return None
+    out = sum(1 for r in records if r.response.reasoning_exhausted)
+    return (f"reasoning: {sum(tokens) / len(tokens):.0f} tokens on average"
+            + (f", {out} out of budget (no answer)" if out else ""))
+
+
+def _reasoning_notes(records: list[Record]) -> dict[CacheKey, str]:
+    """The reasoning note of each (model, task, length, subset) cell that has one."""
+    cells: dict[CacheKey, list[Record]] = {}
+    for r in records:
+        for subset in ("all", *r.sample.subsets):
+            cells.setdefault((r.model, r.sample.task, r.sample.cell, subset), []).append(r)
+    return {k: note for k, recs in cells.items() if (note := _reasoning_note(recs))}
+
+
 def _results(rows: list[SummaryRow]) -> tuple[list[tuple[str, list[LengthLine]]],
                                               list[ScoreLine]]:
     """(by-length tables per metric, score table lines) of every run's rows."""
@@ -402,7 +423,7 @@ def _write_report(runs: list[Run], out: Path, title: str | None, threshold: floa
         length_tables=by_length, rules=rules, score_table=score_table, plots=plots,
         effective=_effective_table(effective), threshold=threshold,
         n_samples=n, filters=_filters(labels, tasks, records), cached=cached,
-        cached_once=cached_once,
+        cached_once=cached_once, reasoning=_reasoning_notes(records),
     )
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")

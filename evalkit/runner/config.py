@@ -123,6 +123,8 @@ class RunSpec:
     cache: bool = True  # answer from the response cache where it can (evalkit.model)
     limit: int | None = None  # tasks scored whole: the first N documents (TaskDef.limited)
     shard: tuple[int, int] | None = None  # (i, n): this run is slice i of n (evalkit.runner.shards)
+    # a thinking model's settings (evalkit.model.reasoning.Thinking), as the config gives them
+    thinking: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         plain: dict[str, Any] = json.loads(json.dumps(asdict(self)))
@@ -143,6 +145,8 @@ class RunSpec:
             d.pop("limit")  # runs made before --limit existed keep their hash
         if d["shard"] is None:
             d.pop("shard")  # a whole run keeps the hash it had before shards
+        if d["thinking"] is None:
+            d.pop("thinking")  # as a run made before thinking models
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def whole(self) -> RunSpec:
@@ -179,6 +183,7 @@ class _ModelEntry(BaseModel):
     backend_options: dict[str, Any] | None = None
     template: _Name | None = None
     tokenizer: _Name | None = None
+    thinking: dict[str, Any] | None = None
 
 
 class _ConfigFile(BaseModel):
@@ -199,6 +204,7 @@ class _ConfigFile(BaseModel):
     lengths: list[str | int] = list(DEFAULT_LENGTHS)
     tasks: list[str | dict[str, Any]] = list(DEFAULT_TASKS)
     models: list[_ModelEntry] | None = None
+    thinking: dict[str, Any] | None = None  # evalkit.model.reasoning: checked there
 
 
 @dataclass
@@ -539,7 +545,15 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
         tasks=tuple(tasks), retries=cfg.retries, label=entry.label,
         cache=cfg.cache if ov.cache is None else ov.cache,
         limit=_limit(ov.limit, cfg.limit, tasks, source), shard=ov.shard,
+        thinking=_thinking(entry.thinking if entry.thinking is not None else cfg.thinking,
+                           source),
     )
+
+
+def _thinking(raw: dict[str, Any] | None, source: str) -> dict[str, Any] | None:
+    from evalkit.model.reasoning import check_thinking
+
+    return None if raw is None else check_thinking(raw, f"{source}: thinking")
 
 
 def _run_defaults(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides,

@@ -26,6 +26,7 @@ from typing import Any
 from evalkit import interrupts
 from evalkit.model import Model, make_model
 from evalkit.model.files import model_label
+from evalkit.model.reasoning import Thinking, split_reasoning
 from evalkit.prompts.counters import get_counter
 from evalkit.prompts.templates import PromptMeasure, Template, make_template, sent_of, transcript
 from evalkit.report.tables import counted
@@ -66,7 +67,8 @@ def needs_model_template(task: TaskSpec) -> bool:
         task.template == "auto" and get_task(task.name).default_template == "chat")
 
 
-def resolve_template(task: TaskSpec, backend: Backend | None) -> Template:
+def resolve_template(task: TaskSpec, backend: Backend | None,
+                     thinking: Thinking | None = None) -> Template:
     """"auto" is the protocol's choice (TaskDef.default_template): plain completion, or the
     model's chat template, or plain completion when the model has none. `backend` may be
     None where no task needs the model's template (a dry run with a named tokenizer)."""
@@ -82,7 +84,8 @@ def resolve_template(task: TaskSpec, backend: Backend | None) -> Template:
         if name == "chat" and not backend.chat_template():
             name = "raw"
     return make_template(name, backend.chat_template(), dict(backend.special_tokens()),
-                         model=str(getattr(backend, "model", backend.name)))
+                         model=str(getattr(backend, "model", backend.name)),
+                         options=thinking.template_options if thinking else None)
 
 
 def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
@@ -112,7 +115,7 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
     for task in sample_tasks(spec):
         tdef = get_task(task.name)
         assert tdef.generate is not None  # a task planned per sample has one
-        template = resolve_template(task, backend)
+        template = resolve_template(task, backend, Thinking.of(spec.thinking))
 
         measure = PromptMeasure(template, counter)  # user texts and conversations
 
@@ -410,7 +413,9 @@ def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
     answer's arrival and its record: the answers that arrived are recorded, then it stops."""
     if not todo:
         return
-    templates = {t.name: resolve_template(t, model.backend) for t in spec.tasks}
+    thinking = Thinking.of(spec.thinking)
+    templates = {t.name: resolve_template(t, model.backend, thinking) for t in spec.tasks}
+    counter = model.backend.tokenizer() if thinking else None  # counts reasoning tokens
     bar = None
     if progress:
         from tqdm import tqdm
@@ -428,9 +433,11 @@ def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
                     responses: Sequence[Response | None] = model.run(requests)
                 except Interrupted as exc:
                     responses = [exc.answered.get(i) for i in range(len(batch))]
-                    _append(run_dir, model, label, batch, rendered, responses, requests)
+                    _append(run_dir, model, label, batch, rendered, responses, requests,
+                            thinking, counter)
                     raise
-                _append(run_dir, model, label, batch, rendered, responses, requests)
+                _append(run_dir, model, label, batch, rendered, responses, requests, thinking,
+                        counter)
                 if bar is not None:
                     bar.update(len(batch))
                     bar.set_postfix_str(batch[-1].task)
@@ -441,10 +448,14 @@ def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
 
 def _append(run_dir: Path, model: Model, label: str, batch: Sequence[Sample],
             rendered: Sequence[str], responses: Sequence[Response | None],
-            requests: Sequence[Request]) -> None:
-    """Append the records of a batch's answers (None: not answered, not recorded)."""
+            requests: Sequence[Request], thinking: Thinking | None,
+            counter: TokenCounter | None) -> None:
+    """Append the records of a batch's answers (None: not answered, not recorded), a
+    thinking model's reasoning split off each answer."""
     store.append_records(run_dir, [
-        _record(s, p, r, label, model.cache_key(req))
+        _record(s, p, r if thinking is None or counter is None
+                else split_reasoning(r, thinking, p, counter),
+                label, model.cache_key(req))
         for s, p, r, req in zip(batch, rendered, responses, requests, strict=True)
         if r is not None])
 
@@ -457,10 +468,11 @@ def request_for(sample: Sample, rendered: str, spec: RunSpec) -> Request:
         return Request(sample_id=sample.id, kind="loglikelihood", prompt=rendered,
                        messages=sample.messages, answer_prefix=sample.answer_prefix,
                        max_new_tokens=0, continuation=sample.targets[0])
+    thinking = Thinking.of(spec.thinking)
     return Request(sample_id=sample.id, kind="generate", prompt=rendered,
                    messages=sample.messages, answer_prefix=sample.answer_prefix,
-                   max_new_tokens=sample.max_new_tokens, temperature=spec.temperature,
-                   seed=spec.seed)
+                   max_new_tokens=sample.max_new_tokens + (thinking.budget if thinking else 0),
+                   temperature=spec.temperature, seed=spec.seed)
 
 
 def _record(sample: Sample, rendered: str, response: Response, label: str,
