@@ -66,7 +66,9 @@ from evalkit.tasks import get_task
 from evalkit.tasks.base import TASKS
 from evalkit.types import EffectiveLength, EvalkitError, Record, SummaryRow
 
-PROMPT_CHUNK = 50       # prompts per lazily loaded file
+PROMPT_CHUNK = 50       # prompts per lazily loaded file, at most
+PROMPT_FILE_CHARS = 1 << 20  # and about this many characters: a long prompt loads alone
+MARK_CHARS = 20_000     # a mark longer than this is not marked (the prompt shows it whole)
 OUTPUT_CHARS = 4000     # model output kept in the browser per sample (the record has it all)
 
 
@@ -169,6 +171,33 @@ def _prompt_sent(r: Record, server_template: bool) -> tuple[list[str], str]:
     return parts, "server" if server_template else "exact"
 
 
+def _marks(r: Record) -> list[list[str]]:
+    """The needles and question the sample's task marks (TaskDef.marks), for the browser."""
+    from evalkit.tasks.base import known_task
+
+    task = known_task(r.sample.task)
+    if task is None or task.marks is None or not r.sample.prompt:
+        return []
+    try:
+        found = task.marks(r.sample)
+    except (KeyError, TypeError, ValueError):  # a record of an older shape: nothing marked
+        return []
+    return [[kind, text] for kind, text in found if len(text) <= MARK_CHARS]
+
+
+def _prompt_files(sizes: list[int]) -> list[tuple[int, int]]:
+    """(file, place in it) per prompt: files of at most PROMPT_CHUNK prompts and about
+    PROMPT_FILE_CHARS characters, so that opening one long prompt loads few others."""
+    out: list[tuple[int, int]] = []
+    file, count, chars = 0, 0, 0
+    for size in sizes:
+        if count and (count >= PROMPT_CHUNK or chars + size > PROMPT_FILE_CHARS):
+            file, count, chars = file + 1, 0, 0
+        out.append((file, count))
+        count, chars = count + 1, chars + size
+    return out
+
+
 def _write_samples(out: Path, runs: list[Run]) -> int:
     rows: list[dict[str, Any]] = []
     prompts: list[list[str]] = []
@@ -194,17 +223,26 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
                 "depth": s.meta.get("depth"), "p": len(prompts), "metric": metric,
                 "scores": {k: _clean(v) for k, v in r.scores.items()},
                 "sent": sent, "framed": bool(parts[0] or parts[2]), "sha256": r.prompt_sha256,
+                "marks": _marks(r),
+                "reasoning": None if resp.reasoning is None else resp.reasoning[:OUTPUT_CHARS],
+                "reasoning_tokens": resp.reasoning_tokens,
+                "exhausted": bool(resp.reasoning_exhausted),
             })
             prompts.append(parts)
+    places = _prompt_files([sum(map(len, p)) for p in prompts])
+    for row, (file, at) in zip(rows, places, strict=True):
+        row["pf"], row["pi"] = file, at
     (out / "samples.js").write_text(_js_payload("window.EVALKIT_SAMPLES", rows), encoding="utf-8")
     pdir = out / "prompts"
     if pdir.exists():
         shutil.rmtree(pdir)
     pdir.mkdir()
-    for c in range(0, len(prompts), PROMPT_CHUNK):
-        body = _js_payload(f"window.EVALKIT_PROMPTS[{c // PROMPT_CHUNK}]",
-                           prompts[c:c + PROMPT_CHUNK])
-        (pdir / f"{c // PROMPT_CHUNK:04d}.js").write_text(
+    files: dict[int, list[list[str]]] = {}
+    for parts, (file, _) in zip(prompts, places, strict=True):
+        files.setdefault(file, []).append(parts)
+    for file, chunk in files.items():
+        body = _js_payload(f"window.EVALKIT_PROMPTS[{file}]", chunk)
+        (pdir / f"{file:04d}.js").write_text(
             "window.EVALKIT_PROMPTS=window.EVALKIT_PROMPTS||{};" + body, encoding="utf-8")
     return len(rows)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
+import re
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,8 @@ class TaskDef:
       subset); tasks sharing one summarize are summarized together (a suite's average);
     - axes: sample fields (Sample.axis) the report plots against length as heatmaps;
     - details: more lines for `evalkit tasks`;
+    - marks: where a task knows its needles, the texts the report marks in a sample's
+      prompt and can jump to: (kind, text) pairs, kind "needle" or "question" (found_marks);
     - budget_in_length: its lengths count the prompt and the generation budget together
       (RULER's max_seq_length), so a length is fitted with max_new_tokens taken off and
       fits a context window of that length."""
@@ -173,6 +176,7 @@ class TaskDef:
     axes: tuple[str, ...] = ()
     details: tuple[str, ...] = ()
     budget_in_length: bool = False  # a length counts the prompt and max_new_tokens (RULER)
+    marks: Callable[[Sample], Sequence[tuple[str, str]]] | None = None
 
     def __post_init__(self) -> None:
         if self.whole is None and (self.generate is None or self.score is None):
@@ -314,3 +318,25 @@ def read_words(name: str) -> list[str]:
     except FileNotFoundError:
         raise EvalkitError(f"task data file {path} is missing: reinstall evalkit "
                            "(pip install evalkit)") from None
+
+
+def found_marks(sample: Sample, needles: Iterable[str] = (), question: str | None = None,
+                patterns: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """A task's `marks`: the needles (texts, or regular expressions in `patterns` whose
+    matches are the texts) and the question, each kept only where the sample's prompt (its
+    text, or its conversation's messages) holds it, needles first, each text once."""
+    text = sample.prompt if sample.messages is None else "\n".join(
+        m.content for m in sample.messages)
+    found = [n for n in needles if n and n in text]
+    found += [m.group(0) for p in patterns for m in re.finditer(p, text)]
+    out = [("needle", n) for n in dict.fromkeys(found)]
+    if question and question in text:
+        out.append(("question", question))
+    return out
+
+
+def last_match(pattern: str, text: str) -> str | None:
+    """The last match of a regular expression in `text` (a task's question, after any
+    in-context example's), or None."""
+    found = [m.group(0) for m in re.finditer(pattern, text)]
+    return found[-1] if found else None

@@ -8,6 +8,7 @@ pairs (`torpid-kid`) from word lists we wrote; 1..n, UUID and ABC styles are opt
 from __future__ import annotations
 
 import random
+import re
 import string
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from evalkit.tasks.base import (
     Score,
     TaskDef,
     accuracy,
+    found_marks,
     read_words,
     register_task,
     sample_rng,
@@ -170,6 +172,13 @@ LINE_ACCURACY = accuracy("the last integer in the output equals the line's numbe
                          "(LongEval's rule)")
 
 
+def marks(sample: Sample) -> list[tuple[str, str]]:
+    """The asked line and the question, for the report."""
+    idx = str(sample.meta.get("line_index"))
+    return found_marks(sample, question=f"Tell me what is the <REGISTER_CONTENT> in line {idx}?",
+                       patterns=[re.escape(f"line {idx}: ") + r"REGISTER_CONTENT is <\d+>"])
+
+
 def score(sample: Sample, response: Response) -> Score:
     ok, parsed = last_int_match(response.text, sample.targets[0])
     return Score({"accuracy": float(ok)}, parsed)
@@ -181,7 +190,7 @@ TASK = register_task(TaskDef(
     params_type=LinesParams, default_template="chat", max_new_tokens=100,
     generate=generate, score=score,
     fitted=lambda p: not (p.cases or p.num_lines),
-    kind="generate", metrics=(LINE_ACCURACY,),
+    kind="generate", metrics=(LINE_ACCURACY,), marks=marks,
 ))
 
 
@@ -272,5 +281,5 @@ TASK_SHARED = register_task(TaskDef(
                 "prefix cache answers them; intervals clustered by record)",
     params_type=SharedLinesParams, default_template="chat", max_new_tokens=100,
     generate=generate_shared, score=score, fitted=lambda p: True,
-    kind="generate", metrics=(LINE_ACCURACY,),
+    kind="generate", metrics=(LINE_ACCURACY,), marks=marks,
 ))

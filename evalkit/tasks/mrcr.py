@@ -25,7 +25,7 @@ import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from evalkit.tasks.base import Plan, Score, TaskDef, register_task
+from evalkit.tasks.base import Plan, Score, TaskDef, found_marks, register_task
 from evalkit.tasks.importers import MrcrCase, load_mrcr, mrcr_files
 from evalkit.types import EvalkitError, MetricDef, Response, Sample, last_user_text
 
@@ -125,6 +125,12 @@ def generate(params: MrcrParams, plan: Plan) -> Iterator[Sample]:
             yield sample
 
 
+def marks(sample: Sample) -> list[tuple[str, str]]:
+    """The asked message (the answer, its random string removed) and the request."""
+    r = str(sample.meta["random_string_to_prepend"])
+    return found_marks(sample, [sample.targets[0].removeprefix(r)], sample.prompt)
+
+
 def score(sample: Sample, response: Response) -> Score:
     r = str(sample.meta["random_string_to_prepend"])
     text = response.text or ""
@@ -137,7 +143,7 @@ TASK = register_task(TaskDef(
     description="OpenAI's MRCR: reproduce the asked one of several identical requests in a "
                 "long chat, a random string prepended (read from its published files)",
     params_type=MrcrParams, kind="generate", default_template="chat", max_new_tokens=2048,
-    generate=generate, score=score, fitted=lambda params: False,
+    generate=generate, score=score, fitted=lambda params: False, marks=marks,
     options=frozenset({"samples", "template", "max_new_tokens"}),
     fixed="takes MRCR's bins by its `bins` parameter (8k ... 1024k), not lengths: its "
           "conversations are read as published, never fitted",

@@ -19,6 +19,7 @@ from evalkit.tasks.base import (
     Score,
     TaskDef,
     accuracy,
+    found_marks,
     read_words,
     register_task,
     sample_rng,
@@ -112,6 +113,16 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
 KEY_ACCURACY = accuracy("the first integer in the output equals the pass key")
 
 
+def marks(sample: Sample) -> list[tuple[str, str]]:
+    """The needle (the key's sentence) and the question, for the report."""
+    key = sample.meta.get("key")
+    name = sample.meta.get("name")
+    if name is not None:  # several named keys in one haystack: this sample's
+        return found_marks(sample, [SHARED_NEEDLE.format(name=name, k=key)],
+                           SHARED_QUESTION.format(name=name).split("?")[0] + "?")
+    return found_marks(sample, [NEEDLE.format(k=key)], QUESTION.split("?")[0] + "?")
+
+
 def score(sample: Sample, response: Response) -> Score:
     ok, parsed = first_int_match(response.text, sample.targets[0])
     return Score({"accuracy": float(ok)}, parsed)
@@ -146,7 +157,7 @@ TASK = register_task(TaskDef(
     params_type=PasskeyParams, default_template="raw", max_new_tokens=10,
     generate=generate, score=score, fitted=lambda p: True,
     kind="generate", metrics=(KEY_ACCURACY,),
-    axes=("depth",),
+    axes=("depth",), marks=marks,
 ))
 
 TASK_LL = register_task(TaskDef(
@@ -160,7 +171,7 @@ TASK_LL = register_task(TaskDef(
                  "the model's token probabilities; nothing is generated)"),
         MetricDef("logprob", "continuous",
                   description="log P(pass key | prompt) in nats: higher is better")),
-    axes=("depth",),
+    axes=("depth",), marks=marks,
 ))
 
 
@@ -241,5 +252,5 @@ TASK_SHARED = register_task(TaskDef(
     params_type=SharedPasskeyParams, default_template="raw", max_new_tokens=10,
     generate=generate_shared, score=score, fitted=lambda p: True,
     kind="generate", metrics=(KEY_ACCURACY,),
-    axes=("depth",),
+    axes=("depth",), marks=marks,
 ))

@@ -47,6 +47,49 @@
     });
   }
 
+  // A part of the prompt as a span, with every occurrence of a mark's text (a needle, the
+  // question) in a <mark>: text nodes only, never HTML.
+  function marked(text, cls, marks) {
+    const span = el("span", cls);
+    const hits = [];
+    marks.forEach(function (m) {
+      if (!m[1]) return;
+      for (let at = text.indexOf(m[1]); at >= 0; at = text.indexOf(m[1], at + m[1].length)) {
+        hits.push([at, at + m[1].length, m[0]]);
+      }
+    });
+    hits.sort(function (a, b) { return a[0] - b[0]; });
+    let pos = 0;
+    hits.forEach(function (h) {
+      if (h[0] < pos) return;  // overlapping: the first one wins
+      if (h[0] > pos) span.append(document.createTextNode(text.slice(pos, h[0])));
+      span.append(el("mark", h[2], text.slice(h[0], h[1])));
+      pos = h[1];
+    });
+    if (pos < text.length) span.append(document.createTextNode(text.slice(pos)));
+    return span;
+  }
+
+  // Buttons that scroll the prompt to each needle and to the question.
+  function jumpLinks(box, pre) {
+    box.replaceChildren();
+    const found = pre.querySelectorAll("mark");
+    if (!found.length) return;
+    box.append(el("span", "", "jump to: "));
+    let n = 0;
+    found.forEach(function (m) {
+      const name = m.className === "needle" ? "needle " + (++n) : m.className;
+      const b = el("button", "jump " + m.className, name);
+      b.type = "button";
+      b.addEventListener("click", function () {
+        pre.scrollTop = Math.max(0, m.offsetTop - 40);  // the <pre> is the offset parent
+        m.classList.add("flash");
+        setTimeout(function () { m.classList.remove("flash"); }, 1200);
+      });
+      box.append(b);
+    });
+  }
+
   function card(s) {
     const box = el("article", "sample " + s.outcome);
     box.dataset.outcome = s.outcome;
@@ -56,6 +99,7 @@
       el("span", "", (s.output_tokens === null ? "?" : s.output_tokens) + " out"),
       el("span", "", s.latency_s + " s"));
     if (s.cached) head.append(el("span", "cached", "from the response cache"));
+    if (s.exhausted) head.append(el("span", "exhausted", "reasoning used the whole budget: no answer"));
     if (s.depth !== null && s.depth !== undefined) head.append(el("span", "", "depth " + s.depth));
     const kv = el("dl", "kv");
     kv.append(el("dt", "", "expected"), el("dd", "expected", s.expected));
@@ -69,8 +113,15 @@
       }).join(" · ")));
     }
     const out = el("pre", "output", s.error ? "ERROR: " + s.error : s.output + (s.output_cut ? "\n[... cut; see samples.jsonl]" : ""));
-    kv.append(el("dt", "", "output"), el("dd", "", ""));
+    kv.append(el("dt", "", s.reasoning !== null && s.reasoning !== undefined ? "answer" : "output"), el("dd", "", ""));
     kv.lastChild.append(out);
+    if (s.reasoning !== null && s.reasoning !== undefined) {
+      const why = el("details", "reasoning");
+      why.append(el("summary", "", "reasoning (" + s.reasoning_tokens + " tokens" +
+        (s.exhausted ? ", the whole budget" : "") + ")"), el("pre", "reasoning", s.reasoning));
+      kv.append(el("dt", "", "reasoning"), el("dd", "", ""));
+      kv.lastChild.append(why);
+    }
     const det = el("details", "prompt");
     det.append(el("summary", "", (s.sent === "user" ? "prompt, user text only (" : "prompt as sent (")
       + s.input_tokens + " tokens, template " + s.template + ")"));
@@ -79,19 +130,23 @@
       return s.template;
     })));
     det.append(el("p", "sha", "sha256 " + s.sha256));
+    const jumps = el("p", "jumps");
+    det.append(jumps);
     const pre = el("pre", "sent", "");
     det.append(pre);
     det.addEventListener("toggle", function () {
       if (!det.open || pre.dataset.loaded) return;
       pre.textContent = "loading...";
-      loadPrompts(Math.floor(s.p / 50)).then(function (chunk) {
+      // only this prompt's file: a long prompt is in a file of its own, or nearly
+      loadPrompts(s.pf).then(function (chunk) {
         // [template text before, user text, template text after]: the template's text is
         // marked, and the whole <pre> reads exactly the string that was sent
-        const parts = chunk[s.p % 50];
+        const parts = chunk[s.pi];
         pre.replaceChildren();
         parts.forEach(function (text, i) {
-          if (text) pre.append(i === 1 ? el("span", "user", text) : el("span", "tmpl", text));
+          if (text) pre.append(marked(text, i === 1 ? "user" : "tmpl", s.marks || []));
         });
+        jumpLinks(jumps, pre);
         pre.dataset.loaded = "1";
       }, function () { pre.textContent = "(could not load the prompt file)"; });
     });

@@ -29,11 +29,21 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evalkit.tasks.base import Plan, Score, TaskDef, data_dir, register_task, sample_rng
+from evalkit.tasks.base import (
+    Plan,
+    Score,
+    TaskDef,
+    data_dir,
+    found_marks,
+    last_match,
+    register_task,
+    sample_rng,
+)
 from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import (
     Lines,
@@ -241,6 +251,16 @@ def score(sample: Sample, response: Response) -> Score:
     return Score({"string_match_all": string_match_all(pred, sample.targets)}, pred)
 
 
+def marks(sample: Sample) -> list[tuple[str, str]]:
+    """The needles of the keys asked about and the question, for the report."""
+    keys = [str(k) for k in sample.meta.get("queries") or sample.meta.get("keys") or ()]
+    return found_marks(
+        sample, question=last_match(r"What (?:is|are) (?:all )?the special magic [^?]*\?",
+                                    sample.prompt),
+        patterns=[r"One of the special magic [\w ]+ for " + re.escape(k) + r" is: [^\n]*?\."
+                  for k in keys])
+
+
 def _task(spec: Niah) -> TaskDef:
     answers = spec.num_needle_q * spec.num_needle_v
     metric = MetricDef(
@@ -259,6 +279,7 @@ def _task(spec: Niah) -> TaskDef:
         max_new_tokens=spec.tokens_to_generate,
         generate=functools.partial(generate, spec), score=score, fitted=lambda p: True,
         kind="generate", metrics=(metric,), axes=("depth",), budget_in_length=True,
+        marks=marks,
         summarize=suite.rows,
         details=("lengths count the prompt and the 128 tokens to generate (RULER's "
                  "max_seq_length); the prompt is fitted to the rest exactly",)))

@@ -16,11 +16,19 @@ example is made once per seed (RULER: once per length); every draw is the sample
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from evalkit.tasks.base import Plan, TaskDef, register_task, sample_rng
+from evalkit.tasks.base import (
+    Plan,
+    TaskDef,
+    found_marks,
+    last_match,
+    register_task,
+    sample_rng,
+)
 from evalkit.tasks.fitting import Curve
 from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import fit_prompt, noise_lines
@@ -152,6 +160,13 @@ def generate(params: VtParams, plan: Plan) -> Iterator[Sample]:
                          max_new_tokens=plan.max_new_tokens, meta=meta, answer_prefix=prefix)
 
 
+def marks(sample: Sample) -> list[tuple[str, str]]:
+    """The chain's assignments (its variables are the answers) and the question."""
+    return found_marks(
+        sample, question=last_match(r"Question: Find all variables[^\n]*", sample.prompt),
+        patterns=[r"VAR " + re.escape(name) + r" = (?:VAR )?\w+" for name in sample.targets])
+
+
 VT = register_task(TaskDef(
     name="vt",
     description="RULER's vt: name the 5 variables a chain of assignments hidden in noise "
@@ -160,6 +175,6 @@ VT = register_task(TaskDef(
     generate=generate, score=score, kind="generate",
     metrics=(MetricDef("string_match_all", "continuous", description="the share of the 5 "
                        "variables found in the output (RULER's string_match_all)"),),
-    budget_in_length=True, summarize=suite.rows,
+    budget_in_length=True, summarize=suite.rows, marks=marks,
     details=("lengths count the prompt and the 30 tokens to generate (RULER's "
              "max_seq_length); the prompt is fitted to the rest exactly",)))
