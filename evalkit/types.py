@@ -331,7 +331,8 @@ class EffectiveLength:
     tokens up to which its metric stays at or above `threshold`, by the point estimates
     (`by_value`), by the lower 95% bounds (`by_ci_low`, the length one can claim) and by the
     upper ones (`by_ci_high`, the longest not ruled out). None where the shortest length
-    measured falls below; equal to `longest` where every length measured passes."""
+    measured falls below, or (the bounds) where a length has no interval (`bounded`);
+    equal to `longest` where every length measured passes."""
 
     model: str
     task: str
@@ -342,6 +343,7 @@ class EffectiveLength:
     by_ci_high: int | None
     shortest: int
     longest: int
+    bounded: bool = True  # every length has a 95% interval (else the bounds are None)
 
 
 @dataclass(frozen=True)

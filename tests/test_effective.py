@@ -53,6 +53,18 @@ def test_effective_lengths_by_scores_and_by_bounds() -> None:
         effective_lengths(rows, 1.5)
 
 
+def test_missing_intervals_errored_lengths_and_unbounded_metrics() -> None:
+    nan = math.nan
+    # one sample of a continuous score has no interval: no bounds, said so
+    [e] = effective_lengths([_row(4096, 0.9, nan, nan), _row(8192, 0.9, 0.8, 1.0)])
+    assert (e.by_value, e.by_ci_low, e.by_ci_high, e.bounded) == (8192, None, None, False)
+    # a length whose every sample errored is not measured
+    [e] = effective_lengths([_row(4096, 0.9, 0.88, 0.95), _row(8192, nan, nan, nan)])
+    assert (e.by_value, e.longest) == (4096, 4096)
+    # a log-probability has no threshold to stay above
+    assert effective_lengths([_row(4096, -3.2, -4.0, -2.0, metric="logprob")]) == []
+
+
 def _by_length(good: dict[int, int], n: int = 40) -> dict[tuple[str, int], list[float | None]]:
     """A task 'passkey' scored `good[length]` of n right at each length (40 samples: at
     20, even 20 of 20 has a lower 95% bound below 0.856)."""
@@ -137,3 +149,21 @@ def test_gate_fails_a_fall_of_the_effective_length_only_when_asked(
     code, out, err = in_proc(capsys, monkeypatch, "gate", "--baseline", base, "--candidate",
                              fell, "--effective-length", "--threshold", "-1")
     one_line_error(code, err, "threshold")
+    # a candidate measured at fewer lengths did not fall: it was not measured
+    short = write_run(tmp_path / "short", "m", _by_length({1024: 40, 2048: 40}))
+    [verdict] = gate(base, short, effective_threshold=DEFAULT_THRESHOLD).effective
+    assert verdict.failed and "not measured" in verdict.reason
+
+
+def test_a_run_with_no_intervals_gated_against_itself_passes(tmp_path: Path) -> None:
+    """One sample a length: no 95% interval anywhere, so the effective length's check is
+    untested, not failed (as the cells are)."""
+    one = write_run(tmp_path / "one", "m", {("passkey", 1024): [1.0], ("passkey", 2048): [1.0]})
+    from evalkit.results.read import read_run
+
+    assert not any(math.isnan(r.ci_low) for r in read_run(one).rows)  # Wilson at n=1
+    cont = tmp_path / "cont"
+    write_run(cont, "m", {("passkey", 1024): [0.5], ("passkey", 2048): [0.5]})
+    result = gate(cont, cont, effective_threshold=0.4)
+    assert result.exit_code == 0
+    assert all(not e.failed for e in result.effective)

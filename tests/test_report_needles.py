@@ -39,6 +39,7 @@ def test_rows_carry_the_marks_their_task_knows(tmp_path: Path) -> None:
     assert rows["passkey"]["marks"][-1] == ["question", "What is the pass key?"]
     assert [k for k, _ in rows["niah_multivalue"]["marks"]] == ["needle"] * 4 + ["question"]
     assert len([k for k, _ in rows["vt"]["marks"] if k == "needle"]) == 5
+    assert [k for k, _ in rows["lines"]["marks"]] == ["needle", "question"]
     assert rows["cwe"]["marks"] == []  # a task that names no needle marks nothing
     for row in rows.values():  # every mark is text of the prompt as sent
         prompt = "".join(json.loads((tmp_path / "rep" / "prompts" / f"{row['pf']:04d}.js")

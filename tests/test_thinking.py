@@ -53,6 +53,10 @@ def test_a_template_that_opens_the_reasoning_itself() -> None:
 def test_unclosed_reasoning_is_exhausted_and_plain_answers_pass_through() -> None:
     r = _split("<think> step one, step two")
     assert r.text == "" and r.reasoning == "step one, step two" and r.reasoning_exhausted
+    # stopped before its budget: no answer, but the budget was not what ended it
+    early = split_reasoning(Response(text="<think> step one", output_tokens=3), Thinking(),
+                            "", WORDS, budget=100)
+    assert early.text == "" and early.reasoning_exhausted is None
     plain = _split(" 4821.")
     assert plain == Response(text=" 4821.")  # a model that did not reason: as it was
     assert _split("<think>x</think>y", split="none").text == "<think>x</think>y"
@@ -66,8 +70,9 @@ def test_harmony_markers_of_gpt_oss() -> None:
 
 
 def test_a_servers_reasoning_field_is_taken_as_it_is() -> None:
-    server = Response(text="4821.", reasoning="It said 4821.")
+    server = Response(text="\n\n4821.", reasoning="It said 4821.")
     r = split_reasoning(server, Thinking(), "", WORDS)
+    # the answer's leading whitespace goes, as where markers split it
     assert (r.text, r.reasoning, r.reasoning_tokens) == ("4821.", "It said 4821.", 3)
     # split: markers ignores the server's field and reads the text
     assert split_reasoning(server, Thinking(split="markers"), "", WORDS).reasoning_tokens is None
@@ -142,7 +147,8 @@ def test_reasoning_that_used_the_whole_budget_is_marked(
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({
         "model": "x", "backend": "scripted", "lengths": ["512"], "samples": 2,
-        "backend_options": {"reply": "the needle is somewhere, let me read again and again",
+        # more than the budget allows (10 + 12 tokens), and no end to the reasoning
+        "backend_options": {"reply": " ".join(["let me read the text again"] * 8),
                             "chat_template": str(R1)},
         "template": "chat", "tasks": ["passkey"], "thinking": {"budget": 12}}))
     code, out, err = in_proc(capsys, monkeypatch, "run", config, "--out", tmp_path / "run",
@@ -159,7 +165,9 @@ def test_reasoning_that_used_the_whole_budget_is_marked(
 @pytest.mark.parametrize("bad,needle", [
     ({"budget": -1}, "thinking.budget"), ({"split": "sometimes"}, "thinking.split"),
     ({"markers": "xml"}, "thinking.markers"), ({"budgets": 1}, "thinking.budgets"),
-    ({"template_options": [1]}, "thinking.template_options")])
+    ({"template_options": [1]}, "thinking.template_options"),
+    ({"template_options": {"add_generation_prompt": False}},
+     "template_options.add_generation_prompt: evalkit sets it itself")])
 def test_bad_thinking_settings_are_one_line(
         tmp_path: Path, bad: dict[str, Any], needle: str,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,6 +176,22 @@ def test_bad_thinking_settings_are_one_line(
                                   "thinking": bad}))
     code, _, err = in_proc(capsys, monkeypatch, "run", config, "--out", tmp_path / "run")
     one_line_error(code, err, needle)
+
+
+def test_the_reasoning_budget_counts_against_the_window(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "run.yaml"
+    base = {"model": "x", "backend": "scripted", "backend_options": {"context_window": 2048},
+            "lengths": ["1k"], "tasks": ["passkey"]}
+    config.write_text(json.dumps({**base, "thinking": {"budget": 1024}}))
+    code, _, err = in_proc(capsys, monkeypatch, "run", config, "--out", tmp_path / "run")
+    one_line_error(code, err, "passkey: length 1024 + 1034 new tokens is over the context "
+                              "window")
+    config.write_text(json.dumps({**base, "tasks": ["arc_challenge"],
+                                  "thinking": {"budget": 16}}))
+    code, _, err = in_proc(capsys, monkeypatch, "run", config, "--out", tmp_path / "run")
+    one_line_error(code, err, "arc_challenge is scored whole by lm-eval")
 
 
 class FakeReasoner(FakeOpenAI):

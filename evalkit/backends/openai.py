@@ -458,6 +458,9 @@ class OpenAIBackend:
         ident = [self.api_model, self.endpoint, self.options.get("chat_template"), self._jinja,
                  sorted(redact(self.options.get("extra_body", {})).items()),
                  server_identity(self.options, self._deployment)]
+        if self.endpoint == "chat":
+            # answers cached before a message's reasoning field was read lack it
+            ident.append("reasoning-fields:1")
         return "openai:" + hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
 
     def describe(self) -> Mapping[str, Any]:

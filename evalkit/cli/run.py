@@ -114,9 +114,12 @@ def _run_specs(specs: list[Any], out: Path | None, results: Path, progress: bool
         typer.echo(f"\n{s.n_done}/{s.n_samples} samples scored"
                    + (f", {s.n_errors} with errors (rerun to retry them)" if s.n_errors else "")
                    + f"; results in {result.run_dir}")
-        for message, count in _errors(result.run_dir):
+        from evalkit.results.read import common_errors
+
+        records = store.read_records(result.run_dir, prompts=False)
+        for message, count in common_errors(records, 3):
             _err(f"error ({counted(count, 'sample')}): {message}")
-        exhausted = _exhausted(result.run_dir)
+        exhausted = sum(1 for r in records if r.response.reasoning_exhausted)
         if exhausted:
             _err(f"{counted(exhausted, 'sample')} used their whole reasoning budget without an "
                  "answer (scored on an empty answer): raise thinking.budget")
@@ -126,19 +129,6 @@ def _run_specs(specs: list[Any], out: Path | None, results: Path, progress: bool
         typer.echo("\n== all models")
         typer.echo(format_table(results_rows, effective))
     return partial
-
-
-def _exhausted(run_dir: Path) -> int:
-    """How many of a run's latest records reasoned to the end of their budget."""
-    return sum(1 for r in store.read_records(run_dir, prompts=False)
-               if r.response.reasoning_exhausted)
-
-
-def _errors(run_dir: Path, most: int = 3) -> list[tuple[str, int]]:
-    """The commonest error messages of a run's latest records, most frequent first."""
-    from evalkit.results.read import common_errors
-
-    return common_errors(store.read_records(run_dir, prompts=False), most)
 
 
 def _dry_run(spec: Any) -> None:

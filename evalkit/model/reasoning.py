@@ -39,6 +39,11 @@ MARKERS: dict[str, tuple[str, str]] = {
 }
 
 
+# what evalkit passes a chat template itself (evalkit.prompts.templates.make_template)
+RENDER_ARGUMENTS = frozenset({"messages", "add_generation_prompt", "tools", "documents",
+                              "bos_token", "eos_token"})
+
+
 @dataclass(frozen=True)
 class Thinking:
     """How a run treats a model's reasoning (a config's `thinking:`)."""
@@ -88,19 +93,26 @@ def check_thinking(raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         raise EvalkitError(f"{where}.template_options: give a mapping of the chat template's "
                            "switches, e.g. {enable_thinking: true}")
+    taken = sorted(set(options) & RENDER_ARGUMENTS)
+    if taken:
+        raise EvalkitError(f"{where}.template_options.{taken[0]}: evalkit sets it itself; give "
+                           "only the template's own switches, e.g. enable_thinking")
     return dict(raw)
 
 
 def split_reasoning(response: Response, thinking: Thinking, prompt: str,
-                    counter: TokenCounter) -> Response:
+                    counter: TokenCounter, budget: int | None = None) -> Response:
     """The response with its reasoning split off `text` (see the module's docstring);
     `prompt` is the rendered prompt (a template that opens the reasoning itself leaves a
-    start marker in it that no end marker follows). An errored response, or one with
-    nothing to split, is returned as it is."""
+    start marker in it that no end marker follows). `budget`: the request's max_new_tokens;
+    a reasoning that never closed is `reasoning_exhausted` where the output reached it (or
+    its length is not known), else it stopped early, and has no answer all the same. An
+    errored response, or one with nothing to split, is returned as it is."""
     if response.error is not None or thinking.split == "none":
         return response
     if response.reasoning is not None and thinking.split in ("auto", "server"):
-        return _counted(response, response.reasoning, response.text,
+        # the answer after the reasoning, its leading whitespace dropped as below
+        return _counted(response, response.reasoning, response.text.lstrip(),
                         bool(response.reasoning_exhausted), counter)
     if thinking.split == "server":
         return response
@@ -116,7 +128,9 @@ def split_reasoning(response: Response, thinking: Thinking, prompt: str,
     at = text.find(start)
     if at >= 0 or prompt.rfind(start) > prompt.rfind(end):  # opened, never closed: no answer
         reasoning = text[at + len(start):] if at >= 0 else text
-        return _counted(response, reasoning.strip(), "", True, counter)
+        spent = (budget is None or response.output_tokens is None
+                 or response.output_tokens >= budget)
+        return _counted(response, reasoning.strip(), "", spent, counter)
     return response
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from evalkit.report.tables import (
     counted,
     effective_shown,
     fmt_effective,
+    fmt_lower,
     length_tables,
     score_lines,
     split_rows,
@@ -180,7 +182,7 @@ def _marks(r: Record) -> list[list[str]]:
         return []
     try:
         found = task.marks(r.sample)
-    except (KeyError, TypeError, ValueError):  # a record of an older shape: nothing marked
+    except (KeyError, IndexError, TypeError, ValueError, re.error):  # an older record's shape
         return []
     return [[kind, text] for kind, text in found if len(text) <= MARK_CHARS]
 
@@ -493,7 +495,7 @@ def _effective_table(effective: list[EffectiveLength]
     cells: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
     for e in effective_shown(effective):
         cells.setdefault((e.task, e.metric), {})[e.model] = (
-            fmt_effective(e.by_value, e), fmt_effective(e.by_ci_low, e))
+            fmt_effective(e.by_value, e), fmt_lower(e))
     return [(task, metric, by_label) for (task, metric), by_label in cells.items()]
 
 

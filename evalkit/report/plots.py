@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.report.tables import fmt_effective
+from evalkit.report.tables import fmt_effective, fmt_lower
 from evalkit.types import EffectiveLength, Record, SummaryRow
 
 
@@ -65,7 +65,7 @@ def length_plot(rows: Iterable[SummaryRow], task: str, metric: str, base: Path,
         mark = marks.get(model)
         if mark is not None:
             label += (f" (effective {fmt_effective(mark.by_value, mark)}; "
-                      f"by lower bound {fmt_effective(mark.by_ci_low, mark)})")
+                      f"by lower bound {fmt_lower(mark)})")
         color = _model_line(ax, [_x(r) * dodge for r in rs], rs, label, ys)
         if mark is not None and mark.by_value is not None:
             ax.axvline(mark.by_value * dodge, color=color, linestyle="--", linewidth=1,

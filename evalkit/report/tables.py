@@ -193,8 +193,13 @@ def fmt_effective(length: int | None, e: EffectiveLength) -> str:
     return (">=" if length == e.longest else "") + fmt_length(length)
 
 
+def fmt_lower(e: EffectiveLength) -> str:
+    """The effective length by the lower 95% bounds; "n/a" where a length has no interval."""
+    return fmt_effective(e.by_ci_low, e) if e.bounded else "n/a"
+
+
 def _fmt_both(e: EffectiveLength | None) -> str:
-    return "-" if e is None else f"{fmt_effective(e.by_value, e)} / {fmt_effective(e.by_ci_low, e)}"
+    return "-" if e is None else f"{fmt_effective(e.by_value, e)} / {fmt_lower(e)}"
 
 
 def effective_shown(effective: Iterable[EffectiveLength]) -> list[EffectiveLength]:

@@ -11,10 +11,12 @@ and, for the gate, `by_ci_high`: by the upper bounds (the longest the data do no
 out).
 None where the shortest length measured already falls below; `longest` is the longest
 length measured, so that a length that passes everywhere reads "at least `longest`". A
-suite's effective length is its average's (a row like any other task's).
+suite's effective length is its average's (a row like any other task's). Where a length
+has no interval (one sample of a continuous score, one haystack of a clustered task),
+there are no bounds (`bounded` False): readers say so instead of reading a bound.
 
-Only metrics where higher is better and lengths in tokens take part; a metric where lower
-is better, or a task of named length bins, has none.
+Only metrics on a [0, 1] scale where higher is better, and lengths in tokens, take part;
+a length whose every sample errored is not measured.
 """
 
 from __future__ import annotations
@@ -63,16 +65,24 @@ def effective_lengths(rows: Iterable[SummaryRow], threshold: float = DEFAULT_THR
             continue
         cells.setdefault((r.model, r.task, r.metric), []).append(r)
     out = []
-    for (model, task, metric), rs in cells.items():
+    for (model, task, metric), cell in cells.items():
+        # a length with no scored sample (all errored) is not measured; a metric off the
+        # [0, 1] scale (a log-probability) has no threshold to stay above
+        rs = [r for r in cell if not math.isnan(r.value)]
+        if not rs or any(not 0.0 <= r.value <= 1.0 for r in rs):
+            continue
         lengths = sorted(int(r.length) for r in rs)
+        bounded = not any(math.isnan(r.ci_low) or math.isnan(r.ci_high) for r in rs)
 
         def by(bound: Callable[[SummaryRow], float], rs: list[SummaryRow] = rs) -> int | None:
             return longest_passing([(int(r.length), bound(r)) for r in rs], threshold)
 
         out.append(EffectiveLength(
             model=model, task=task, metric=metric, threshold=threshold,
-            by_value=by(lambda r: r.value), by_ci_low=by(lambda r: r.ci_low),
-            by_ci_high=by(lambda r: r.ci_high), shortest=lengths[0], longest=lengths[-1]))
+            by_value=by(lambda r: r.value),
+            by_ci_low=by(lambda r: r.ci_low) if bounded else None,
+            by_ci_high=by(lambda r: r.ci_high) if bounded else None,
+            shortest=lengths[0], longest=lengths[-1], bounded=bounded))
     return out
 
 

@@ -504,8 +504,11 @@ def write_table_csv(path: Path, rows: Iterable[SummaryRow]) -> None:
     write_text_atomic(Path(path), table_csv_text(rows))
 
 
-def _summary_files(run_dir: Path, summary: RunSummary) -> list[tuple[Path, bytes]]:
+def _summary_files(run_dir: Path, summary: RunSummary,
+                   effective: bool = True) -> list[tuple[Path, bytes]]:
     data = to_jsonable(summary)
+    if not effective:
+        data.pop("effective")
     fields = _row_fields(summary.rows)
     data["rows"] = [{k: row[k] for k in fields} for row in data["rows"]]
     return [(Path(run_dir) / SUMMARY, _json_text(data).encode("utf-8")),
@@ -520,8 +523,11 @@ def _same_bytes(path: Path, data: bytes) -> bool:
 
 
 def summary_is_current(run_dir: Path, summary: RunSummary) -> bool:
-    """summary.json and table.csv already hold exactly this summary."""
-    return all(_same_bytes(p, data) for p, data in _summary_files(run_dir, summary))
+    """summary.json and table.csv already hold exactly this summary (or, for a run
+    summarized before effective lengths were written, all of it but those, which readers
+    derive from the rows: such a run is not rewritten)."""
+    return any(all(_same_bytes(p, data) for p, data in _summary_files(run_dir, summary, e))
+               for e in (True, False))
 
 
 def write_summary(run_dir: Path, summary: RunSummary) -> bool:

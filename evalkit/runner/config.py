@@ -537,6 +537,12 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
     if not tasks:
         raise EvalkitError(f"{source}: no tasks: list some under tasks: or pass --task")
     options = entry.backend_options if entry.backend_options is not None else cfg.backend_options
+    thinking = entry.thinking if entry.thinking is not None else cfg.thinking
+    whole = [t.name for t in tasks if _task_def(t.name, source).whole is not None]
+    if thinking is not None and whole:
+        raise EvalkitError(f"{source}: thinking: applies to the tasks evalkit asks sample by "
+                           f"sample; {whole[0]} is scored whole by lm-eval: run it without "
+                           "thinking:")
     return RunSpec(
         name=ov.name or cfg.name, model=entry.model,
         backend=ov.backend or entry.backend or cfg.backend, backend_options=dict(options),
@@ -545,8 +551,7 @@ def _spec_for(cfg: _ConfigFile, entry: _ModelEntry, ov: Overrides, source: str) 
         tasks=tuple(tasks), retries=cfg.retries, label=entry.label,
         cache=cfg.cache if ov.cache is None else ov.cache,
         limit=_limit(ov.limit, cfg.limit, tasks, source), shard=ov.shard,
-        thinking=_thinking(entry.thinking if entry.thinking is not None else cfg.thinking,
-                           source),
+        thinking=_thinking(thinking, source),
     )
 
 

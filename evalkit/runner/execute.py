@@ -92,8 +92,9 @@ def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
     """Refuse targets that cannot fit the model, before anything runs."""
     if window is None:
         return
+    reserve = reasoning_reserve(spec)
     for task in spec.tasks:
-        budget = 0 if get_task(task.name).budget_in_length else task.max_new_tokens
+        budget = reserve + (0 if get_task(task.name).budget_in_length else task.max_new_tokens)
         for target in task.lengths:
             if target + budget > window:
                 asked = f"length {target}" + (f" + {budget} new tokens" if budget else "")
@@ -101,6 +102,12 @@ def check_lengths(spec: RunSpec, window: int | None, label: str) -> None:
                     f"{task.name}: {asked} is over the context window of {label} ({window} "
                     f"tokens): use lengths up to {window - budget}"
                 )
+
+
+def reasoning_reserve(spec: RunSpec) -> int:
+    """Tokens a generation may take beyond its answer budget: the thinking budget."""
+    thinking = Thinking.of(spec.thinking)
+    return thinking.budget if thinking else 0
 
 
 def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
@@ -125,6 +132,7 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
         plan = Plan(task=task.name, lengths=task.lengths, samples=task.samples, seed=spec.seed,
                     template=template.name, max_new_tokens=task.max_new_tokens, measure=measure,
                     count=count, select=selection, window=window,
+                    reserve=reasoning_reserve(spec),
                     on_skip=None if skipped is None else skipped.__setitem__)
         params = make_params(tdef, task.params)
         for sample in _progress(tdef.generate(params, plan), progress,
@@ -293,10 +301,12 @@ def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label:
     planned: list[Planned] = []
     too_long = 0
     example = ""
+    reserve = reasoning_reserve(spec)
     for s in iter_samples(spec, backend, counter, progress, selection, skipped):
-        if window and s.input_tokens + s.max_new_tokens > window:
+        if window and s.input_tokens + s.max_new_tokens + reserve > window:
             too_long += 1
-            example = example or f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new tokens"
+            example = example or (f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new "
+                                  "tokens" + (f" + {reserve} for reasoning" if reserve else ""))
             continue
         text = s.prompt if s.messages is None else transcript(s.messages)  # shared turns first
         planned.append(Planned(s.id, (s.task, prefix_key(text)), spool.add(s),
@@ -454,7 +464,7 @@ def _append(run_dir: Path, model: Model, label: str, batch: Sequence[Sample],
     thinking model's reasoning split off each answer."""
     store.append_records(run_dir, [
         _record(s, p, r if thinking is None or counter is None
-                else split_reasoning(r, thinking, p, counter),
+                else split_reasoning(r, thinking, p, counter, req.max_new_tokens),
                 label, model.cache_key(req))
         for s, p, r, req in zip(batch, rendered, responses, requests, strict=True)
         if r is not None])
@@ -468,10 +478,9 @@ def request_for(sample: Sample, rendered: str, spec: RunSpec) -> Request:
         return Request(sample_id=sample.id, kind="loglikelihood", prompt=rendered,
                        messages=sample.messages, answer_prefix=sample.answer_prefix,
                        max_new_tokens=0, continuation=sample.targets[0])
-    thinking = Thinking.of(spec.thinking)
     return Request(sample_id=sample.id, kind="generate", prompt=rendered,
                    messages=sample.messages, answer_prefix=sample.answer_prefix,
-                   max_new_tokens=sample.max_new_tokens + (thinking.budget if thinking else 0),
+                   max_new_tokens=sample.max_new_tokens + reasoning_reserve(spec),
                    temperature=spec.temperature, seed=spec.seed)
 
 

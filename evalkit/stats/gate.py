@@ -408,6 +408,16 @@ def effective_verdicts(base: Run, cand: Run, threshold: float) -> list[Effective
         if c is None:
             out.append(EffectiveVerdict(b.task, b.metric, b, None, True,
                                         "the candidate has no lengths of this task"))
+        elif not c.bounded:
+            out.append(EffectiveVerdict(b.task, b.metric, b, c, False,
+                                        "untested: a length of the candidate has no 95% "
+                                        "interval (one sample, or one haystack)"))
+        elif b.by_value is not None and c.longest < b.by_value:
+            out.append(EffectiveVerdict(
+                b.task, b.metric, b, c, True,
+                f"not measured: the baseline stays >= {threshold:g} up to "
+                f"{fmt_effective(b.by_value, b)}, the candidate was measured up to "
+                f"{fmt_length(c.longest)} only"))
         elif _reach(c.by_ci_high) < _reach(b.by_value):
             out.append(EffectiveVerdict(
                 b.task, b.metric, b, c, True,
@@ -554,9 +564,10 @@ def effective_lines(result: GateResult) -> list[str]:
     for e in result.effective:
         base = fmt_effective(e.baseline.by_value, e.baseline)
         cand = "-" if e.candidate is None else fmt_effective(e.candidate.by_value, e.candidate)
-        word = "FAIL" if e.failed else "pass"
+        word = "FAIL" if e.failed else "untested" if e.reason.startswith("untested") else "pass"
+        reason = e.reason.removeprefix("untested: ")
         out.append(f"effective length {e.task} {e.metric}: {base} -> {cand}: {word}"
-                   + (f": {e.reason}" if e.reason else ""))
+                   + (f": {reason}" if reason else ""))
     return out + ([""] if out else [])
 
 

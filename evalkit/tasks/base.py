@@ -51,6 +51,7 @@ class Plan:
     select: Callable[[str, str | None], bool] | None = None  # (sample id, haystack) -> make it?
     window: int | None = None  # the model's context window in tokens, where known
     on_skip: Callable[[str, str], None] | None = None  # (sample id, why): see skip
+    reserve: int = 0  # tokens the model may write beyond max_new_tokens (a reasoning budget)
 
     def wants(self, sample_id: str, haystack: str | None = None) -> bool:
         """Whether this run makes the sample (a shard makes a slice): asked before a sample
@@ -58,9 +59,11 @@ class Plan:
         return self.select is None or self.select(sample_id, haystack)
 
     def fits(self, input_tokens: int) -> bool:
-        """Whether a prompt of `input_tokens` and the answer budget fit the model's window
-        (True where the window is not known)."""
-        return self.window is None or input_tokens + self.max_new_tokens <= self.window
+        """Whether a prompt of `input_tokens` and what the model may write (the answer
+        budget and any reasoning budget) fit the model's window (True where it is not
+        known)."""
+        return not self.window or input_tokens + self.max_new_tokens + self.reserve <= \
+            self.window
 
     def skip(self, sample_id: str, why: str) -> None:
         """Leave a sample out of the run, saying why: a case read as published that does

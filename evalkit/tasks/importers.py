@@ -486,7 +486,7 @@ class MrcrCase:
     """One checked row of OpenAI's MRCR: the conversation (`prompt`, parsed), the answer
     (which starts with the random string), the string, and the row's own counts."""
 
-    source: str  # the file's name
+    source: str  # the file's name (its path inside a folder given)
     row: int     # its place in the file, from 0
     messages: tuple[Message, ...]
     answer: str
@@ -497,20 +497,22 @@ class MrcrCase:
     n_chars: int | None
 
 
-def mrcr_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The MRCR files given: files, or folders whose *.parquet and *.jsonl files are read
-    (in name order: OpenAI's 2needle, 4needle, 8needle)."""
-    out: list[Path] = []
+def mrcr_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """The MRCR files given, with the names their rows' ids take: files (their names), or
+    folders whose *.parquet and *.jsonl files, in subfolders too (the hub's
+    2needle/2needle_0.parquet), are read in path order (their paths in the folder)."""
+    out: list[tuple[Path, str]] = []
     for given in paths:
         p = Path(given).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix in (".parquet", ".jsonl"))
+            found = sorted(f for f in p.rglob("*") if f.suffix in (".parquet", ".jsonl")
+                           and f.is_file())
             if not found:
                 raise EvalkitError(f"{p}: no .parquet or .jsonl file in this folder: pass the "
                                    "folder of MRCR's files (2needle.parquet, ...) or the files")
-            out += found
+            out += [(f, f.relative_to(p).as_posix()) for f in found]
         elif p.is_file():
-            out.append(p)
+            out.append((p, p.name))
         else:
             raise EvalkitError(f"MRCR data not found: {p}: pass MRCR's files (openai/mrcr: "
                                "2needle.parquet, 4needle.parquet, 8needle.parquet) or their "
@@ -560,7 +562,7 @@ def load_mrcr(paths: Iterable[str | Path]) -> list[MrcrCase]:
     """Every row of MRCR's files (parquet, or JSONL of the same columns), checked whole:
     a bad row is one line naming the file, the row and the field."""
     cases = []
-    for p in mrcr_files(paths):
+    for p, name in mrcr_files(paths):
         rows = _parquet_rows(p) if p.suffix == ".parquet" else read_rows(p, MRCR)
         for i, row in enumerate(rows):
             d = row.data
@@ -576,7 +578,7 @@ def load_mrcr(paths: Iterable[str | Path]) -> list[MrcrCase]:
             optional = {k: None if _optional(d, k) is None else _whole(row, k, d[k], 0)
                         for k in ("desired_msg_index", "total_messages", "n_chars")}
             cases.append(MrcrCase(
-                source=p.name, row=i, messages=_mrcr_messages(row), answer=answer,
+                source=name, row=i, messages=_mrcr_messages(row), answer=answer,
                 random_string=random_string,
                 n_needles=_whole(row, "n_needles", _need(row, d, "n_needles"), 1),
                 **optional))

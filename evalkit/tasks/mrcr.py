@@ -86,9 +86,9 @@ def grade(response: str, answer: str, random_string: str) -> float:
 
 
 def _sample(case: MrcrCase, edge: int, tokens: int, plan: Plan) -> Sample:
-    stem = "".join(c if c.isalnum() or c in "_.-" else "_" for c in case.source)
+    where = "".join(c if c.isalnum() or c in "_.-/" else "_" for c in case.source)
     return Sample(
-        id=f"mrcr/{stem}/{case.row}", task="mrcr", prompt=last_user_text(case.messages),
+        id=f"mrcr/{where}/{case.row}", task="mrcr", prompt=last_user_text(case.messages),
         messages=case.messages, targets=(case.answer,), target_tokens=None,
         input_tokens=tokens, template=plan.template, max_new_tokens=plan.max_new_tokens,
         meta={"bin": edge, "subsets": [f"{case.n_needles}needle"],
@@ -107,9 +107,16 @@ def generate(params: MrcrParams, plan: Plan) -> Iterator[Sample]:
     if not cases:
         raise EvalkitError(f"mrcr: no row of {', '.join(params.data)} has n_needles in "
                            f"{params.needles}: pass other needles or other files")
+    # a bin whose every row is over the window takes none: said once, its rows not read
+    for upper in sorted(edges):
+        lower = BINS[BINS.index(upper) - 1] if upper != BINS[0] else 0
+        if not plan.fits(lower + 1):
+            plan.skip(f"mrcr/bin/{upper // 1024}k", f"every row of this bin is over the "
+                                                     f"window ({plan.window} tokens)")
+            edges.discard(upper)
     for case in cases:
         if all(taken.get((edge, case.n_needles), 0) >= plan.samples for edge in edges):
-            continue  # this needle count is full in every bin asked for
+            continue  # this needle count is full in every bin asked for (or none is left)
         tokens = plan.fitter.measure_messages(case.messages)
         edge = bin_of(tokens)
         if edge is None or edge not in edges or taken.get((edge, case.n_needles), 0) >= \
@@ -117,8 +124,8 @@ def generate(params: MrcrParams, plan: Plan) -> Iterator[Sample]:
             continue
         sample = _sample(case, edge, tokens, plan)
         if not plan.fits(tokens):
-            plan.skip(sample.id, f"{tokens} + {plan.max_new_tokens} new tokens are over the "
-                                 f"window ({plan.window})")
+            plan.skip(sample.id, f"{tokens} + {plan.max_new_tokens + plan.reserve} new tokens "
+                                 f"are over the window ({plan.window})")
             continue
         taken[(edge, case.n_needles)] = taken.get((edge, case.n_needles), 0) + 1
         if plan.wants(sample.id):

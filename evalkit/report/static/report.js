@@ -117,7 +117,9 @@
     kv.lastChild.append(out);
     if (s.reasoning !== null && s.reasoning !== undefined) {
       const why = el("details", "reasoning");
-      why.append(el("summary", "", "reasoning (" + s.reasoning_tokens + " tokens" +
+      const size = s.reasoning_tokens === null ? s.reasoning.length + " characters"
+        : s.reasoning_tokens + " tokens";
+      why.append(el("summary", "", "reasoning (" + size +
         (s.exhausted ? ", the whole budget" : "") + ")"), el("pre", "reasoning", s.reasoning));
       kv.append(el("dt", "", "reasoning"), el("dd", "", ""));
       kv.lastChild.append(why);
