@@ -259,18 +259,25 @@ def _cached_note(records: list[Record]) -> str | None:
 CacheKey = tuple[str, str, int | str, str]  # (model, task, length cell, subset)
 
 
+def _by_cell(records: list[Record]) -> dict[CacheKey, list[Record]]:
+    """Records by (model, task, length cell, subset): the cells of the by-length tables."""
+    cells: dict[CacheKey, list[Record]] = {}
+    for r in records:
+        for subset in ("all", *r.sample.subsets):
+            cells.setdefault((r.model, r.sample.task, r.sample.cell, subset), []).append(r)
+    return cells
+
+
 def _cached_notes(records: list[Record]) -> tuple[dict[CacheKey, str],
                                                    dict[tuple[str, str, str], str]]:
     """Where answers came from the response cache: by (model, task, length, subset) for the
     by-length tables, by (model, task, subset) for the score table (its rows may name a
     number of shots, not their records' length cells). Cells of none are left out."""
-    by_length: dict[CacheKey, list[Record]] = {}
+    cells = _by_cell(records)
     once: dict[tuple[str, str, str], list[Record]] = {}
-    for r in records:
-        for subset in ("all", *r.sample.subsets):
-            by_length.setdefault((r.model, r.sample.task, r.sample.cell, subset), []).append(r)
-            once.setdefault((r.model, r.sample.task, subset), []).append(r)
-    return ({k: note for k, recs in by_length.items() if (note := _cached_note(recs))},
+    for (model, task, _, subset), recs in cells.items():
+        once.setdefault((model, task, subset), []).extend(recs)
+    return ({k: note for k, recs in cells.items() if (note := _cached_note(recs))},
             {k: note for k, recs in once.items() if (note := _cached_note(recs))})
 
 
@@ -288,11 +295,7 @@ def _reasoning_note(records: list[Record]) -> str | None:
 
 def _reasoning_notes(records: list[Record]) -> dict[CacheKey, str]:
     """The reasoning note of each (model, task, length, subset) cell that has one."""
-    cells: dict[CacheKey, list[Record]] = {}
-    for r in records:
-        for subset in ("all", *r.sample.subsets):
-            cells.setdefault((r.model, r.sample.task, r.sample.cell, subset), []).append(r)
-    return {k: note for k, recs in cells.items() if (note := _reasoning_note(recs))}
+    return {k: note for k, recs in _by_cell(records).items() if (note := _reasoning_note(recs))}
 
 
 def _results(rows: list[SummaryRow]) -> tuple[list[tuple[str, list[LengthLine]]],
