@@ -237,6 +237,27 @@ def test_the_command_in_a_process_of_its_own_gives_its_signal_handlers_back(
             signal.signal(sig, handler)
 
 
+def test_a_signal_while_the_command_line_is_parsed_exits_with_its_code(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal that lands before the command starts (typer parsing its arguments, which
+    would exit 130 without a word) exits 128 + the signal, with the one line."""
+    import importlib
+
+    from evalkit.types import Interrupted
+
+    cli_app = importlib.import_module("evalkit.cli.app")  # the package's `app` is typer's
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(cli_app._Group, "make_context", interrupted)
+    monkeypatch.setattr(sys, "argv", ["evalkit", "tasks"])
+    with pytest.raises(SystemExit) as exit_:
+        cli_app.main()
+    assert exit_.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().startswith("interrupted (SIGTERM)")
+
+
 def test_signals_at_random_moments_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     """SIGTERMs and SIGHUPs at random moments of a run, at least 20, of which at least 10
     land while requests are in flight: a quarter are sent early (while Python imports

@@ -77,12 +77,29 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     return 128 + int(signum)
 
 
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt an exit was raised for (typer turns one into a silent exit 130)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main() -> None:
     """The console script: every failure is one line on stderr and an exit code, never a
     traceback (EVALKIT_DEBUG=1 shows the traceback of an internal error)."""
     interrupts.install()
     try:
         app()
+    except SystemExit as exc:  # a signal while typer parses the command line: it exits 130
+        interrupt = _interrupt_behind(exc)
+        if interrupt is None:
+            raise
+        sys.exit(_interrupted(interrupt))
     except EvalkitError as exc:
         _err(f"error: {exc}")
         sys.exit(EXIT_BAD_INPUT)
