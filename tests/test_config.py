@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_parse_lengths() -> None:
     assert parse_lengths("1k,4k,16K") == (1024, 4096, 16384)
     assert parse_lengths("1.5k, 3000") == (1536, 3000)
-    for bad in ("1x", "", "k", "-4k"):
+    assert parse_lengths("512k,1m,2M") == (524288, 1048576, 2097152)  # m: 1024k, as MRCR's bins
+    with pytest.raises(EvalkitError, match="'1024k' and '1m' .* given twice"):
+        parse_lengths("1k,1024k,1m")
+    for bad in ("1x", "", "k", "-4k", "5m"):
         with pytest.raises(EvalkitError):
             parse_lengths(bad)
 

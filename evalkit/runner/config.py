@@ -30,11 +30,12 @@ from evalkit.types import EvalkitError
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 TASK_OVERRIDES = SAMPLE_OPTIONS  # what a task entry may set for itself
-_LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kK])?\s*$")
+_LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM])?\s*$")
+_UNIT = {"k": 1024, "m": 1024 * 1024}
 
 
 def parse_length(text: str | int) -> int:
-    """'4k' -> 4096, '1.5k' -> 1536, '3000' -> 3000."""
+    """'4k' -> 4096, '1.5k' -> 1536, '1m' -> 1048576 (1024k), '3000' -> 3000."""
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     elif not isinstance(text, str):
@@ -43,7 +44,7 @@ def parse_length(text: str | int) -> int:
         m = _LENGTH.match(text)
         if not m:
             raise EvalkitError(f"'{text}' is not a length: write e.g. 1k,4k,16k or 3000")
-        value = round(float(m.group(1)) * (1024 if m.group(2) else 1))
+        value = round(float(m.group(1)) * _UNIT.get((m.group(2) or "").lower(), 1))
     if value <= 0:
         raise EvalkitError(f"length {text} must be positive")
     if value > MAX_LENGTH:

@@ -31,11 +31,13 @@ and right about everything measured before, could stop one unit short.
 
 from __future__ import annotations
 
+import array
 import bisect
+import itertools
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -116,6 +118,16 @@ class Estimator:
                 self._memo.clear()
             n = self._memo[chunk] = self._timed(_ANCHOR + chunk) - self._anchor
         return n
+
+    def unit(self, text: str) -> int:
+        """The estimate of a text that will not be seen again (a line of random keys): its
+        chunks that the memo lacks are counted in one call, joined, and not remembered."""
+        chunks = _CHUNK.findall(text)
+        unknown = [c for c in chunks if c not in self._memo]
+        if len(unknown) < 2:
+            return sum(self.chunk(c) for c in chunks)
+        return (sum(self._memo[c] for c in chunks if c in self._memo)
+                + self._timed(_ANCHOR + "".join(unknown)) - self._anchor)
 
     def __call__(self, text: str) -> int:
         chunks = _CHUNK.findall(text)
@@ -219,11 +231,13 @@ class PrefixCounts:
 
     def __init__(self, estimator: Estimator, text: str) -> None:
         self._est, self.text = estimator, text
-        self._ends: list[int] = []
-        self._cum = [0]
+        self._ends = array.array("q")  # arrays: a million chunks take 16 MB, not 70
+        self._cum = array.array("q", [0])
+        total = 0
         for m in _CHUNK.finditer(text):
             self._ends.append(m.end())
-            self._cum.append(self._cum[-1] + estimator.chunk(m.group()))
+            total += estimator.chunk(m.group())
+            self._cum.append(total)
 
     def __call__(self, m: int) -> int:
         whole = bisect.bisect_right(self._ends, m)  # chunks that end at or before m
@@ -231,7 +245,62 @@ class PrefixCounts:
         return self._cum[whole] + (self._est(self.text[start:m]) if m > start else 0)
 
 
-Estimate = Units | Curve
+class UnitCounts:
+    """Estimates of the first n units of a long text (its lines, its words), for every n:
+    cumulative sums, made as far as a fit reaches. Each unit after the first is led by
+    whitespace (a line with its newline, a word with its space), so that it is chunked as
+    in the whole text and the estimates add up."""
+
+    def __init__(self, estimator: Estimator, units: Iterable[str]) -> None:
+        self._est = estimator
+        self._units = iter(units)
+        self._cum = array.array("q", [0])
+
+    def _make(self, n: int) -> None:
+        cum, total = self._cum, self._cum[-1]
+        for unit in itertools.islice(self._units, max(0, n + 1 - len(cum))):
+            total += self._est.unit(unit)
+            cum.append(total)
+
+    def __call__(self, n: int) -> int:
+        self._make(n)
+        return self._cum[min(n, len(self._cum) - 1)]
+
+    def largest_within(self, target: float, hi: int) -> int:
+        """The largest n <= hi whose first n units are estimated at most `target` (-1 when
+        none is): units are made toward it at the rate of tokens per unit seen so far, so
+        that little past the answer is estimated."""
+        cum = self._cum
+        self._make(min(hi, 64))  # the rate is learned before the first leap
+        while len(cum) - 1 < hi and cum[-1] <= target:
+            made = len(cum) - 1
+            rate = cum[-1] / made if made else 1.0
+            self._make(min(hi, made + int((target - cum[-1]) / max(rate, 1e-6) * 1.01) + 8))
+            if len(cum) - 1 == made:  # the text ended
+                break
+        return min(hi, bisect.bisect_right(cum, target) - 1)
+
+
+@dataclass
+class Haystack:
+    """The estimate of a prompt whose haystack grows with k while the rest (the template,
+    the needles) adds `rest` tokens at every k: `tokens(k)` estimates the haystack of size
+    k, `largest(target, hi)` the largest size within `target` tokens; constant time a
+    size, not a chunking of the whole prompt."""
+
+    tokens: Callable[[int], int]
+    largest: Callable[[float, int], int]
+    rest: int
+
+    def at(self, k: int) -> int:
+        return self.rest + self.tokens(k)
+
+    def largest_within(self, target: float, lo: int, hi: int) -> int:
+        k = self.largest(target - self.rest, hi)
+        return k if k >= lo else lo - 1
+
+
+Estimate = Units | Curve | Haystack
 
 
 @dataclass
@@ -245,12 +314,24 @@ class Fitter:
     offsets: dict[str, int] = field(default_factory=dict)
     exact: dict[str, bool] = field(default_factory=dict)  # the estimate never missed here
     _estimator: Estimator | None = None
+    _unit_counts: dict[str, UnitCounts] = field(default_factory=dict)
 
     @property
     def estimator(self) -> Estimator:
         if self._estimator is None:
             self._estimator = Estimator(self.count)
         return self._estimator
+
+    def unit_counts(self, key: str, units: Callable[[], Iterable[str]]) -> UnitCounts:
+        """UnitCounts of a long text that many samples share (a haystack), made once per
+        key; the last two kept."""
+        found = self._unit_counts.pop(key, None)
+        if found is None:
+            found = UnitCounts(self.estimator, units())
+        self._unit_counts[key] = found
+        while len(self._unit_counts) > 2:
+            del self._unit_counts[next(iter(self._unit_counts))]
+        return found
 
     def units(self, unit: Callable[[int], str], head: Callable[[int], str],
               tail: Callable[[int], str]) -> Units:

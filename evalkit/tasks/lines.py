@@ -40,7 +40,7 @@ LINE = "line {idx}: REGISTER_CONTENT is <{value}>\n"
 QUESTION = ("\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {idx}? "
             "I need the number. ")
 INDEX_STYLES = ("nl", "int", "uuid", "abc")
-MAX_LINES = 16384  # about 250K tokens: more than any context this harness fits
+MAX_LINES = 1 << 17  # about 2M tokens; LongEval's 450 x 450 line names allow 202,500
 
 
 @dataclass(frozen=True)

@@ -17,31 +17,96 @@ RULER's do, and the prompt may fall up to a line short of its length.
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from evalkit.tasks.base import Plan, data_dir
-from evalkit.tasks.fitting import Curve, Fit, with_answer_prefix
+from evalkit.tasks.fitting import (
+    Curve,
+    Estimate,
+    Estimator,
+    Fit,
+    Haystack,
+    UnitCounts,
+    with_answer_prefix,
+)
 from evalkit.tasks.ruler.protocol import NEEDLE, NOISE, NeedleType
 from evalkit.types import EvalkitError
 
+SizeCounts = tuple[Callable[[int], int], Callable[[float, int], int]]
+
 
 def fit_prompt(plan: Plan, key: str, build: Callable[[int], str], answer_prefix: str,
-               budget: int, lo: int, hi: int, what: str) -> Fit[str]:
+               budget: int, lo: int, hi: int, what: str,
+               haystack: SizeCounts | None = None) -> Fit[str]:
     """The largest size k in [lo, hi] whose user text build(k), rendered with the model's
-    template and followed by the answer prefix, takes at most `budget` tokens."""
+    template and followed by the answer prefix, takes at most `budget` tokens.
+    `haystack`: the estimated tokens of the haystack of size k alone, and the largest size
+    within a number of tokens (lines_counts, words_counts), where the rest of build(k)
+    (the template, the needles) adds the same at every k; the fit then estimates a size
+    in constant time, not by chunking the whole prompt again."""
     if budget <= 0:
         raise EvalkitError(f"{plan.task}: a length of {budget + plan.max_new_tokens} tokens "
                            f"leaves nothing beside the {plan.max_new_tokens} tokens to "
                            "generate (a RULER length counts them): ask for a longer length")
     est = plan.fitter.estimator
     prefix_tokens = est(answer_prefix)
-    return plan.fitter.fit(key, build, Curve(lambda k: est(build(k)) + prefix_tokens), budget,
-                           lo=lo, hi=hi, what=what,
+    estimate: Estimate
+    if haystack is None:
+        estimate = Curve(lambda k: est(build(k)) + prefix_tokens)
+    else:
+        tokens, largest = haystack
+        estimate = Haystack(tokens, largest, est(build(lo)) - tokens(lo) + prefix_tokens)
+    return plan.fitter.fit(key, build, estimate, budget, lo=lo, hi=hi, what=what,
                            measure=with_answer_prefix(plan.measure, answer_prefix))
+
+
+def line_units(lines: Lines) -> Iterator[str]:
+    """The lines of a lines haystack, each after the first led by its newline (units of
+    UnitCounts)."""
+    for j in itertools.count():
+        yield ("\n" if j else "") + lines.line(j)
+
+
+def word_units(words: Sequence[str]) -> Iterator[str]:
+    """The words of an essay haystack, repeated as first_words repeats them, each after
+    the first led by its space (units of UnitCounts)."""
+    for i, word in enumerate(itertools.cycle(words)):
+        yield (" " if i else "") + word
+
+
+def lines_counts(lines: Lines, units: UnitCounts, est: Estimator) -> SizeCounts:
+    """fit_prompt's `haystack` for "\n".join(lines.lines(k * lines.step())): whole lines
+    by `units` (line_units), the cut line's words by the estimator."""
+    wpl, step = lines.words_per_line, lines.step()
+
+    def words(n: int) -> int:
+        full, part = divmod(n, wpl)
+        cut = (" ".join(lines.line(full).split(" ")[:part])
+               if part and not lines.whole_units else "")
+        return units(full) + (est(("\n" if full else "") + cut) if cut else 0)
+
+    def largest(target: float, hi: int) -> int:
+        full = units.largest_within(target, hi * step // wpl)
+        if full < 0:
+            return -1
+        best = full * wpl // step
+        for part in range(1, wpl if step == 1 else 0):
+            if full * wpl + part > hi or words(full * wpl + part) > target:
+                break
+            best = full * wpl + part
+        return best
+
+    return (lambda k: words(k * step)), largest
+
+
+def words_counts(units: UnitCounts) -> SizeCounts:
+    """fit_prompt's `haystack` for first_words(words, k) (units: word_units)."""
+    return units, units.largest_within
 
 
 @functools.cache

@@ -44,16 +44,22 @@ from evalkit.tasks.base import (
     register_task,
     sample_rng,
 )
+from evalkit.tasks.fitting import UnitCounts
 from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import (
     Lines,
+    SizeCounts,
     essay_words,
     first_words,
     fit_prompt,
+    line_units,
+    lines_counts,
     needle_lines,
     noise_lines,
     random_value,
     sentences,
+    word_units,
+    words_counts,
 )
 from evalkit.tasks.ruler.protocol import (
     DEPTHS,
@@ -224,8 +230,22 @@ def _sample(task: Niah, params: RulerParams, plan: Plan, sid: str, target: int,
 
     step = lines.step() if lines is not None else 1
     lo = -(-len(draws.needles) * lines.words_per_line // step) if lines is not None else 1
-    fit = fit_prompt(plan, task.name, build, prefix, budget, lo=lo,
-                     hi=max(lo, budget // step + 1), what="haystack words")
+    hi = max(lo, budget // step + 1)
+
+    est = plan.fitter.estimator
+    counts: SizeCounts
+    if task.type_haystack == "needle":  # each sample's own distractors
+        assert lines is not None
+        counts = lines_counts(lines, UnitCounts(est, line_units(lines)), est)
+    elif lines is not None:  # noise: one text for every sample
+        counts = lines_counts(lines, plan.fitter.unit_counts("noise", lambda: line_units(
+            noise_lines())), est)
+    else:
+        assert essay is not None
+        counts = words_counts(plan.fitter.unit_counts(f"essay/{essay[0]}",
+                                                      lambda: word_units(essay[1])))
+    fit = fit_prompt(plan, task.name, build, prefix, budget, lo=lo, hi=hi,
+                     what="haystack words", haystack=counts)
     start = template.index("{context}")
     size = len(fit.prompt) - len(template) + len("{context}")  # the context's characters
     at = fit.prompt.find(f" is: {draws.answers[0]}.", start)  # the first answer's needle

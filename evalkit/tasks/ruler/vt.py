@@ -31,7 +31,7 @@ from evalkit.tasks.base import (
 )
 from evalkit.tasks.fitting import Curve
 from evalkit.tasks.ruler import suite
-from evalkit.tasks.ruler.haystacks import fit_prompt, noise_lines
+from evalkit.tasks.ruler.haystacks import fit_prompt, line_units, lines_counts, noise_lines
 from evalkit.tasks.ruler.niah import score
 from evalkit.tasks.ruler.protocol import NOISE, VT_ANSWER_PREFIX, VT_TEMPLATE
 from evalkit.types import EvalkitError, MetricDef, Sample
@@ -149,8 +149,10 @@ def generate(params: VtParams, plan: Plan) -> Iterator[Sample]:
 
             step = lines.step()
             lo = -(-(NUM_HOPS + 1) * lines.words_per_line // step)
+            noise = plan.fitter.unit_counts("noise", lambda: line_units(noise_lines()))
             fit = fit_prompt(plan, "vt", build, prefix, budget, lo=lo,
-                             hi=max(lo, budget // step + 1), what="haystack words")
+                             hi=max(lo, budget // step + 1), what="haystack words",
+                             haystack=lines_counts(lines, noise, plan.fitter.estimator))
             meta: dict[str, object] = {"haystack_type": "noise", "value": value,
                                        "haystack_words": fit.size * step}
             if params.whole_units:
