@@ -4,7 +4,7 @@ Each run is a fresh process on the scripted backend (no model: planning, running
 summarizing are what is measured): passkey samples at one length, the response cache
 off. Prints the peak RSS of the process, its RSS after imports (the floor), the growth
 per 1,000 samples between the two sizes, and the wall time. The target: flat in the
-number of samples (planned samples are spooled to disk, records summarized without their
+number of samples (planned samples are kept on disk, records summarized without their
 prompts).
 
     python bench/memory.py [--samples 1000,10000] [--lengths 1k,16k]

@@ -49,7 +49,7 @@ from evalkit.model import make_model
 from evalkit.model.files import resolve_gguf
 from evalkit.results import store
 from evalkit.runner import execute as runner
-from evalkit.runner import spool
+from evalkit.runner import plans
 from evalkit.runner.config import build_spec, parse_length
 
 # fp32 as the converted weights are (vLLM's CPU default is bf16); eager: no long compile
@@ -113,7 +113,7 @@ class EvalkitRuns:
         """Every sample's rendered prompt, in the order the runner sends them."""
         spec, backend = self.spec(config), self.model.backend
         samples = runner.plan_samples(spec, backend, backend.tokenizer())
-        samples.sort(key=lambda s: (s.task, spool.prefix_key(s.prompt)))
+        samples.sort(key=lambda s: (s.task, plans.prefix_key(s.prompt)))
         templates = {t.name: runner.resolve_template(t, backend) for t in spec.tasks}
         return [(s.id, templates[s.task].render(s.prompt), s.max_new_tokens) for s in samples]
 

@@ -101,13 +101,26 @@ def test_compare_marks_significant_cells(tmp_path: Path) -> None:
 
 
 def _page_data(rep: Path) -> tuple[list[dict], list[list[str]]]:
-    """The sample rows and prompt parts the page reads (samples.js, prompts/*.js)."""
-    def payload(path: Path) -> Any:
-        return json.loads(path.read_text().split("=", 2)[-1].rstrip(";\n"))
+    """The sample rows the page reads (samples.js) and the prompt parts each row names
+    (its chunks in prompts/*.js), in the rows' order."""
+    def payload(path: Path, variable: str) -> Any:
+        return json.loads(path.read_text().split(f"{variable}=", 1)[1].split(";\n", 1)[0])
 
-    rows = payload(rep / "samples.js")
-    parts = [p for f in sorted((rep / "prompts").glob("*.js")) for p in payload(f)]
+    rows = payload(rep / "samples.js", "window.EVALKIT_SAMPLES")
+    files = payload(rep / "prompts" / "files.js", "window.EVALKIT_CHUNK_FILES")
+    chunks = [c for i in range(len(files)) for c in payload(
+        rep / "prompts" / f"{i:04d}.js", f"window.EVALKIT_CHUNKS[{i}]")]
+    assert files == sorted(files) and files[0] == 0  # the first chunk of each file
+    parts = [["".join(chunks[n] for n in part) for part in row["pc"]] for row in rows]
     return rows, parts
+
+
+def _records(d: Path) -> list[dict[str, Any]]:
+    """samples.jsonl's lines with their stored texts read back (evalkit.results.texts)."""
+    from evalkit.results import texts
+
+    return [texts.internalize_record(json.loads(x), texts.store_of(d))
+            for x in (d / "samples.jsonl").read_text().splitlines()]
 
 
 def test_the_prompt_shown_is_the_prompt_sent(tmp_path: Path) -> None:
@@ -116,11 +129,11 @@ def test_the_prompt_shown_is_the_prompt_sent(tmp_path: Path) -> None:
     user text alone, said so, for an older record of the model's own template."""
     d = _scripted_run(tmp_path, "m", tasks=[{"passkey": {"template": "mistral-instruct"}},
                                             {"lines": {"template": "raw"}}])
-    records = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
+    records = _records(d)
     rows, parts = _page_data(build_report([d], tmp_path / "rep").parent)
     by_id = {r["sample"]["id"]: r for r in records}
-    for row in rows:
-        rec, shown = by_id[row["id"]], parts[row["p"]]
+    for row, shown in zip(rows, parts, strict=True):
+        rec = by_id[row["id"]]
         assert hashlib.sha256("".join(shown).encode()).hexdigest() == rec["prompt_sha256"]
         assert row["sent"] == "exact" and shown[1] == rec["sample"]["prompt"]
         if row["task"] == "passkey":
@@ -135,7 +148,7 @@ def test_the_prompt_shown_is_the_prompt_sent(tmp_path: Path) -> None:
     lying["sent"] = {"before": "<s>", "after": ""}
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
     rows, parts = _page_data(build_report([d], tmp_path / "rep2").parent)
-    sent = {row["id"]: (row["sent"], parts[row["p"]]) for row in rows}
+    sent = {row["id"]: (row["sent"], shown) for row, shown in zip(rows, parts, strict=True)}
     assert sent[fixed["sample"]["id"]] == ("exact", ["<s>[INST] ", fixed["sample"]["prompt"],
                                                      " [/INST]"])
     assert sent[chat["sample"]["id"]] == ("user", ["", chat["sample"]["prompt"], ""])
@@ -165,15 +178,16 @@ def test_the_user_text_is_found_where_the_template_put_it() -> None:
 
 def test_a_template_that_rewrote_the_user_text_is_shown_whole(tmp_path: Path) -> None:
     d = _scripted_run(tmp_path, "m", tasks=["passkey"])
-    records = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
+    records = _records(d)
     rec = records[0]
     rendered = rec["sample"]["prompt"].upper()  # as if a template had rewritten it
     rec["sent"] = {"before": rendered, "after": "", "user": [0, 0]}
     rec["prompt_sha256"] = hashlib.sha256(rendered.encode()).hexdigest()
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     rows, parts = _page_data(build_report([d], tmp_path / "rep").parent)
-    row = next(r for r in rows if r["id"] == rec["sample"]["id"])
-    assert row["sent"] == "unsplit" and parts[row["p"]] == ["", rendered, ""]
+    row, shown = next((r, p) for r, p in zip(rows, parts, strict=True)
+                      if r["id"] == rec["sample"]["id"])
+    assert row["sent"] == "unsplit" and shown == ["", rendered, ""]
 
 
 def test_the_run_at_a_glance_opens_the_report(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_report import _chrome
+from test_report import _chrome, _page_data
 
 from evalkit.report import html
 from evalkit.report.html import build_report
@@ -41,19 +41,26 @@ def test_rows_carry_the_marks_their_task_knows(tmp_path: Path) -> None:
     assert len([k for k, _ in rows["vt"]["marks"] if k == "needle"]) == 5
     assert [k for k, _ in rows["lines"]["marks"]] == ["needle", "question"]
     assert rows["cwe"]["marks"] == []  # a task that names no needle marks nothing
-    for row in rows.values():  # every mark is text of the prompt as sent
-        prompt = "".join(json.loads((tmp_path / "rep" / "prompts" / f"{row['pf']:04d}.js")
-                                    .read_text().split("=", 2)[2].rstrip(";\n"))[row["pi"]])
-        assert all(text in prompt for _, text in row["marks"])
+    page_rows, parts = _page_data(tmp_path / "rep")
+    for row, shown in zip(page_rows, parts, strict=True):  # every mark is text of the prompt
+        assert all(text in "".join(shown) for _, text in row["marks"])
 
 
-def test_long_prompts_get_files_of_their_own() -> None:
-    size = html.PROMPT_FILE_CHARS
-    places = html._prompt_files([100] * 3 + [size] + [size // 2] * 3 + [10] * 60)
-    assert places[:4] == [(0, 0), (0, 1), (0, 2), (1, 0)]  # the long one starts a file
-    assert places[4:7] == [(2, 0), (2, 1), (3, 0)]           # two halves share one
-    assert places[7] == (3, 1) and places[-1][0] == 4        # at most PROMPT_CHUNK a file
-    assert sum(1 for f, _ in places if f == 3) == html.PROMPT_CHUNK
+def test_prompt_files_hold_each_chunk_once_and_about_a_megabyte(tmp_path: Path) -> None:
+    """Prompts sharing a haystack write it once; files stop near PROMPT_FILE_CHARS, so that
+    opening one prompt loads about its own size."""
+    spec = build_spec({"model": "x", "backend": "scripted", "lengths": [16000], "samples": 6,
+                       "tasks": ["passkey", "niah_single_1", "niah_single_2"]})
+    d = run(spec, out=tmp_path / "run", progress=False, log=lambda m: None).run_dir
+    rep = build_report([d], tmp_path / "rep").parent
+    rows, parts = _page_data(rep)
+    raw = sum(len("".join(p)) for p in parts)
+    files = sorted((rep / "prompts").glob("*.js"))
+    written = sum(f.stat().st_size for f in files)
+    assert written < 0.3 * raw, (written, raw)  # the shared haystacks, once
+    chunks = [n for row in rows for part in row["pc"] for n in part]
+    assert max(chunks) + 1 == len(set(chunks))  # numbered as first met, each kept
+    assert all(f.stat().st_size < 1.2 * html.PROMPT_FILE_CHARS for f in files)
 
 
 @pytest.mark.browser

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.results import store
+from evalkit.results import store, texts
 from evalkit.runner.config import build_spec
 from evalkit.runner.execute import run, summarize
 from evalkit.types import SCHEMA_VERSION
@@ -46,12 +46,15 @@ def test_run_writes_the_layout_and_scores(tmp_path: Path) -> None:
     result = run(build_spec(_spec()), out=tmp_path / "r", progress=False, log=lambda m: None)
     d = result.run_dir
     assert {p.name for p in d.iterdir() if not p.name.startswith(".")} == {
-        "run.json", "samples.jsonl", "summary.json", "table.csv", "sessions.jsonl"}
+        "run.json", "samples.jsonl", "texts.pack", "summary.json", "table.csv",
+        "sessions.jsonl"}
     (session,) = store.read_sessions(d)
     assert session["ended"] == "finished" and 0 < session["seconds"] < 600
     assert result.summary.status == "complete" and result.summary.n_done == 18
     recs = _lines(d)
-    assert len(recs) == 18 and all(r["schema_version"] == SCHEMA_VERSION for r in recs)
+    # a record whose prompt is stored in texts.pack says so by its version
+    assert len(recs) == 18 and all(r["schema_version"] == (
+        texts.RECORD_VERSION if texts.has_refs(r) else SCHEMA_VERSION) for r in recs)
     # the scripted backend reads the needle back: passkey and lines right, longqa wrong
     acc = {(r.task, r.length): r.value for r in result.summary.rows}
     assert acc[("passkey", 1000)] == 1.0 and acc[("lines", 2000)] == 1.0

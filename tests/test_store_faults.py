@@ -40,7 +40,7 @@ import pytest
 import yaml
 from clirun import in_proc, one_line_error
 
-from evalkit.results import store
+from evalkit.results import store, texts
 from evalkit.runner.config import build_spec
 from evalkit.runner.execute import run
 from evalkit.types import EvalkitError
@@ -52,6 +52,7 @@ SCRIPTED: dict[str, Any] = {
     "lengths": [1000, 2000], "tasks": ["passkey", "lines", "longqa"],
 }
 N_SCRIPTED = 36
+LONGER: dict[str, Any] = {**SCRIPTED, "lengths": [8000, 16000]}
 # a model that cannot load: an error that names it means the model was reached first
 NO_MODEL: dict[str, Any] = {**SCRIPTED, "name": "nomodel", "backend": "llamacpp",
                             "model": "/nonexistent/evalkit-test-model.gguf"}
@@ -299,7 +300,8 @@ def test_full_disk_at_start_is_one_line_before_the_model_loads(
 @pytest.mark.parametrize("fault", ["tmpfs", "rlimit"])
 def test_full_disk_during_appends_leaves_whole_records_and_resumes(
         request: pytest.FixtureRequest, tmp_path: Path, fault: str) -> None:
-    cfg = _config(tmp_path, SCRIPTED)
+    # prompts long enough that the run's texts (stored once, compressed) outgrow the disk
+    cfg = _config(tmp_path, LONGER)
     if fault == "tmpfs":
         disk = request.getfixturevalue("small_disk")
         out, preexec = disk / "run", None
@@ -307,6 +309,9 @@ def test_full_disk_during_appends_leaves_whole_records_and_resumes(
     else:
         out, preexec = tmp_path / "run", _file_limit(150_000)
         why, advice = "File too large", "run the same command again"
+        # planned first, without the limit (the plan cache): the limit falls on the appends
+        planned = _cli("run", cfg, "--dry-run")
+        assert planned.returncode == 0, planned.stderr
     res = _cli("run", cfg, "--out", out, "--no-progress", preexec=preexec)
     one_line_error(res.returncode, res.stderr, str(out), why, advice, "to resume")
     kept = _records(out)  # every line whole: the failed batch was rolled back
@@ -319,7 +324,7 @@ def test_full_disk_during_appends_leaves_whole_records_and_resumes(
     assert f"resuming {out}: {len(kept)} of {N_SCRIPTED}" in resumed.stdout
     ids = [r["sample"]["id"] for r in _records(out)]
     assert len(ids) == len(set(ids)) == N_SCRIPTED
-    clean = _scripted_run(tmp_path / "clean")
+    clean = _scripted_run(tmp_path / "clean", LONGER)
     assert _summary_core(out) == _summary_core(clean)
     assert not list(out.glob("*.tmp"))
 
@@ -572,7 +577,8 @@ def test_every_run_file_gets_the_mode_of_an_ordinary_file(tmp_path: Path, umask:
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
     want = 0o666 & ~umask
     assert modes == {".lock": want, store.RUN_JSON: want, store.SAMPLES: want,
-                     store.SUMMARY: want, store.TABLE: want, store.SESSIONS: want}
+                     texts.TEXTS: want, store.SUMMARY: want, store.TABLE: want,
+                     store.SESSIONS: want}
 
 
 # ---- SIGKILL at random moments ---------------------------------------------------------

@@ -28,7 +28,7 @@ def show(run_dir: Annotated[Path, typer.Argument(
     from evalkit.results.read import effective_of, read_run
 
     check_threshold(threshold)
-    run = read_run(run_dir)
+    run = read_run(run_dir, prompts=False)
     typer.echo(f"{run.info.get('run_id', run.path.name)}  model={run.label}  "
                f"status={run.status} ({run.n_done}/{run.n_samples})")
     typer.echo(format_table(run.rows, effective_of(run.rows, run.records, threshold)))

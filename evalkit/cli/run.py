@@ -41,7 +41,8 @@ def run(
     = None,
     task: Annotated[list[str] | None, typer.Option("--task", "-t",
                     help="task to run (repeat); default: the config's")] = None,
-    lengths: Annotated[str | None, typer.Option(help="target lengths, e.g. 1k,4k,16k")] = None,
+    lengths: Annotated[str | None, typer.Option(
+        help="target lengths, e.g. 1k,4k,16k,1m (k: 1024 tokens, m: 1024k)")] = None,
     samples: Annotated[int | None, typer.Option(help="samples per task and length")] = None,
     limit: Annotated[int | None, typer.Option(help=LIMIT_HELP)] = None,
     seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
@@ -159,6 +160,7 @@ def _dry_run_samples(spec: Any, label: str) -> Any:
     from evalkit.backends import make_backend
     from evalkit.prompts.counters import get_counter
     from evalkit.runner import execute as runner
+    from evalkit.runner.plans import Plans, plans_folder
 
     needs_model = spec.tokenizer == "auto" or any(
         runner.needs_model_template(t) for t in runner.sample_tasks(spec))
@@ -168,7 +170,8 @@ def _dry_run_samples(spec: Any, label: str) -> Any:
     window = be.context_window() if be is not None else None
     runner.check_lengths(spec, window, label)
     skipped: dict[str, str] = {}
-    planned = runner.plan_samples(spec, be, counter, skipped=skipped)
+    with Plans(plans_folder() if spec.cache else None) as kept:  # the run reads them again
+        planned = runner.plan_samples(spec, be, counter, skipped=skipped, plans=kept)
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for smp in planned:
         groups[(smp.task, str(smp.cell), smp.template)].append(smp.input_tokens)

@@ -10,6 +10,7 @@ Backends provide their own counters (llama.cpp's vocabulary, a server's tokenize
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -59,7 +60,7 @@ class WhitespaceCounter:
     name = "whitespace"
 
     def encode(self, text: str) -> list[int]:
-        return [1] + [hash(w) & 0xFFFF for w in text.split()]
+        return [1] + [zlib.crc32(w.encode("utf-8")) & 0xFFFF for w in text.split()]
 
 
 @register_counter("whitespace")

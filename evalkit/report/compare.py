@@ -69,7 +69,7 @@ def compare_runs(run_a: Path, run_b: Path, plot_dir: Path | None = None,
     """(label A, label B, rows), a row per (task, length, subset, metric); with plot_dir,
     also the combined plots per task and metric (tasks with a length axis only), each
     model's effective length at `threshold` marked."""
-    runs = load_runs([run_a, run_b])
+    runs = load_runs([run_a, run_b], prompts=False)
     out = _compare_rows(paired_cells(runs[0], runs[1], 0.0, "two-sided"))
     rows = runs[0].rows + runs[1].rows
     with_axis = {r.task for r in split_rows(rows)[0]}

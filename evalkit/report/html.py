@@ -7,8 +7,11 @@ reports/<name>/
                      axis x length as a heatmap
   static/            report.css, report.js (copied from evalkit/report/static)
   samples.js         sample metadata and outputs, as JSON (rendered with textContent only)
-  prompts/NNN.js     prompts as sent, in chunks, loaded when a sample's prompt is opened:
-                     [template text before, user text, template text after] each
+  prompts/NNNN.js    the prompts' text, each chunk once (a shared haystack is written once),
+                     loaded when a sample's prompt is opened: its row names the chunks of
+                     [template text before, user text, template text after]
+  prompts/files.js   the number of the first chunk of each prompts/NNNN.js, and the build's
+                     id (the prompt files are loaded with it: never a stale cached one)
   .evalkit-report    marks the folder as a report: the next report may replace its files
 
 Model output and prompts are untrusted text: the page never puts them through innerHTML,
@@ -26,6 +29,7 @@ import hashlib
 import json
 import math
 import re
+import secrets
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -48,7 +52,7 @@ from evalkit.report.tables import (
     score_lines,
     split_rows,
 )
-from evalkit.results import store
+from evalkit.results import store, texts
 from evalkit.results.effective import DEFAULT_THRESHOLD, check_threshold
 from evalkit.results.read import (
     MetricInfo,
@@ -68,8 +72,7 @@ from evalkit.tasks import get_task
 from evalkit.tasks.base import TASKS
 from evalkit.types import EffectiveLength, EvalkitError, Record, SummaryRow
 
-PROMPT_CHUNK = 50       # prompts per lazily loaded file, at most
-PROMPT_FILE_CHARS = 1 << 20  # and about this many characters: a long prompt loads alone
+PROMPT_FILE_CHARS = 1 << 20  # characters of prompt text per lazily loaded file, about
 MARK_CHARS = 20_000     # a mark longer than this is not marked (the prompt shows it whole)
 OUTPUT_CHARS = 4000     # model output kept in the browser per sample (the record has it all)
 
@@ -187,34 +190,68 @@ def _marks(r: Record) -> list[list[str]]:
     return [[kind, text] for kind, text in found if len(text) <= MARK_CHARS]
 
 
-def _prompt_files(sizes: list[int]) -> list[tuple[int, int]]:
-    """(file, place in it) per prompt: files of at most PROMPT_CHUNK prompts and about
-    PROMPT_FILE_CHARS characters, so that opening one long prompt loads few others."""
-    out: list[tuple[int, int]] = []
-    file, count, chars = 0, 0, 0
-    for size in sizes:
-        if count and (count >= PROMPT_CHUNK or chars + size > PROMPT_FILE_CHARS):
-            file, count, chars = file + 1, 0, 0
-        out.append((file, count))
-        count, chars = count + 1, chars + size
-    return out
+class _PromptFiles:
+    """The report's prompt texts, each chunk once (cut as evalkit.results.texts cuts the
+    run's texts, so that a haystack the samples share is written once): prompts/NNNN.js
+    files of about PROMPT_FILE_CHARS characters each, chunks numbered in order, chunk n in
+    the last file f with starts[f] <= n."""
+
+    def __init__(self, folder: Path) -> None:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        self.folder = folder
+        self.numbers: dict[str, int] = {}
+        self.starts = [0]
+        self._pending: list[str] = []
+        self._chars = 0
+
+    def add(self, text: str) -> list[int]:
+        """The numbers of the text's chunks, in order (new chunks wait for their file)."""
+        out = []
+        for piece in texts.chunk_text(text):
+            key = texts.chunk_id(piece.encode("utf-8"))
+            n = self.numbers.get(key)
+            if n is None:
+                n = self.numbers[key] = len(self.numbers)
+                self._pending.append(piece)
+                self._chars += len(piece)
+                if self._chars >= PROMPT_FILE_CHARS:
+                    self._write()
+            out.append(n)
+        return out
+
+    def _write(self) -> None:
+        file = len(self.starts) - 1
+        body = _js_payload(f"window.EVALKIT_CHUNKS[{file}]", self._pending)
+        (self.folder / f"{file:04d}.js").write_text(
+            "window.EVALKIT_CHUNKS=window.EVALKIT_CHUNKS||{};" + body, encoding="utf-8")
+        self.starts.append(len(self.numbers))
+        self._pending, self._chars = [], 0
+
+    def close(self) -> list[int]:
+        """Write the last file; the first chunk number of each file."""
+        if self._pending:
+            self._write()
+        return self.starts[:-1]
 
 
 def _write_samples(out: Path, runs: list[Run]) -> int:
+    """samples.js (a row per record) and prompts/ (the prompts as sent, each row naming
+    its chunks). The runs' records carry no prompts: each run's are read here one record
+    at a time, so that a report of long prompts holds one in memory, not all."""
     rows: list[dict[str, Any]] = []
-    prompts: list[list[str]] = []
-    for run in runs:
+    row_of: dict[tuple[int, str], dict[str, Any]] = {}
+    for i, run in enumerate(runs):
         primary = primary_metrics(run.rows, run.records)
         kinds = metric_kinds(run.records)
         by_loglikelihood = loglikelihood_tasks({r.sample.task for r in run.records})
-        server_template = (run.info.get("backend") or {}).get("endpoint") == "chat"
         for r in run.records:
             s, resp = r.sample, r.response
             metric = primary.get(s.task)
             outcome = _outcome(r, metric, kinds.get((s.task, metric or ""), "binary"),
                                s.task in by_loglikelihood)
-            parts, sent = _prompt_sent(r, server_template)
-            rows.append({
+            row = row_of[(i, s.id)] = {
                 "model": run.label, "task": s.task, "length": _length_label(s.cell),
                 "id": s.id, "outcome": outcome, "expected": " | ".join(s.targets),
                 "output": resp.text[:OUTPUT_CHARS], "output_cut": len(resp.text) > OUTPUT_CHARS,
@@ -222,30 +259,32 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
                 "target_tokens": s.target_tokens, "output_tokens": resp.output_tokens,
                 "latency_s": round(resp.latency_s, 3), "cached": resp.cached,
                 "template": s.template,
-                "depth": s.meta.get("depth"), "p": len(prompts), "metric": metric,
+                "depth": s.meta.get("depth"), "metric": metric,
                 "scores": {k: _clean(v) for k, v in r.scores.items()},
-                "sent": sent, "framed": bool(parts[0] or parts[2]), "sha256": r.prompt_sha256,
-                "marks": _marks(r),
+                "sha256": r.prompt_sha256, "sent": "user", "framed": False, "marks": [],
+                "pc": [[], [], []],  # the chunks of the prompt's three parts (see below)
                 "reasoning": None if resp.reasoning is None else resp.reasoning[:OUTPUT_CHARS],
                 "reasoning_tokens": resp.reasoning_tokens,
                 "exhausted": bool(resp.reasoning_exhausted),
-            })
-            prompts.append(parts)
-    places = _prompt_files([sum(map(len, p)) for p in prompts])
-    for row, (file, at) in zip(rows, places, strict=True):
-        row["pf"], row["pi"] = file, at
-    (out / "samples.js").write_text(_js_payload("window.EVALKIT_SAMPLES", rows), encoding="utf-8")
-    pdir = out / "prompts"
-    if pdir.exists():
-        shutil.rmtree(pdir)
-    pdir.mkdir()
-    files: dict[int, list[list[str]]] = {}
-    for parts, (file, _) in zip(prompts, places, strict=True):
-        files.setdefault(file, []).append(parts)
-    for file, chunk in files.items():
-        body = _js_payload(f"window.EVALKIT_PROMPTS[{file}]", chunk)
-        (pdir / f"{file:04d}.js").write_text(
-            "window.EVALKIT_PROMPTS=window.EVALKIT_PROMPTS||{};" + body, encoding="utf-8")
+            }
+            rows.append(row)
+    files = _PromptFiles(out / "prompts")
+    for i, run in enumerate(runs):
+        if not run.records:
+            continue
+        server_template = (run.info.get("backend") or {}).get("endpoint") == "chat"
+        for r in store.iter_records(run.path):  # a sample recorded twice: the last counts
+            found = row_of.get((i, r.sample.id))
+            if found is None:
+                continue
+            parts, sent = _prompt_sent(r, server_template)
+            found.update(sent=sent, framed=bool(parts[0] or parts[2]), marks=_marks(r),
+                       pc=[files.add(part) for part in parts])
+    (out / "prompts" / "files.js").write_text(
+        _js_payload("window.EVALKIT_CHUNK_FILES", files.close())
+        + _js_payload("window.EVALKIT_BUILD", secrets.token_hex(4)), encoding="utf-8")
+    (out / "samples.js").write_text(_js_payload("window.EVALKIT_SAMPLES", rows),
+                                    encoding="utf-8")
     return len(rows)
 
 
@@ -435,7 +474,8 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None,
         raise EvalkitError("report needs at least one run folder (results/<run-id>)")
     check_threshold(threshold)
     prepare_out(out)
-    return _render_report(load_runs(run_dirs, join_disjoint=True), out, title, threshold)
+    return _render_report(load_runs(run_dirs, join_disjoint=True, prompts=False), out, title,
+                          threshold)
 
 
 def _render_report(runs: list[Run], out: Path, title: str | None,
@@ -602,7 +642,7 @@ def build_index(results_root: Path, out: Path,
     entries, bad = [], []
     for d in runs:
         try:
-            run = load_runs([d])[0]
+            run = load_runs([d], prompts=False)[0]
         except EvalkitError as exc:
             bad.append({"run_id": d.name, "reason": str(exc)})
             if log is not None:

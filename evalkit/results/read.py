@@ -217,9 +217,11 @@ class Run:
         return bool(self.records)
 
 
-def read_run(path: Path) -> Run:
+def read_run(path: Path, prompts: bool = True) -> Run:
     """A run folder, or a summary.json alone (its folder's run.json is read if there is
-    one). Every fault is one EvalkitError naming the file."""
+    one). Every fault is one EvalkitError naming the file. `prompts=False`: the records'
+    prompts are left empty (store.read_records): what scores, tables and gates need, in a
+    fraction of the memory."""
     path = Path(path)
     if path.is_file():
         if path.name != store.SUMMARY:
@@ -234,7 +236,7 @@ def read_run(path: Path) -> Run:
             info, records = {}, []  # a committed baseline: summary.json alone
         else:
             info = store.read_run(folder)
-            records = store.read_records(folder)
+            records = store.read_records(folder, prompts)
     else:
         raise EvalkitError(f"{path} does not exist: pass a run folder (results/<run-id>) or "
                            "its summary.json")
@@ -310,13 +312,14 @@ def model_file(info: Mapping[str, Any]) -> str | None:
     return None
 
 
-def load_runs(paths: Sequence[Path], join_disjoint: bool = False) -> list[Run]:
+def load_runs(paths: Sequence[Path], join_disjoint: bool = False,
+              prompts: bool = True) -> list[Run]:
     """Runs with display labels that tell them apart: the model, else the model with its
     file (two quantizations of one model), else model@run-folder, else a position (#2) for
     the same run given twice. `join_disjoint`: runs of one model whose tasks do not overlap
     (the long-context tasks in one run, lm-eval's in another) keep one label, so
-    that a report shows them as one column."""
-    runs = [read_run(p) for p in paths]
+    that a report shows them as one column. `prompts`: as read_run's."""
+    runs = [read_run(p, prompts) for p in paths]
     column = _joined(runs) if join_disjoint else list(range(len(runs)))
     firsts = sorted(set(column))  # a column by its first run
     with_file = {c: f"{runs[c].label} ({model_file(runs[c].info)})" for c in firsts}

@@ -4,6 +4,8 @@ results/<run-id>/
   run.json        the spec (secrets redacted), versions, git sha; written first
   samples.jsonl   append-only records, flushed and fsynced per batch: the source of truth;
                   resume = the ids already here (the last record of an id wins)
+  texts.pack      the records' long texts (prompts, conversations), each chunk stored once
+                  and compressed; a record names its texts (evalkit.results.texts)
   summary.json    written atomically at the end, only when it changes; rebuildable from
                   samples.jsonl
   table.csv       the accuracy table of summary.json, for spreadsheets
@@ -30,13 +32,14 @@ import math
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from evalkit.results import schema
+from evalkit.results import schema, texts
 from evalkit.results.schema import RunInfo
 from evalkit.types import (
     SCHEMA_VERSION,
@@ -293,11 +296,14 @@ def discard_if_unused(run_dir: Path) -> None:
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files that a killed writer left behind. Call it holding run_lock: then no
-    other writer can own them."""
-    for p in Path(run_dir).glob("*.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
+    """Temporary files (and a run's temporary plan folders) that a killed writer left
+    behind. Call it holding run_lock: then no other writer can own them."""
+    for p in Path(run_dir).glob(".*.tmp"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def write_run(run_dir: Path, info: RunInfo | Mapping[str, Any]) -> None:
@@ -433,34 +439,76 @@ def repair_tail(run_dir: Path) -> int:
     is nothing to cut (a finished run in a read-only folder stays readable)."""
     path = Path(run_dir) / SAMPLES
     cut = torn_tail(run_dir)
-    if cut:
-        try:
-            os.truncate(path, path.stat().st_size - cut)
-        except OSError as exc:
-            raise write_error(path, exc) from None
+    torn_texts = texts.store_of(run_dir).torn()
+    for where, n in ((path, cut), (Path(run_dir) / texts.TEXTS, torn_texts)):
+        if n:
+            try:
+                os.truncate(where, where.stat().st_size - n)
+            except OSError as exc:
+                raise write_error(where, exc) from None
     return cut
 
 
 def append_records(run_dir: Path, records: Iterable[Record]) -> None:
-    """Append records to samples.jsonl, fsynced. All or nothing: when the write or the
-    fsync fails (a full disk, a size limit, an interrupt) the file is cut back to its size
-    before the write, so no record is ever half-written, and an OSError becomes one line."""
-    data = "".join(json.dumps({"schema_version": SCHEMA_VERSION, **to_jsonable(r)},
-                              ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    """Append records to samples.jsonl, fsynced, their long texts to texts.pack first
+    (evalkit.results.texts). All or nothing: when the write or the fsync fails (a full
+    disk, a size limit, an interrupt) the file is cut back to its size before the write,
+    so no record is ever half-written, and an OSError becomes one line."""
+    store = texts.store_of(run_dir)
+    store.refresh(verify=True)
+    lines = []
+    for r in records:
+        d = texts.externalize_record({"schema_version": SCHEMA_VERSION, **to_jsonable(r)},
+                                     store)
+        if texts.has_refs(d):
+            d["schema_version"] = texts.RECORD_VERSION
+        lines.append(json.dumps(d, ensure_ascii=False) + "\n")
+    data = "".join(lines).encode("utf-8")
     if not data:
         return
-    path = Path(run_dir) / SAMPLES
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        write_texts(store)
+    except OSError as exc:
+        raise _append_error(run_dir, exc, texts.TEXTS) from None
+    try:
+        append_whole(Path(run_dir) / SAMPLES, data)
     except OSError as exc:
         raise _append_error(run_dir, exc) from None
+
+
+def write_texts(store: texts.TextStore, codecs: tuple[str, ...] = texts.CODECS,
+                sync: bool = True) -> None:
+    """Append the texts waiting in `store` to its texts.pack, after cutting a torn entry a
+    crash left (the caller is the folder's writer). An OSError leaves the file whole.
+    `sync`: fsynced (a cache's need not be)."""
+    chunks = store.pending(codecs)
+    if not chunks:
+        return
+    try:
+        torn = store.torn()
+        if torn:
+            os.truncate(store.path, store.path.stat().st_size - torn)
+        append_whole(store.path, chunks, sync)
+    except BaseException:
+        store.discard()
+        raise
+    store.written()
+
+
+def append_whole(path: Path, data: bytes, sync: bool = True) -> None:
+    """Append `data` to the file, fsynced (`sync`), or leave the file as it was (see
+    append_records). A file this makes is fsynced into its folder too."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         start = os.fstat(fd).st_size
         written = False
         try:
             _write_all(fd, data)
             written = True
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
+                if not start:
+                    _fsync_dir(path.parent)
         except BaseException as exc:
             # A refused write or fsync is undone. An interrupt (Ctrl-C) undoes only a write
             # it cut short: whole lines already in the file are as good as fsynced ones
@@ -469,15 +517,13 @@ def append_records(run_dir: Path, records: Iterable[Record]) -> None:
                 with contextlib.suppress(OSError):  # cutting back frees space: it succeeds
                     os.ftruncate(fd, start)
                     os.fsync(fd)
-            if isinstance(exc, OSError):
-                raise _append_error(run_dir, exc) from None
             raise
     finally:
         os.close(fd)
 
 
-def _append_error(run_dir: Path, exc: OSError) -> EvalkitError:
-    return EvalkitError(f"cannot append to {SAMPLES} in {run_dir}: {_why(exc)}; the batch in "
+def _append_error(run_dir: Path, exc: OSError, name: str = SAMPLES) -> EvalkitError:
+    return EvalkitError(f"cannot append to {name} in {run_dir}: {_why(exc)}; the batch in "
                         f"flight was rolled back, every earlier sample is kept: {_advice(exc)}")
 
 
@@ -567,12 +613,12 @@ def _load_json(path: Path, fix: str) -> Any:
         raise EvalkitError(f"{path}: nested too deeply to be an evalkit file: {fix}") from None
 
 
-def _check_version(d: Any, where: str) -> None:
+def _check_version(d: Any, where: str, newest: int = SCHEMA_VERSION) -> None:
     if isinstance(d, dict):
         v = d.get("schema_version")
-        if isinstance(v, int) and not isinstance(v, bool) and v > SCHEMA_VERSION:
+        if isinstance(v, int) and not isinstance(v, bool) and v > newest:
             raise EvalkitError(f"{where} has schema_version {v}, newer than this evalkit reads "
-                               f"({SCHEMA_VERSION}): upgrade evalkit")
+                               f"({newest}): upgrade evalkit")
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -632,7 +678,8 @@ def read_summary(run_dir: Path) -> RunSummary | None:
     return RunSummary(**{**schema.known(d, RunSummary), "rows": rows, "effective": ()})
 
 
-def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> Record:
+def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True,
+                  store: texts.TextStore | None = None) -> Record:
     where = f"{path} line {lineno}"
     try:
         d = json.loads(raw.decode("utf-8"))
@@ -643,7 +690,10 @@ def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> 
                            f"{_RECORD_FIX}") from None
     except RecursionError:
         raise EvalkitError(f"{where}: nested too deeply to be a record: {_RECORD_FIX}") from None
-    _check_version(d, where)
+    _check_version(d, where, texts.RECORD_VERSION)
+    if isinstance(d, dict) and d.get("schema_version") == texts.RECORD_VERSION:
+        d = _read_texts(d, texts.store_of(path.parent) if store is None else store, where,
+                        prompts)
     problem = schema.check(d, Record, "the line")
     if problem is None:
         problem = (schema.check(d["sample"], Sample, "sample", prefix="sample.")
@@ -661,26 +711,50 @@ def _parse_record(raw: bytes, path: Path, lineno: int, prompts: bool = True) -> 
         record, sample=dataclasses.replace(record.sample, prompt="", messages=None), sent=None)
 
 
+_TEXT_FIX = (f"restore {texts.TEXTS} from a copy, or remove that line (a removed sample runs "
+             "again when the run is resumed)")
+
+
+def _read_texts(d: dict[str, Any], store: texts.TextStore, where: str,
+                prompts: bool) -> dict[str, Any]:
+    """A record line's stored texts read back from texts.pack beside it; without
+    `prompts`, the prompt's (its text, its turns, the prompt as sent) are left out, and
+    texts.pack is not read at all. The line is checked as a whole after either."""
+    if not prompts:
+        d = texts.without_texts(d)
+    try:
+        out = texts.internalize_record(d, store)
+    except texts.TextError as exc:
+        raise EvalkitError(f"{where}: {exc}: {_TEXT_FIX}") from None
+    return out
+
+
 def read_records(run_dir: Path, prompts: bool = True) -> list[Record]:
     """The records of a run, the last one of each id, in first-seen order. Only a torn
     last line (a crash mid-write, no newline yet) is skipped; any other line that is not
     a whole record is one EvalkitError naming the file and line: a sample is never
     dropped in silence. `prompts=False` leaves every prompt empty (summaries and resume
     need none; a long run's prompts would fill memory)."""
-    path = Path(run_dir) / SAMPLES
     latest: dict[str, Record] = {}
+    for rec in iter_records(run_dir, prompts):
+        latest[rec.sample.id] = rec
+    return list(latest.values())
+
+
+def iter_records(run_dir: Path, prompts: bool = True) -> Iterator[Record]:
+    """Every record line of a run, in file order, one at a time (a sample recorded twice
+    comes twice: the last one counts), checked as read_records checks them."""
+    path = Path(run_dir) / SAMPLES
     try:
         f = path.open("rb")
     except FileNotFoundError:
-        return []
+        return
     except OSError as exc:
         raise EvalkitError(f"cannot read {path}: {_why(exc)}") from None
+    store = texts.store_of(run_dir)
     with f:
         for lineno, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 break  # the torn tail of an interrupted write
-            if not raw.strip():
-                continue
-            rec = _parse_record(raw, path, lineno, prompts)
-            latest[rec.sample.id] = rec
-    return list(latest.values())
+            if raw.strip():
+                yield _parse_record(raw, path, lineno, prompts, store)

@@ -18,26 +18,33 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from evalkit import interrupts
 from evalkit.model import Model, make_model
 from evalkit.model.files import model_label
 from evalkit.model.reasoning import Thinking, split_reasoning
 from evalkit.prompts.counters import get_counter
-from evalkit.prompts.templates import PromptMeasure, Template, make_template, sent_of, transcript
+from evalkit.prompts.templates import (
+    FIXED_TEMPLATES,
+    PromptMeasure,
+    Template,
+    make_template,
+    sent_of,
+    transcript,
+)
 from evalkit.report.tables import counted
 from evalkit.results import store
 from evalkit.results.read import build_summary
 from evalkit.results.schema import RunInfo
 from evalkit.runner.config import RunSpec, TaskSpec, check_recorded_spec, recorded_spec_sha256
+from evalkit.runner.plans import Planned, Plans, PlanStore, plan_key, plans_folder, prefix_key
 from evalkit.runner.shards import Selection
-from evalkit.runner.spool import Planned, Spool, prefix_key
 from evalkit.tasks import Plan, get_task, make_params
-from evalkit.tasks.base import WholeRun
+from evalkit.tasks.base import Generate, WholeRun
 from evalkit.types import (
     Backend,
     EvalkitError,
@@ -51,6 +58,8 @@ from evalkit.types import (
     Sample,
     TokenCounter,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -112,17 +121,42 @@ def reasoning_reserve(spec: RunSpec) -> int:
 
 def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
                  progress: bool = False, selection: Selection | None = None,
-                 skipped: dict[str, str] | None = None) -> Iterator[Sample]:
+                 skipped: dict[str, str] | None = None, done: Collection[str] = (),
+                 plans: Plans | None = None
+                 ) -> Iterator[tuple[Sample, tuple[str, int, int] | None]]:
     """Every sample of the run (or of its shard: `selection`), in a stable order, measured
-    with `counter`, one at a time. `backend` is read for the model's chat template and its
-    window (None: every template is a fixed one, the window unknown). `skipped` takes the
-    samples a task leaves out (Plan.skip), by id, with why."""
+    with `counter`, one at a time, with where it is kept in `plans` (None without). A
+    sample in `plans` already is read from there, not fitted again; one in `done` (a
+    resumed run's recorded samples) is neither fitted nor made. `backend` is read for the
+    model's chat template and its window (None: every template is a fixed one, the window
+    unknown). `skipped` takes the samples a task leaves out (Plan.skip), by id, with why."""
     window = backend.context_window() if backend is not None else None
+    reserve = reasoning_reserve(spec)
     seen: set[str] = set()
     for task in sample_tasks(spec):
         tdef = get_task(task.name)
-        assert tdef.generate is not None  # a task planned per sample has one
+        generate = tdef.generate
+        assert generate is not None  # a task planned per sample has one
         template = resolve_template(task, backend, Thinking.of(spec.thinking))
+        params = make_params(tdef, task.params)
+        kept = None if plans is None else plans.open(plan_key(
+            task.name, params, generate, seed=spec.seed, max_new_tokens=task.max_new_tokens,
+            window=window, reserve=reserve, template=template,
+            template_source=_template_source(template, backend, spec), counter=counter))
+        ready: list[str] = []  # ids kept in `plans`, to read rather than fit
+
+        def select(sample_id: str, haystack: str | None = None,
+                   kept: PlanStore | None = kept, ready: list[str] = ready) -> bool:
+            if selection is not None and not selection(sample_id, haystack):
+                return False
+            if haystack is not None:  # a question over a shared haystack: its group is
+                return True  # fitted whole (the recorded ones are left out after)
+            if sample_id in done:
+                return False
+            if kept is not None and kept.get(sample_id) is not None:
+                ready.append(sample_id)
+                return False
+            return True
 
         measure = PromptMeasure(template, counter)  # user texts and conversations
 
@@ -131,27 +165,62 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
 
         plan = Plan(task=task.name, lengths=task.lengths, samples=task.samples, seed=spec.seed,
                     template=template.name, max_new_tokens=task.max_new_tokens, measure=measure,
-                    count=count, select=selection, window=window,
-                    reserve=reasoning_reserve(spec),
-                    on_skip=None if skipped is None else skipped.__setitem__)
-        params = make_params(tdef, task.params)
-        for sample in _progress(tdef.generate(params, plan), progress,
-                                f"planning {task.name}", _expected_count(task, params)):
+                    count=count, select=select, window=window, reserve=reserve,
+                    on_skip=None if skipped is None else skipped.__setitem__,
+                    memo=None if kept is None else kept.counts)
+
+        def made(kept: PlanStore | None = kept, ready: list[str] = ready, plan: Plan = plan,
+                 generate: Generate = generate, params: Any = params
+                 ) -> Iterator[tuple[Sample, tuple[str, int, int] | None]]:
+            for sample in generate(params, plan):
+                yield from _read_kept(kept, ready)
+                # generators ask before fitting; samples read from files are sliced here
+                if sample.id in done or (selection is not None
+                                         and not selection(sample.id, sample.cluster)):
+                    continue
+                yield sample, None if kept is None else (kept.key, *kept.add(sample))
+            yield from _read_kept(kept, ready)
+
+        for sample, where in _progress(made(), progress, f"planning {task.name}",
+                                       _expected_count(task, params)):
             if sample.id in seen:
                 raise EvalkitError("two tasks made samples with the same id: list each task once")
             seen.add(sample.id)
-            # generators ask before fitting; samples read from files are sliced here
-            if selection is None or selection(sample.id, sample.cluster):
-                yield sample
+            yield sample, where
+
+
+def _template_source(template: Template, backend: Backend | None,
+                     spec: RunSpec) -> dict[str, Any]:
+    """Where a template comes from, for the plan key: the model's chat template, its
+    special tokens and the template options of a thinking model, for the model's own."""
+    if template.name in FIXED_TEMPLATES or backend is None:
+        return {}
+    thinking = Thinking.of(spec.thinking)
+    return {"chat_template": backend.chat_template(),
+            "special_tokens": dict(backend.special_tokens()),
+            "options": thinking.template_options if thinking else None}
+
+
+def _read_kept(kept: PlanStore | None, ready: list[str]
+               ) -> Iterator[tuple[Sample, tuple[str, int, int] | None]]:
+    """The samples kept in a plan store that a generator was told not to fit."""
+    while kept is not None and ready:
+        sample_id = ready.pop(0)
+        sample = kept.get(sample_id)
+        if sample is None:
+            raise EvalkitError(f"{kept.folder} changed while the run read it: delete it (it "
+                               "is a cache) and run the same command again")
+        yield sample, (kept.key, *kept.index[sample_id])
 
 
 def plan_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
-                 progress: bool = False, skipped: dict[str, str] | None = None
-                 ) -> list[Sample]:
+                 progress: bool = False, skipped: dict[str, str] | None = None,
+                 plans: Plans | None = None) -> list[Sample]:
     """Every sample of the run (of its shard, for a shard), in a list (a dry run, tests);
-    runs stream them. `skipped` takes those a task leaves out, with why."""
-    return list(iter_samples(spec, backend, counter, progress, Selection(spec.shard),
-                             skipped))
+    runs stream them. `skipped` takes those a task leaves out, with why; `plans` keeps
+    them (and gives those it has)."""
+    return [s for s, _ in iter_samples(spec, backend, counter, progress, Selection(spec.shard),
+                                       skipped, plans=plans)]
 
 
 def sample_tasks(spec: RunSpec) -> list[TaskSpec]:
@@ -193,7 +262,7 @@ def _expected_count(task: TaskSpec, params: Any) -> int | None:
     return None
 
 
-def _progress(it: Iterator[Sample], on: bool, desc: str, total: int | None) -> Iterator[Sample]:
+def _progress(it: Iterator[T], on: bool, desc: str, total: int | None) -> Iterator[T]:
     if not on:
         return it
     from tqdm import tqdm
@@ -263,6 +332,7 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
         if fresh or not _up_to_date(run_dir):
             store.prepare_run_dir(run_dir)
         with store.run_lock(run_dir):
+            store.remove_stale_temporaries(run_dir)
             model = make_model(spec.backend, spec.model, spec.backend_options,
                                cache_dir=cache_dir, use_cache=spec.cache, retries=spec.retries,
                                label=label)
@@ -271,17 +341,20 @@ def run(spec: RunSpec, *, out: Path | None = None, results_root: Path = Path("re
             backend = model.backend
             counter = (backend.tokenizer() if spec.tokenizer == "auto"
                        else get_counter(spec.tokenizer))
-            with Spool(run_dir) as spool:
+            store.repair_tail(run_dir)
+            # a resumed run fits only the samples it has not recorded
+            done = {r.sample.id for r in store.read_records(run_dir, prompts=False) if r.ok}
+            with Plans(plans_folder(cache_dir) if spec.cache else None, run_dir) as plans:
                 selection = Selection(spec.shard)
                 skipped: dict[str, str] = {}
                 samples = _plan_checked(spec, backend, counter, label, progress, selection,
-                                        spool, skipped)
+                                        plans, skipped, done)
                 scored_once = plan_whole(spec, counter)  # planned whole: one shard's
                 whole_ids = [*selection.seen, *(i for ids in scored_once.values() for i in ids)]
                 planned = {name: ids for name, ids in scored_once.items()
                            if selection.takes(name)}
                 return _run_locked(spec, model, counter, label, samples, planned, whole_ids,
-                                   spool, run_dir, progress, log, started, skipped)
+                                   plans, run_dir, progress, log, started, skipped, done)
     except BaseException:
         if fresh:
             store.discard_if_unused(run_dir)
@@ -294,23 +367,24 @@ def task_kind(task: TaskSpec) -> RequestKind:
 
 
 def _plan_checked(spec: RunSpec, backend: Backend, counter: TokenCounter, label: str,
-                  progress: bool, selection: Selection, spool: Spool,
-                  skipped: dict[str, str]) -> list[Planned]:
+                  progress: bool, selection: Selection, plans: Plans,
+                  skipped: dict[str, str], done: Collection[str]) -> list[Planned]:
     window = backend.context_window()
     check_lengths(spec, window, label)
     planned: list[Planned] = []
     too_long = 0
     example = ""
     reserve = reasoning_reserve(spec)
-    for s in iter_samples(spec, backend, counter, progress, selection, skipped):
+    for s, where in iter_samples(spec, backend, counter, progress, selection, skipped, done,
+                                 plans):
         if window and s.input_tokens + s.max_new_tokens + reserve > window:
             too_long += 1
             example = example or (f"{s.id} with {s.input_tokens} + {s.max_new_tokens} new "
                                   "tokens" + (f" + {reserve} for reasoning" if reserve else ""))
             continue
+        assert where is not None  # every sample is kept in `plans`
         text = s.prompt if s.messages is None else transcript(s.messages)  # shared turns first
-        planned.append(Planned(s.id, (s.task, prefix_key(text)), spool.add(s),
-                               s.cell))
+        planned.append(Planned(s.id, (s.task, prefix_key(text)), where, s.cell))
     if too_long:
         raise EvalkitError(
             f"{too_long} sample(s) are over the context window of {label} ({window} "
@@ -335,9 +409,10 @@ def _up_to_date(run_dir: Path) -> bool:
 
 def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
                 samples: list[Planned], planned: Mapping[str, Mapping[str, int | str]],
-                whole_ids: Sequence[str], spool: Spool, run_dir: Path, progress: bool,
-                log: Log, started: float, skipped: Mapping[str, str]) -> RunResult:
-    store.remove_stale_temporaries(run_dir)
+                whole_ids: Sequence[str], plans: Plans, run_dir: Path, progress: bool,
+                log: Log, started: float, skipped: Mapping[str, str],
+                done: set[str]) -> RunResult:
+    """`samples`: those to run (the recorded ones were not planned again)."""
     ids = [s.id for s in samples] + [i for task_ids in planned.values() for i in task_ids]
     if not (run_dir / store.RUN_JSON).is_file():
         store.write_run(run_dir, run_info(spec, run_dir, label, model.backend, counter, ids,
@@ -347,16 +422,15 @@ def _run_locked(spec: RunSpec, model: Model, counter: TokenCounter, label: str,
         first, why = next(iter(skipped.items()))
         log(f"{counted(len(skipped), 'sample')} skipped, not truncated (listed in run.json), "
             f"e.g. {first}: {why}")
-    store.repair_tail(run_dir)
-    done = {r.sample.id for r in store.read_records(run_dir, prompts=False) if r.ok}
-    todo = sorted((s for s in samples if s.id not in done), key=lambda s: s.order)
+    todo = sorted(samples, key=lambda s: s.order)
     if done:
-        log(f"resuming {run_dir}: {len(done)} of {len(ids)} samples already done")
+        log(f"resuming {run_dir}: {len(done)} of {store.read_run(run_dir)['n_samples']} "
+            "samples already done")
     scored_once = [task for task in whole_tasks(spec) if task.name in planned
                    and not all(i in done for i in planned[task.name])]  # not another shard's
     if todo or scored_once:
         with store.session(run_dir, started):
-            _execute(spec, model, label, run_dir, todo, spool, progress)
+            _execute(spec, model, label, run_dir, todo, plans, progress)
             for task in scored_once:
                 _execute_whole(task, spec, model, counter, label, run_dir, done, log, progress)
     if model.cache is not None and model.cache.hits:
@@ -416,7 +490,7 @@ def _ids_hash(ids: Sequence[str]) -> str:
 
 
 def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
-             todo: Sequence[Planned], spool: Spool, progress: bool) -> None:
+             todo: Sequence[Planned], plans: Plans, progress: bool) -> None:
     """Ask the model for `todo`, in the order given (the schedule), a batch at a time;
     each batch's records are on disk before the next is asked. A signal is taken only
     while the model is asked (interrupts.allowed, in the Model), never between an
@@ -435,7 +509,7 @@ def _execute(spec: RunSpec, model: Model, label: str, run_dir: Path,
         with interrupts.deferred():
             size = model.max_batch_size
             for start in range(0, len(todo), size):
-                batch = [spool.get(p.where) for p in todo[start:start + size]]
+                batch = [plans.read(p.where) for p in todo[start:start + size]]
                 rendered = [templates[s.task].render_sample(s) for s in batch]
                 requests = [request_for(s, p, spec)
                             for s, p in zip(batch, rendered, strict=True)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from evalkit.results import store
 from evalkit.results.read import build_summary
 from evalkit.runner.config import recorded_spec_sha256
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, Record
 
 
 def shard_of(key: str, count: int) -> int:
@@ -50,6 +51,8 @@ class Selection:
 
 
 Shard = tuple[Path, dict[str, Any]]  # a shard's folder and its run.json
+MERGE_BATCH = 64  # records appended at a time by a merge, at most
+MERGE_CHARS = 16 << 20  # and about this many characters of their prompts
 
 
 def merge(shard_dirs: Sequence[Path], out: Path) -> Path:
@@ -173,18 +176,30 @@ def _write_merged(work: Path, info: dict[str, Any], ordered: Sequence[Path]) -> 
 
 
 def _append_records(work: Path, ordered: Sequence[Path]) -> None:
-    """Each shard's records appended in turn, one shard in memory at a time; a sample in
+    """Each shard's records appended in turn (the last record of each id), a few at a time
+    with their prompts, so that a merge of long prompts holds few in memory; a sample in
     two shards is one line naming both."""
     owner: dict[str, Path] = {}
     for d in ordered:
-        records = store.read_records(d)
-        for rec in records:
-            if rec.sample.id in owner:
-                raise EvalkitError(f"sample {rec.sample.id} is in both "
-                                   f"{owner[rec.sample.id]} and {d}: these shards overlap; "
-                                   "merge the shards of one command only")
-            owner[rec.sample.id] = d
-        store.append_records(work, records)
+        left = Counter(rec.sample.id for rec in store.iter_records(d, prompts=False))
+        for sample_id in left:
+            if sample_id in owner:
+                raise EvalkitError(f"sample {sample_id} is in both {owner[sample_id]} and "
+                                   f"{d}: these shards overlap; merge the shards of one "
+                                   "command only")
+            owner[sample_id] = d
+        batch: list[Record] = []
+        chars = 0
+        for rec in store.iter_records(d):
+            left[rec.sample.id] -= 1
+            if not left[rec.sample.id]:  # the record of this id that counts
+                batch.append(rec)
+                chars += len(rec.sample.prompt) + sum(len(m.content)
+                                                      for m in rec.sample.messages or ())
+            if len(batch) >= MERGE_BATCH or chars >= MERGE_CHARS:
+                store.append_records(work, batch)
+                batch, chars = [], 0
+        store.append_records(work, batch)
 
 
 def _move_into(work: Path, out: Path) -> None:

@@ -376,7 +376,7 @@ def gate(baseline: Path, candidate: Path, margin: float = 0.0, alpha: float = 0.
     _check(margin, alpha)
     if effective_threshold is not None:
         check_threshold(effective_threshold)
-    base, cand = read_run(baseline), read_run(candidate)
+    base, cand = read_run(baseline, prompts=False), read_run(candidate, prompts=False)
     if not base.rows:
         raise EvalkitError(f"the baseline {baseline} has no results: pass a finished run "
                            "(or its summary.json)")

@@ -13,7 +13,7 @@ import functools
 import random
 import re
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ class Plan:
     window: int | None = None  # the model's context window in tokens, where known
     on_skip: Callable[[str, str], None] | None = None  # (sample id, why): see skip
     reserve: int = 0  # tokens the model may write beyond max_new_tokens (a reasoning budget)
+    # counts kept across runs of this plan (the plan cache's; None: kept for this run only)
+    memo: MutableMapping[str, int] | None = None
 
     def wants(self, sample_id: str, haystack: str | None = None) -> bool:
         """Whether this run makes the sample (a shard makes a slice): asked before a sample
@@ -71,6 +73,17 @@ class Plan:
         truncated. Said before `wants`, so that every shard skips the same samples."""
         if self.on_skip is not None:
             self.on_skip(sample_id, why)
+
+    def counted(self, key: str, count: Callable[[], int]) -> int:
+        """A count this plan makes again and again (a data row's tokens, to bin it), made
+        once and kept in the plan cache by `key`, which names what is counted (a row by its
+        file and place: the files' sizes and times are in the cache's key)."""
+        if self.memo is None:
+            return count()
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = count()
+        return found
 
     @functools.cached_property
     def fitter(self) -> Fitter:

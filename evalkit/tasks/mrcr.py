@@ -22,6 +22,7 @@ removed: a continuous score in [0, 1].
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -117,7 +118,8 @@ def generate(params: MrcrParams, plan: Plan) -> Iterator[Sample]:
     for case in cases:
         if all(taken.get((edge, case.n_needles), 0) >= plan.samples for edge in edges):
             continue  # this needle count is full in every bin asked for (or none is left)
-        tokens = plan.fitter.measure_messages(case.messages)
+        tokens = plan.counted(f"tokens/{case.source}/{case.row}",
+                              functools.partial(plan.fitter.measure_messages, case.messages))
         edge = bin_of(tokens)
         if edge is None or edge not in edges or taken.get((edge, case.n_needles), 0) >= \
                 plan.samples:

@@ -35,15 +35,48 @@
     return e;
   }
 
-  function loadPrompts(chunk) {
-    window.EVALKIT_PROMPTS = window.EVALKIT_PROMPTS || {};
-    if (window.EVALKIT_PROMPTS[chunk]) return Promise.resolve(window.EVALKIT_PROMPTS[chunk]);
-    return new Promise(function (resolve, reject) {
-      const s = document.createElement("script");
-      s.src = "prompts/" + String(chunk).padStart(4, "0") + ".js";
-      s.onload = function () { resolve(window.EVALKIT_PROMPTS[chunk]); };
-      s.onerror = reject;
-      document.body.appendChild(s);
+  // The prompts' text is in prompts/NNNN.js files, each chunk once: file f holds chunks
+  // CHUNK_FILES[f] onwards. A prompt loads the files of its chunks, nothing else.
+  const CHUNK_FILES = window.EVALKIT_CHUNK_FILES || [0];
+
+  function fileOf(n) {
+    let lo = 0, hi = CHUNK_FILES.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (CHUNK_FILES[mid] <= n) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  const loading = {};
+  function loadChunks(file) {
+    window.EVALKIT_CHUNKS = window.EVALKIT_CHUNKS || {};
+    if (!loading[file]) {
+      loading[file] = new Promise(function (resolve, reject) {
+        const s = document.createElement("script");
+        // the build's id: a file of an earlier report of this folder, cached, is not used
+        s.src = "prompts/" + String(file).padStart(4, "0") + ".js?b=" + (window.EVALKIT_BUILD || "");
+        s.onload = function () { resolve(window.EVALKIT_CHUNKS[file]); };
+        s.onerror = function (e) { delete loading[file]; reject(e); };
+        document.body.appendChild(s);
+      });
+    }
+    return loading[file];
+  }
+
+  // [template text before, user text, template text after] of a sample's prompt
+  function promptParts(s) {
+    const files = new Set();
+    s.pc.forEach(function (part) { part.forEach(function (n) { files.add(fileOf(n)); }); });
+    return Promise.all(Array.from(files).map(loadChunks)).then(function () {
+      return s.pc.map(function (part) {
+        return part.map(function (n) {
+          const f = fileOf(n);
+          const text = (window.EVALKIT_CHUNKS[f] || [])[n - CHUNK_FILES[f]];
+          if (typeof text !== "string") throw new Error("chunk " + n + " is missing");
+          return text;
+        }).join("");
+      });
     });
   }
 
@@ -139,18 +172,20 @@
     det.addEventListener("toggle", function () {
       if (!det.open || pre.dataset.loaded) return;
       pre.textContent = "loading...";
-      // only this prompt's file: a long prompt is in a file of its own, or nearly
-      loadPrompts(s.pf).then(function (chunk) {
+      // only the files of this prompt's chunks
+      promptParts(s).then(function (parts) {
         // [template text before, user text, template text after]: the template's text is
         // marked, and the whole <pre> reads exactly the string that was sent
-        const parts = chunk[s.pi];
         pre.replaceChildren();
         parts.forEach(function (text, i) {
           if (text) pre.append(marked(text, i === 1 ? "user" : "tmpl", s.marks || []));
         });
         jumpLinks(jumps, pre);
         pre.dataset.loaded = "1";
-      }, function () { pre.textContent = "(could not load the prompt file)"; });
+      }).catch(function () {
+        pre.textContent = "(could not load this prompt: its files in prompts/ are missing or " +
+          "from another build of the report; build the report again)";
+      });
     });
     box.append(head, kv, det);
     return box;
