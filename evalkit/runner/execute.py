@@ -18,6 +18,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,10 +144,10 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
             task.name, params, generate, seed=spec.seed, max_new_tokens=task.max_new_tokens,
             window=window, reserve=reserve, template=template,
             template_source=_template_source(template, backend, spec), counter=counter))
-        ready: list[str] = []  # ids kept in `plans`, to read rather than fit
+        ready: deque[str] = deque()  # ids kept in `plans`, to read rather than fit
 
         def select(sample_id: str, haystack: str | None = None,
-                   kept: PlanStore | None = kept, ready: list[str] = ready) -> bool:
+                   kept: PlanStore | None = kept, ready: deque[str] = ready) -> bool:
             if selection is not None and not selection(sample_id, haystack):
                 return False
             if haystack is not None:  # a question over a shared haystack: its group is
@@ -169,7 +170,7 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
                     on_skip=None if skipped is None else skipped.__setitem__,
                     memo=None if kept is None else kept.counts)
 
-        def made(kept: PlanStore | None = kept, ready: list[str] = ready, plan: Plan = plan,
+        def made(kept: PlanStore | None = kept, ready: deque[str] = ready, plan: Plan = plan,
                  generate: Generate = generate, params: Any = params
                  ) -> Iterator[tuple[Sample, tuple[str, int, int] | None]]:
             for sample in generate(params, plan):
@@ -201,11 +202,11 @@ def _template_source(template: Template, backend: Backend | None,
             "options": thinking.template_options if thinking else None}
 
 
-def _read_kept(kept: PlanStore | None, ready: list[str]
+def _read_kept(kept: PlanStore | None, ready: deque[str]
                ) -> Iterator[tuple[Sample, tuple[str, int, int] | None]]:
     """The samples kept in a plan store that a generator was told not to fit."""
     while kept is not None and ready:
-        sample_id = ready.pop(0)
+        sample_id = ready.popleft()
         sample = kept.get(sample_id)
         if sample is None:
             raise EvalkitError(f"{kept.folder} changed while the run read it: delete it (it "
