@@ -92,9 +92,11 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
 def main() -> None:
     """The console script: every failure is one line on stderr and an exit code, never a
     traceback (EVALKIT_DEBUG=1 shows the traceback of an internal error)."""
-    interrupts.install()
     try:
+        interrupts.install()
         app()
+    except KeyboardInterrupt as exc:  # a signal while typer builds the command, before click
+        sys.exit(_interrupted(exc))
     except SystemExit as exc:  # a signal while typer parses the command line: it exits 130
         interrupt = _interrupt_behind(exc)
         if interrupt is None:
