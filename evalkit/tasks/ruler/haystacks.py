@@ -31,13 +31,18 @@ from evalkit.tasks.fitting import (
     Estimator,
     Fit,
     Haystack,
+    SampledCounts,
     UnitCounts,
     with_answer_prefix,
 )
 from evalkit.tasks.ruler.protocol import NEEDLE, NOISE, NeedleType
 from evalkit.types import EvalkitError
 
-SizeCounts = tuple[Callable[[int], int], Callable[[float, int], int]]
+# a haystack's estimated tokens by size, the largest size within a number of tokens, and
+# the unit counts they read
+SizeCounts = tuple[Callable[[int], int], Callable[[float, int], int],
+                   UnitCounts | SampledCounts]
+_NEXT_LINE = "\nA"  # what follows a lines haystack, as far as its last junction can tell
 
 
 def fit_prompt(plan: Plan, key: str, build: Callable[[int], str], answer_prefix: str,
@@ -59,10 +64,16 @@ def fit_prompt(plan: Plan, key: str, build: Callable[[int], str], answer_prefix:
     if haystack is None:
         estimate = Curve(lambda k: est(build(k)) + prefix_tokens)
     else:
-        tokens, largest = haystack
-        estimate = Haystack(tokens, largest, est(build(lo)) - tokens(lo) + prefix_tokens)
+        tokens, largest, counts = haystack
+        estimate = Haystack(tokens, largest, est(build(lo)) - tokens(lo) + prefix_tokens,
+                            counts)
     return plan.fitter.fit(key, build, estimate, budget, lo=lo, hi=hi, what=what,
                            measure=with_answer_prefix(plan.measure, answer_prefix))
+
+
+def line_unit(lines: Lines, j: int) -> str:
+    """Line j of a lines haystack, led by its newline after the first (a unit)."""
+    return ("\n" if j else "") + lines.line(j)
 
 
 def line_units(lines: Lines) -> Iterator[str]:
@@ -79,7 +90,8 @@ def word_units(words: Sequence[str]) -> Iterator[str]:
         yield (" " if i else "") + word
 
 
-def lines_counts(lines: Lines, units: UnitCounts, est: Estimator) -> SizeCounts:
+def lines_counts(lines: Lines, units: UnitCounts | SampledCounts, est: Estimator
+                 ) -> SizeCounts:
     """fit_prompt's `haystack` for "\n".join(lines.lines(k * lines.step())): whole lines
     by `units` (line_units), the cut line's words by the estimator."""
     wpl, step = lines.words_per_line, lines.step()
@@ -88,7 +100,13 @@ def lines_counts(lines: Lines, units: UnitCounts, est: Estimator) -> SizeCounts:
         full, part = divmod(n, wpl)
         cut = (" ".join(lines.line(full).split(" ")[:part])
                if part and not lines.whole_units else "")
-        return units(full) + (est(("\n" if full else "") + cut) if cut else 0)
+        total = units(full)
+        if cut:
+            total += est.after(lines.line(full - 1), "\n" + cut) if full else est(cut)
+        last = cut or (lines.line(full - 1) if full else "")
+        # a line follows the haystack (a needle, the question): its junction with the last
+        # line depends on where that line is cut (".\n" is one token to some vocabularies)
+        return total + (est.after(last, _NEXT_LINE) - est(_NEXT_LINE) if last else 0)
 
     def largest(target: float, hi: int) -> int:
         full = units.largest_within(target, hi * step // wpl)
@@ -101,12 +119,17 @@ def lines_counts(lines: Lines, units: UnitCounts, est: Estimator) -> SizeCounts:
             best = full * wpl + part
         return best
 
-    return (lambda k: words(k * step)), largest
+    return (lambda k: words(k * step)), largest, units
 
 
-def words_counts(units: UnitCounts) -> SizeCounts:
-    """fit_prompt's `haystack` for first_words(words, k) (units: word_units)."""
-    return units, units.largest_within
+def words_counts(units: UnitCounts, words: Sequence[str], est: Estimator) -> SizeCounts:
+    """fit_prompt's `haystack` for first_words(words, k) (units: word_units), followed by a
+    line (the question)."""
+    def tokens(k: int) -> int:
+        last = words[(k - 1) % len(words)] if k else ""
+        return units(k) + (est.after(last, _NEXT_LINE) - est(_NEXT_LINE) if last else 0)
+
+    return tokens, units.largest_within, units
 
 
 @functools.cache

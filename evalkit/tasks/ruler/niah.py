@@ -44,7 +44,7 @@ from evalkit.tasks.base import (
     register_task,
     sample_rng,
 )
-from evalkit.tasks.fitting import UnitCounts
+from evalkit.tasks.fitting import SampledCounts
 from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import (
     Lines,
@@ -52,6 +52,7 @@ from evalkit.tasks.ruler.haystacks import (
     essay_words,
     first_words,
     fit_prompt,
+    line_unit,
     line_units,
     lines_counts,
     needle_lines,
@@ -236,14 +237,16 @@ def _sample(task: Niah, params: RulerParams, plan: Plan, sid: str, target: int,
     counts: SizeCounts
     if task.type_haystack == "needle":  # each sample's own distractors
         assert lines is not None
-        counts = lines_counts(lines, UnitCounts(est, line_units(lines)), est)
+        counts = lines_counts(lines, SampledCounts(est, functools.partial(line_unit, lines)),
+                              est)
     elif lines is not None:  # noise: one text for every sample
         counts = lines_counts(lines, plan.fitter.unit_counts("noise", lambda: line_units(
             noise_lines())), est)
     else:
         assert essay is not None
         counts = words_counts(plan.fitter.unit_counts(f"essay/{essay[0]}",
-                                                      lambda: word_units(essay[1])))
+                                                      lambda: word_units(essay[1])),
+                              essay[1], est)
     fit = fit_prompt(plan, task.name, build, prefix, budget, lo=lo, hi=hi,
                      what="haystack words", haystack=counts)
     start = template.index("{context}")
