@@ -182,13 +182,28 @@ class Units:
     each from the nearest one below."""
 
     def __init__(self, estimator: Estimator, unit: Callable[[int], str],
-                 head: Callable[[int], str], tail: Callable[[int], str]) -> None:
+                 head: Callable[[int], str], tail: Callable[[int], str], own: bool = False
+                 ) -> None:
         self._est, self._unit, self._head, self._tail = estimator, unit, head, tail
         self._texts: list[str] = []  # each unit with the whitespace that leads it
         self._carry: list[str] = []  # trailing whitespace of the head, then of each unit
         self._sums: dict[int, int] = {0: 0}  # estimated tokens of units 0..k-1
         self._bounds = [0]  # the k of _sums, sorted
         self._ends: dict[int, int] = {}
+        # units that no other prompt shares (random lines): estimated near a guess only
+        self._own = SampledCounts(estimator, self._text) if own else None
+
+    def _text(self, i: int) -> str:
+        self._make(i + 1)
+        return self._texts[i]
+
+    @property
+    def approximate(self) -> bool:
+        return self._own is not None
+
+    def start(self) -> None:
+        if self._own is not None:
+            self._own.start()
 
     def _make(self, k: int) -> None:
         """Units 0..k-1, each with the whitespace that leads it."""
@@ -204,6 +219,9 @@ class Units:
     def _sum(self, k: int) -> int:
         """Units 0..k-1 as they add after the head (the head's junction with unit 0 is
         counted in `at`)."""
+        if self._own is not None:
+            self._make(k)
+            return self._own(k)
         if k not in self._sums:
             self._make(k)
             base = self._bounds[bisect.bisect_right(self._bounds, k) - 1]  # known, below k
@@ -214,8 +232,11 @@ class Units:
         return self._sums[k]
 
     def at(self, k: int) -> int:
+        return self._sum(k) + self._end(k)
+
+    def _end(self, k: int) -> int:
+        """The head and the tail around k units, with their junctions."""
         self._make(k)
-        total = self._sum(k)
         if k not in self._ends:
             head = self._head(k).rstrip()
             joint = (self._est.after(head, self._texts[0]) - self._est(self._texts[0])
@@ -223,12 +244,19 @@ class Units:
             last = self._texts[k - 1] if k else head
             self._ends[k] = (self._est(head) + joint
                              + self._est.after(last, self._carry[k] + self._tail(k)))
-        return total + self._ends[k]
+        return self._ends[k]
 
     def largest_within(self, target: float, lo: int, hi: int) -> int:
         """The largest k in [lo, hi] estimated at most `target`; lo - 1 when none is. Walks
         up about _STEP_CHARS characters of units at a time, then bisects inside the step
         that overshot (units past it are never made)."""
+        if self._own is not None and lo <= hi:  # from the rate's guess, unit by unit
+            k = max(lo, min(hi, self._own.largest_within(target - self._end(lo), hi)))
+            while k < hi and self.at(k + 1) <= target:
+                k += 1
+            while k >= lo and self.at(k) > target:
+                k -= 1
+            return k
         if lo > hi or self.at(lo) > target:
             return lo - 1
         low = lo
@@ -458,8 +486,9 @@ class Fitter:
         return found
 
     def units(self, unit: Callable[[int], str], head: Callable[[int], str],
-              tail: Callable[[int], str]) -> Units:
-        return Units(self.estimator, unit, head, tail)
+              tail: Callable[[int], str], own: bool = False) -> Units:
+        """Units; `own`: units that no other prompt shares (a sample's random lines)."""
+        return Units(self.estimator, unit, head, tail, own)
 
     def measure_messages(self, messages: Sequence[Message]) -> int:
         """Tokens of a conversation rendered as the model reads it (measure_messages)."""

@@ -131,7 +131,7 @@ def _case(sid: str, plan: Plan, params: LinesParams, n_lines: int | None,
         def question(n: int) -> str:
             return QUESTION.format(idx=stream.indexes[asked_at(n)])
 
-        units = plan.fitter.units(line, lambda n: HEADER, question)
+        units = plan.fitter.units(line, lambda n: HEADER, question, own=True)
         fit = plan.fitter.fit("lines", build, units, target, lo=1, hi=MAX_LINES, what="lines")
         if fit.size == MAX_LINES:
             raise EvalkitError(f"{target} tokens needs more lines than the generator makes "
