@@ -133,22 +133,31 @@ def _prompts(plan_of) -> list[str]:
     return out
 
 
-def test_chunk_sums_are_counts_of_a_bpe_vocabulary_that_joins_punctuation_and_newlines():
+@pytest.fixture(scope="module")
+def qwen_style_bpe() -> _QwenStyleBPE:
+    from evalkit.prompts.counters import WhitespaceCounter
+    from evalkit.prompts.templates import PromptMeasure, make_template
+    from evalkit.tasks import Plan
+
+    words = WhitespaceCounter()
+    return _QwenStyleBPE(_prompts(lambda name: Plan(
+        task=name, lengths=(1500,), samples=2, seed=0, template="raw", max_new_tokens=10,
+        measure=PromptMeasure(make_template("raw"), words),
+        count=lambda t: len(words.encode(t)))))
+
+
+def test_chunk_sums_are_counts_of_a_bpe_vocabulary_that_joins_punctuation_and_newlines(
+        qwen_style_bpe: _QwenStyleBPE) -> None:
     """The chunk rule holds for GPT-style pre-tokenizers too: a cut before a newline that
     follows punctuation would split ".\\n", which Qwen's vocabulary makes one token; the
     units of a haystack, estimated apart, add up through Estimator.after; fitted with that
     vocabulary, every estimate is exact."""
-    from evalkit.prompts.counters import WhitespaceCounter
     from evalkit.prompts.templates import PromptMeasure, make_template
     from evalkit.tasks import Plan
     from evalkit.tasks.fitting import UnitCounts
     from evalkit.tasks.ruler.haystacks import line_units, needle_lines, noise_lines
 
-    words = WhitespaceCounter()
-    bpe = _QwenStyleBPE(_prompts(lambda name: Plan(
-        task=name, lengths=(1500,), samples=2, seed=0, template="raw", max_new_tokens=10,
-        measure=PromptMeasure(make_template("raw"), words),
-        count=lambda t: len(words.encode(t)))))
+    bpe = qwen_style_bpe
 
     def count(text: str) -> int:
         return len(bpe.encode(text))
@@ -283,3 +292,70 @@ def test_an_approximate_estimate_that_misses_is_measured_not_trusted():
                          budget, 0, 19999)
         assert fit == fit_max(str, measure, budget, 0, 19999)
     assert fitter.exact["random"] is False
+
+
+def test_every_fit_is_the_largest_that_fits_where_the_vocabulary_joins_a_period_and_newline(
+        qwen_style_bpe: _QwenStyleBPE, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fit of the needle, lines and passkey tasks, short and long (calibrated, and on
+    the random-lines path that measures once), records the measured count of its prompt,
+    within budget, and the next size is over budget, also where the haystack's last line
+    or word ends with a period that the line after it joins."""
+    from evalkit.prompts.templates import PromptMeasure, make_template
+    from evalkit.tasks import Plan
+
+    def count(text: str) -> int:
+        return len(qwen_style_bpe.encode(text))
+
+    checked, wrong = [], []
+    fit = Fitter._fit
+
+    def verified(self, key, build, measure, estimate, budget, lo, hi, what):
+        found = fit(self, key, build, measure, estimate, budget, lo, hi, what)
+        tokens = measure(found.prompt)
+        more = measure(build(found.size + 1)) if found.size < hi else None
+        checked.append(key)
+        if tokens != found.tokens or tokens > budget or (more is not None and more <= budget):
+            wrong.append((key, what, budget, found.size, found.tokens, tokens, more))
+        return found
+
+    monkeypatch.setattr(Fitter, "_fit", verified)
+    for name in ("niah_single_1", "niah_single_2", "niah_multikey_2", "vt", "lines",
+                 "passkey"):
+        task = get_task(name)
+        plan = Plan(task=name, lengths=(1500, 2100, 17000), samples=3, seed=1,
+                    template="raw", max_new_tokens=10,
+                    measure=PromptMeasure(make_template("raw"), qwen_style_bpe), count=count)
+        list(task.generate(make_params(task, {}), plan))
+        assert all(plan.fitter.exact.values()), name
+    assert len(checked) > 50 and wrong == []
+
+
+def test_a_miss_that_only_long_prompts_show_is_caught_by_the_periodic_check():
+    """Exact on short prompts (the calibration passes), one token fewer every 3 units past
+    unit 2000: the fits that take their size on the estimate's differences without a
+    second measurement are checked one in 16, the first check that misses stops the trust,
+    and every later fit is bisection's answer."""
+    from evalkit.tasks.fitting import _CHECK_EVERY, Haystack, SampledCounts
+
+    unit_tokens = [3 + (i * 7919) % 5 for i in range(20000)]
+    cum = list(itertools.accumulate(unit_tokens, initial=0))
+
+    def measure(text: str) -> int:
+        k = int(text)
+        return 10 + cum[k] - max(0, k - 2000) // 3
+
+    def count(text: str) -> int:
+        return sum(unit_tokens[int(w[1:])] if w.startswith("u") else 1
+                   for w in text.split())
+
+    fitter = Fitter(measure, count)
+    caught = None
+    for i, budget in enumerate(range(30000, 50000, 400)):
+        counts = SampledCounts(fitter.estimator, lambda i: f" u{i}")
+        fit = fitter.fit("random", str, Haystack(counts, counts.largest_within, 10, counts),
+                         budget, 0, 19999)
+        if caught is None and fitter.exact.get("random") is False:
+            caught = i
+        if caught is not None and caught < i:
+            assert fit == fit_max(str, measure, budget, 0, 19999)
+    assert caught is not None and caught <= _CHECK_EVERY + 1

@@ -17,7 +17,7 @@ from evalkit.results import store
 from evalkit.runner import plans
 from evalkit.runner.config import Overrides, build_spec
 from evalkit.runner.execute import plan_samples, run
-from evalkit.tasks import fitting
+from evalkit.tasks import fitting, get_task
 
 CONFIG: dict[str, Any] = {"name": "plans", "model": "scripted", "backend": "scripted",
                           "samples": 4, "lengths": [2000, 4000], "tasks": ["passkey", "lines"]}
@@ -122,9 +122,12 @@ def test_the_key_follows_the_template_and_the_data_files(tmp_path: Path) -> None
 
     def key(template: str = "raw", source: dict[str, Any] | None = None,
             **params: Any) -> str:
-        return plans.plan_key("t", params, None, seed=0, max_new_tokens=8, window=None,
-                              reserve=0, template=make_template(template),
-                              template_source=source or {}, counter=counter)
+        found = plans.plan_key("t", params, get_task("passkey").generate, seed=0,
+                               max_new_tokens=8, window=None, reserve=0,
+                               template=make_template(template),
+                               template_source=source or {}, counter=counter)
+        assert found is not None
+        return found
 
     assert key() == key()
     assert key() != key("mistral-instruct")
@@ -144,6 +147,43 @@ def test_the_key_follows_the_template_and_the_data_files(tmp_path: Path) -> None
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.strip()
     assert other == plans.counter_digest(counter)
+
+
+def test_the_key_digests_a_one_file_task_module_alone_and_no_key_for_code_in_no_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task whose generator is a module of its own (a script, a one-file plugin) is
+    known by that file, not by the folder it sits in (site-packages, a project with its
+    results); one whose code is in no file (a notebook's) is not kept: an edit to it
+    could not change the key."""
+    import importlib.util
+
+    from evalkit.prompts.counters import get_counter
+    from evalkit.prompts.templates import make_template
+
+    module = tmp_path / "mytask.py"
+
+    def key_of(source: str) -> str | None:
+        module.write_text(source)
+        spec = importlib.util.spec_from_file_location("mytask", module)
+        assert spec is not None and spec.loader is not None
+        loaded = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "mytask", loaded)  # imported, as a plugin is
+        spec.loader.exec_module(loaded)
+        plans._code_digest.cache_clear()
+        return plans.plan_key("t", {}, loaded.generate, seed=0, max_new_tokens=8,
+                              window=None, reserve=0, template=make_template("raw"),
+                              template_source={}, counter=get_counter("whitespace"))
+
+    first = key_of("def generate(params, plan):\n    return iter(())\n")
+    (tmp_path / "results.jsonl").write_text("a run's output beside the script")
+    assert first is not None and key_of("def generate(params, plan):\n    return iter(())\n"
+                                        ) == first
+    assert key_of("def generate(params, plan):\n    return iter([])\n") != first
+    namespace: dict[str, Any] = {}
+    exec("def generate(params, plan):\n    return iter(())\n", namespace)  # a notebook's
+    assert plans.plan_key("t", {}, namespace["generate"], seed=0, max_new_tokens=8,
+                          window=None, reserve=0, template=make_template("raw"),
+                          template_source={}, counter=get_counter("whitespace")) is None
 
 
 def test_mrcr_counts_each_row_once_across_runs(tmp_path: Path,

@@ -47,6 +47,11 @@ def test_report_files_and_table(tmp_path: Path) -> None:
                 "plots/passkey_depth_0.png"):
         assert (tmp_path / "rep" / rel).is_file(), rel
     assert "http://" not in html and "https://" not in html  # no CDN: opens offline
+    # the build's files are asked for by its id: a cached samples.js of another build
+    # never meets this build's prompt files
+    build = re.search(r'<script src="samples.js\?b=(\w+)"></script>', html)
+    assert build and f'prompts/files.js?b={build[1]}' in html
+    assert build[1] in (tmp_path / "rep" / "prompts" / "files.js").read_text()
     data = (tmp_path / "rep" / "samples.js").read_text()
     rows = json.loads(data.split("=", 1)[1].rstrip(";\n"))
     assert len(rows) == 3 * 2 * 3 + 2 * 3 * 2

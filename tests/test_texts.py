@@ -232,3 +232,17 @@ def test_a_damaged_frame_is_written_again_by_the_writer_that_finds_it(
     store.append_records(run_dir, records[:1])
     texts._open.clear()
     assert store.read_records(run_dir) == [records[1], records[0]]
+
+
+def test_a_frame_is_never_decompressed_past_the_size_its_header_gives() -> None:
+    """A damaged header (or a crafted frame: 100 MB of zeros compress to a few hundred
+    bytes) is refused after size + 1 bytes, by either codec, instead of allocating it."""
+    import bz2
+
+    import zstandard
+
+    for codec, frame in (("bz2", bz2.compress(bytes(100 << 20))),
+                         ("zstd", zstandard.ZstdCompressor().compress(bytes(100 << 20)))):
+        with pytest.raises((ValueError, zstandard.ZstdError)):
+            texts.decompress(codec, frame, 1000)
+        assert texts.decompress(codec, frame[:0] + frame, 100 << 20) == bytes(100 << 20)

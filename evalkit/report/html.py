@@ -236,7 +236,7 @@ class _PromptFiles:
         return self.starts[:-1]
 
 
-def _write_samples(out: Path, runs: list[Run]) -> int:
+def _write_samples(out: Path, runs: list[Run], build: str) -> int:
     """samples.js (a row per record) and prompts/ (the prompts as sent, each row naming
     its chunks). The runs' records carry no prompts: each run's are read here one record
     at a time, so that a report of long prompts holds one in memory, not all."""
@@ -282,7 +282,7 @@ def _write_samples(out: Path, runs: list[Run]) -> int:
                        pc=[files.add(part) for part in parts])
     (out / "prompts" / "files.js").write_text(
         _js_payload("window.EVALKIT_CHUNK_FILES", files.close())
-        + _js_payload("window.EVALKIT_BUILD", secrets.token_hex(4)), encoding="utf-8")
+        + _js_payload("window.EVALKIT_BUILD", build), encoding="utf-8")
     (out / "samples.js").write_text(_js_payload("window.EVALKIT_SAMPLES", rows),
                                     encoding="utf-8")
     return len(rows)
@@ -499,9 +499,11 @@ def _write_report(runs: list[Run], out: Path, title: str | None, threshold: floa
     plots = (_length_plots(rows, by_length, out, effective)
              + _axis_heatmaps(runs, records, out))
     cached, cached_once = _cached_notes(records)
-    n = _write_samples(out, runs)
+    build = secrets.token_hex(4)  # in every file's address: a browser cache never mixes builds
+    n = _write_samples(out, runs, build)
     _copy_static(out)
     html = _env().get_template("report.html.j2").render(
+        build=build,
         title=title or " vs ".join(labels), runs=[_run_meta(r) for r in runs], labels=labels,
         length_tables=by_length, rules=rules, score_table=score_table, plots=plots,
         effective=_effective_table(effective), threshold=threshold,

@@ -125,9 +125,14 @@ def _zstd(data: bytes) -> bytes:
 def decompress(codec: str, frame: bytes, size: int) -> bytes:
     """A frame's `size` bytes (its header's chunks): more is damage, never an allocation."""
     if codec == "zstd":
+        if zstandard.frame_content_size(frame) > size:  # -1: not given (then capped)
+            raise ValueError("a zstd frame holds more than its header says")
         return zstandard.ZstdDecompressor().decompress(frame, max_output_size=size)
     if codec == "bz2":
-        return bz2.decompress(frame)
+        out = bz2.BZ2Decompressor().decompress(frame, max_length=size + 1)
+        if len(out) > size:
+            raise ValueError("a bz2 frame holds more than its header says")
+        return out
     raise ValueError(f"unknown codec {codec!r}")
 
 

@@ -140,10 +140,11 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
         assert generate is not None  # a task planned per sample has one
         template = resolve_template(task, backend, Thinking.of(spec.thinking))
         params = make_params(tdef, task.params)
-        kept = None if plans is None else plans.open(plan_key(
+        key = None if plans is None else plan_key(
             task.name, params, generate, seed=spec.seed, max_new_tokens=task.max_new_tokens,
             window=window, reserve=reserve, template=template,
-            template_source=_template_source(template, backend, spec), counter=counter))
+            template_source=_template_source(template, backend, spec), counter=counter)
+        kept = None if plans is None or key is None else plans.open(key)
         ready: deque[str] = deque()  # ids kept in `plans`, to read rather than fit
 
         def select(sample_id: str, haystack: str | None = None,
@@ -154,7 +155,7 @@ def iter_samples(spec: RunSpec, backend: Backend | None, counter: TokenCounter,
                 return True  # fitted whole (the recorded ones are left out after)
             if sample_id in done:
                 return False
-            if kept is not None and kept.get(sample_id) is not None:
+            if kept is not None and kept.get(sample_id) is not None:  # else fitted again
                 ready.append(sample_id)
                 return False
             return True

@@ -278,20 +278,26 @@ def _code_digest(extra: str | None) -> str:
     (its tasks, their data files, templates, types), and a plugin task's own package."""
     root = Path(evalkit.__file__).parent
     h = hashlib.sha256()
-    folders = [root]
+    files = _files_under(root)
     if extra:
-        package = Path(extra).parent
-        while (package.parent / "__init__.py").is_file():
-            package = package.parent  # the plugin's top package
-        if not package.is_relative_to(root):
-            folders.append(package)
-    for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                with contextlib.suppress(OSError):
-                    h.update(str(path.relative_to(folder)).encode() + b"\0"
-                             + path.read_bytes())
+        module = Path(extra)
+        if (module.parent / "__init__.py").is_file():
+            package = module.parent
+            while (package.parent / "__init__.py").is_file():
+                package = package.parent  # the plugin's top package
+            if not package.is_relative_to(root):
+                files += _files_under(package)
+        else:  # a module of its own (a script, a one-file plugin): that file only
+            files.append((module.name, module))
+    for name, path in files:
+        with contextlib.suppress(OSError):
+            h.update(name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
+
+
+def _files_under(folder: Path) -> list[tuple[str, Path]]:
+    return [(str(path.relative_to(folder)), path) for path in sorted(folder.rglob("*"))
+            if path.is_file() and "__pycache__" not in path.parts]
 
 
 def _files(value: Any) -> Any:
@@ -337,12 +343,16 @@ def counter_digest(counter: TokenCounter) -> str:
 
 def plan_key(task: str, params: Any, generate: Any, *, seed: int,
              max_new_tokens: int, window: int | None, reserve: int, template: Template,
-             template_source: Mapping[str, Any], counter: TokenCounter) -> str:
+             template_source: Mapping[str, Any], counter: TokenCounter) -> str | None:
     """The key of a task's samples (see the module's doc). `generate`: the task's
-    generator, whose module (a plugin's package) is part of the code digested."""
+    generator, whose module (a plugin's package, or its own file) is part of the code
+    digested. None (the task's samples are not kept) for a generator whose code is in no
+    file (a notebook's, an interactive session's): an edit would not change the key."""
     while isinstance(generate, functools.partial):
         generate = generate.func
     module = getattr(inspect.getmodule(generate), "__file__", None)
+    if module is None or not Path(module).is_file():
+        return None
     data = {"format": FORMAT, "code": _code_digest(module),
             "task": task, "params": _files(to_jsonable(params)), "seed": seed,
             "max_new_tokens": max_new_tokens, "window": window, "reserve": reserve,

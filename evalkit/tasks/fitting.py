@@ -18,14 +18,23 @@ the whole prompt at every step (10-18 times the final tokens). Here:
   exact measurement (the chat template's wrapping, the BOS), measures the rendered prompt,
   and moves within the bounds it has measured until k fits and k + 1 does not. k + 1 is
   taken on the estimate's word only when the estimate has been exact for this fit so far;
-  otherwise it is measured.
+  otherwise it is measured. The first long fit of a call site is preceded by one at a
+  budget of a few thousand tokens (`_calibrate`), which learns the offset and checks the
+  estimate on short prompts instead of two long ones.
+- A haystack of units no other prompt shares (a sample's own random lines: LongEval lines,
+  RULER's distractor needles) is not estimated whole (`SampledCounts`): a rate from a few
+  units guesses the size, the guess is measured, and the size is found from the exact
+  estimates of the units between it and the guess. Where the call site's estimate has
+  been exact, that size is taken with the count the estimate gives (the measured count
+  plus the exact difference), without a second measurement of the long prompt.
 
 A conversation (a list of messages, the template rendering them as one prompt) is fitted the
 same way (`Fitter.fit_messages`): build(k) makes the messages, the measure counts them
 rendered (`measure_messages`: a Plan's measure made by evalkit.prompts.templates.PromptMeasure), and
 the estimate is the generator's, over the messages' texts.
 
-Every answer fits (the prompt is measured) and k + 1 was either measured over budget or
+Every answer fits (the prompt is measured, or, for an approximate estimate, its count is
+a measured count plus an exact difference) and k + 1 was either measured over budget or
 estimated over by an estimate that has been exact so far. Where the chunk rule holds, the
 answer is the one bisection gives (`fit_max`, kept as the reference) whenever the count
 grows with k. A tokenizer that breaks the rule costs speed: the first miss makes every
@@ -59,6 +68,7 @@ _MEMO_MAX = 1_000_000  # chunks remembered (line names and numbers are mostly di
 _GUIDED_STEPS = 4  # estimate-guided measurements before the search falls back to bisection
 _STEP_CHARS = 8192  # characters of units estimated together (one call over a server)
 _CALIBRATION_BUDGETS = (2048, 8192, 32768)  # a long fit's call site is first fitted to these
+_CHECK_EVERY = 16  # 1 in 16 approximate fits has its size measured after all
 _SLOW_CALL_S = 3e-4  # a counter slower than this per call (a server) is asked per text
 
 
@@ -132,27 +142,41 @@ class Estimator:
         """The estimate of a text that will not be seen again (a line of random keys), as
         it adds to `after` (the text before it: `Estimator.after`): its chunks that the
         memo lacks are counted in one call, joined, and not remembered."""
-        chunks = _CHUNK.findall(text)
-        unknown = [c for c in chunks if c not in self._memo]
-        if len(unknown) < 2:
-            total = sum(self.chunk(c) for c in chunks)
-        else:
-            total = (sum(self._memo[c] for c in chunks if c in self._memo)
-                     + self._timed(_ANCHOR + "".join(unknown)) - self._anchor)
-        return total + self._joint(after, text)
+        return self._sum(_CHUNK.findall(text), remember=False) + self.joint(after, text)
+
+    def _sum(self, chunks: list[str], remember: bool) -> int:
+        """The chunks' counts: from the memo, else the ones led by a space and ending in a
+        non-space counted in one call, joined (the cuts between them are cuts in the join
+        too), the others one by one (a chunk led by a newline may join the punctuation
+        that would come before it in a join)."""
+        total, glued = 0, []
+        for c in chunks:
+            n = self._memo.get(c)
+            if n is not None:
+                total += n
+            elif c[0] == " " and not c[-1].isspace():
+                glued.append(c)
+            else:
+                total += self.chunk(c) if remember else self._timed(_ANCHOR + c) - self._anchor
+        if len(glued) == 1 and remember:
+            return total + self.chunk(glued[0])
+        return total + (self._timed(_ANCHOR + "".join(glued)) - self._anchor if glued else 0)
 
     def after(self, before: str, text: str) -> int:
         """The tokens `text` adds after `before`: where the two join without a cut
         (".\\n" + "line"), the junction is counted as in the whole text."""
-        return self(text) + self._joint(before, text)
+        return self(text) + self.joint(before, text)
 
-    def _joint(self, before: str, text: str) -> int:
+    def joint(self, before: str, text: str) -> int:
         """What joining `before` and `text` without a cut adds to their separate counts
         (-1 where a vocabulary makes ".\\n" one token, 0 for SentencePiece): found once
         per kind of junction (the punctuation before it, the whitespace and the kind of
         character after it), on the first pair that has it."""
         if not before or not text or _is_cut(before[-1], text[0]):
             return 0
+        if not text[0].isspace():  # a word cut in two: no kind, count this one
+            last, first = last_chunk(before), _CHUNK.findall(text[:4096])[0]
+            return self(last + first) - self.chunk(last) - self.chunk(first)
         tail = _TAIL.search(before[-16:])
         lead = len(text) - len(text.lstrip())
         after = text[lead:lead + 1]
@@ -168,10 +192,7 @@ class Estimator:
     def __call__(self, text: str) -> int:
         chunks = _CHUNK.findall(text)
         if self.batched:
-            unknown = [c for c in chunks if c not in self._memo]
-            if len(unknown) > 1:
-                known = sum(self._memo[c] for c in chunks if c in self._memo)
-                return known + self._timed(_ANCHOR + "".join(unknown)) - self._anchor
+            return self._sum(chunks, remember=True)
         return sum(self.chunk(c) for c in chunks)
 
 
@@ -317,10 +338,7 @@ class PrefixCounts:
         whole = bisect.bisect_right(self._ends, m)  # chunks that end at or before m
         start = self._ends[whole - 1] if whole else 0
         total = self._cum[whole] + (self._est(self.text[start:m]) if m > start else 0)
-        if before and m:
-            last = last_chunk(self.text[max(0, m - 256):m])
-            total += self._est(last + before) - self._est.chunk(last) - self._est(before)
-        return total
+        return total + (self._est.joint(self.text[max(0, m - 256):m], before) if m else 0)
 
 
 class UnitCounts:
@@ -465,6 +483,7 @@ class Fitter:
     count: Measure
     offsets: dict[str, int] = field(default_factory=dict)
     exact: dict[str, bool] = field(default_factory=dict)  # the estimate never missed here
+    approximate_fits: dict[str, int] = field(default_factory=dict)  # per call site
     _estimator: Estimator | None = None
     _unit_counts: dict[str, UnitCounts] = field(default_factory=dict)
 
@@ -558,11 +577,14 @@ class Fitter:
             else:
                 over = k
             if approximate and not step and learned and self.exact.get(key, True):
-                # the guess is measured; the size is found on the exact differences
+                # the guess is measured; the size is found on the exact differences, and
+                # taken without measuring it, but for one fit in _CHECK_EVERY: that one
+                # measures it (the search goes on), so that a miss stops the trust
                 size = estimate.largest_within(budget - offset, lo, hi)
                 if size == k and best is not None:
                     return best
-                if lo <= size != k:
+                self.approximate_fits[key] = n = self.approximate_fits.get(key, 0) + 1
+                if lo <= size != k and n % _CHECK_EVERY:
                     return Fit(size, build(size), estimate.at(size) + offset)
             if best is None:
                 if k == lo:

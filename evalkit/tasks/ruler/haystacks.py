@@ -79,8 +79,7 @@ def line_unit(lines: Lines, j: int) -> str:
 def line_units(lines: Lines) -> Iterator[str]:
     """The lines of a lines haystack, each after the first led by its newline (units of
     UnitCounts)."""
-    for j in itertools.count():
-        yield ("\n" if j else "") + lines.line(j)
+    return map(functools.partial(line_unit, lines), itertools.count())
 
 
 def word_units(words: Sequence[str]) -> Iterator[str]:
@@ -106,7 +105,7 @@ def lines_counts(lines: Lines, units: UnitCounts | SampledCounts, est: Estimator
         last = cut or (lines.line(full - 1) if full else "")
         # a line follows the haystack (a needle, the question): its junction with the last
         # line depends on where that line is cut (".\n" is one token to some vocabularies)
-        return total + (est.after(last, _NEXT_LINE) - est(_NEXT_LINE) if last else 0)
+        return total + _before_next_line(est, last)
 
     def largest(target: float, hi: int) -> int:
         full = units.largest_within(target, hi * step // wpl)
@@ -119,17 +118,40 @@ def lines_counts(lines: Lines, units: UnitCounts | SampledCounts, est: Estimator
             best = full * wpl + part
         return best
 
-    return (lambda k: words(k * step)), largest, units
+    def tokens(k: int) -> int:
+        return words(k * step)
+
+    return tokens, _settled(tokens, largest), units
 
 
 def words_counts(units: UnitCounts, words: Sequence[str], est: Estimator) -> SizeCounts:
     """fit_prompt's `haystack` for first_words(words, k) (units: word_units), followed by a
     line (the question)."""
     def tokens(k: int) -> int:
-        last = words[(k - 1) % len(words)] if k else ""
-        return units(k) + (est.after(last, _NEXT_LINE) - est(_NEXT_LINE) if last else 0)
+        return units(k) + _before_next_line(est, words[(k - 1) % len(words)] if k else "")
 
-    return tokens, units.largest_within, units
+    return tokens, _settled(tokens, units.largest_within), units
+
+
+def _before_next_line(est: Estimator, last: str) -> int:
+    """What the line after a haystack (a needle, the question) changes at its junction
+    with the haystack's last line or word: -1 where a vocabulary makes ".\\n" one token."""
+    return est.joint(last, _NEXT_LINE)
+
+
+def _settled(tokens: Callable[[int], int], largest: Callable[[float, int], int]
+             ) -> Callable[[float, int], int]:
+    """`largest` (found on the units' sums) corrected by the junction that `tokens` adds:
+    the size it gives may be one short of, or one past, the largest within target."""
+    def settled(target: float, hi: int) -> int:
+        k = largest(target, hi)
+        while k < hi and tokens(k + 1) <= target:
+            k += 1
+        while k >= 0 and tokens(k) > target:
+            k -= 1
+        return k
+
+    return settled
 
 
 @functools.cache
