@@ -268,22 +268,31 @@ def test_a_long_fit_over_random_lines_measures_its_guess_once_and_lands_exactly(
     assert sum(sizes) < 1.3 * sum(s.input_tokens for s in made)
 
 
+_UNIT_TOKENS = [3 + (i * 7919) % 5 for i in range(20000)]  # units " u0", " u1", ...
+
+
+def _random_units():
+    """Tokens of the first k units, and the estimator's count of a text of units (and of
+    the anchor, one token)."""
+    def count(text: str) -> int:
+        return sum(_UNIT_TOKENS[int(w[1:])] if w.startswith("u") else 1
+                   for w in text.split())
+
+    return list(itertools.accumulate(_UNIT_TOKENS, initial=0)), count
+
+
 def test_an_approximate_estimate_that_misses_is_measured_not_trusted():
     """A tokenizer that merges across chunks (one token fewer every 7 units) breaks the
     exact differences a random haystack's fit relies on: the calibration catches it, and
     every long fit then measures until bisection's answer."""
     from evalkit.tasks.fitting import Haystack, SampledCounts
 
-    unit_tokens = [3 + (i * 7919) % 5 for i in range(20000)]
-    cum = list(itertools.accumulate(unit_tokens, initial=0))
+    cum, count = _random_units()
 
     def measure(text: str) -> int:
         k = int(text)
         return 10 + cum[k] - k // 7
 
-    def count(text: str) -> int:  # the estimator's view: "x" anchors, units "u<i>"
-        return sum(unit_tokens[int(w[1:])] if w.startswith("u") else 1
-                   for w in text.split())
 
     fitter = Fitter(measure, count)
     for budget in (30000, 41000, 50000):
@@ -337,16 +346,12 @@ def test_a_miss_that_only_long_prompts_show_is_caught_by_the_periodic_check():
     and every later fit is bisection's answer."""
     from evalkit.tasks.fitting import _CHECK_EVERY, Haystack, SampledCounts
 
-    unit_tokens = [3 + (i * 7919) % 5 for i in range(20000)]
-    cum = list(itertools.accumulate(unit_tokens, initial=0))
+    cum, count = _random_units()
 
     def measure(text: str) -> int:
         k = int(text)
         return 10 + cum[k] - max(0, k - 2000) // 3
 
-    def count(text: str) -> int:
-        return sum(unit_tokens[int(w[1:])] if w.startswith("u") else 1
-                   for w in text.split())
 
     fitter = Fitter(measure, count)
     caught = None
