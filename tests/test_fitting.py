@@ -364,3 +364,17 @@ def test_a_miss_that_only_long_prompts_show_is_caught_by_the_periodic_check():
         if caught is not None and caught < i:
             assert fit == fit_max(str, measure, budget, 0, 19999)
     assert caught is not None and caught <= _CHECK_EVERY + 1
+
+
+def test_an_essay_word_is_counted_once_however_often_it_comes():
+    """Units of one chunk (an essay's words) are remembered, as whole texts' chunks are:
+    an essay of a few thousand distinct words costs a few thousand counts, not one per
+    word of the haystack."""
+    from evalkit.tasks.fitting import UnitCounts
+    from evalkit.tasks.ruler.haystacks import word_units
+
+    count, calls = _counting(lambda t: len(t.split()))
+    words = [f"w{i % 50}." for i in range(5000)]
+    units = UnitCounts(Estimator(count), word_units(words))
+    assert units(5000) == 4999  # the first word, unled, joins the anchor ("xw0.")
+    assert len(calls) < 120  # 50 words, with and without the space, and the anchor

@@ -149,6 +149,8 @@ class Estimator:
         non-space counted in one call, joined (the cuts between them are cuts in the join
         too), the others one by one (a chunk led by a newline may join the punctuation
         that would come before it in a join)."""
+        if sum(c not in self._memo for c in chunks) < 2:  # one call at most: remembered
+            return sum(self.chunk(c) for c in chunks)
         total, glued = 0, []
         for c in chunks:
             n = self._memo.get(c)
@@ -158,8 +160,9 @@ class Estimator:
                 glued.append(c)
             else:
                 total += self.chunk(c) if remember else self._timed(_ANCHOR + c) - self._anchor
-        if len(glued) == 1 and remember:
-            return total + self.chunk(glued[0])
+        if len(glued) == 1:
+            return total + (self.chunk(glued[0]) if remember
+                            else self._timed(_ANCHOR + glued[0]) - self._anchor)
         return total + (self._timed(_ANCHOR + "".join(glued)) - self._anchor if glued else 0)
 
     def after(self, before: str, text: str) -> int:
