@@ -263,8 +263,7 @@ class Units:
         self._make(k)
         if k not in self._ends:
             head = self._head(k).rstrip()
-            joint = (self._est.after(head, self._texts[0]) - self._est(self._texts[0])
-                     if k else 0)
+            joint = self._est.joint(head, self._texts[0]) if k else 0
             last = self._texts[k - 1] if k else head
             self._ends[k] = (self._est(head) + joint
                              + self._est.after(last, self._carry[k] + self._tail(k)))
