@@ -329,14 +329,28 @@ def test_every_fit_is_the_largest_that_fits_where_the_vocabulary_joins_a_period_
 
     monkeypatch.setattr(Fitter, "_fit", verified)
     for name in ("niah_single_1", "niah_single_2", "niah_multikey_2", "vt", "lines",
-                 "passkey"):
+                 "passkey", "cwe", "fwe"):
         task = get_task(name)
         plan = Plan(task=name, lengths=(1500, 2100, 17000), samples=3, seed=1,
                     template="raw", max_new_tokens=10,
                     measure=PromptMeasure(make_template("raw"), qwen_style_bpe), count=count)
         list(task.generate(make_params(task, {}), plan))
         assert all(plan.fitter.exact.values()), name
-    assert len(checked) > 50 and wrong == []
+    assert len(checked) > 70 and wrong == []
+
+
+def test_fwe_knows_the_last_word_of_its_shuffle_without_shuffling():
+    """fwe's estimate counts the junction of its text's last word with the question (the
+    noise word "..." joins the newline after it in Qwen's vocabulary): which word is last
+    is read off the first draw of RULER's shuffle, as CPython's shuffle makes it."""
+    import random
+
+    from evalkit.tasks.ruler import extraction
+
+    for n in (2, 3, 27, 1000, 65537):
+        items = list(range(n))
+        random.Random(extraction.RULER_SEED).shuffle(items)
+        assert extraction._last_of_shuffle(n) == items[-1]
 
 
 def test_a_miss_that_only_long_prompts_show_is_caught_by_the_periodic_check():

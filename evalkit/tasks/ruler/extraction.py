@@ -24,6 +24,7 @@ size only adds words). The few-shot example is written as RULER's base template 
 
 from __future__ import annotations
 
+import array
 import functools
 import random
 import string
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from scipy.special import zeta
 
 from evalkit.tasks.base import Plan, TaskDef, data_dir, register_task, sample_rng
+from evalkit.tasks.fitting import Curve, Estimator
 from evalkit.tasks.ruler import suite
 from evalkit.tasks.ruler.haystacks import fit_prompt
 from evalkit.tasks.ruler.niah import RULER_SEED, score
@@ -108,7 +110,30 @@ def generate_cwe(params: NoParams, plan: Plan) -> Iterator[Sample]:
 
             yield _fitted("cwe", plan, sid, target, build, CWE_ANSWER_PREFIX,
                           lo=NUM_CW + 1, hi=len(words),
-                          answers=order[:NUM_CW], what="words")
+                          answers=order[:NUM_CW], what="words",
+                          tokens=_cwe_tokens(plan.fitter.estimator, order, repeats))
+
+
+def _cwe_tokens(est: Estimator, order: list[str], repeats: tuple[int, int]
+                ) -> Callable[[int], int]:
+    """The estimated tokens of cwe_list(order[:k], *repeats), but for its first item's
+    number: " 2." to " N.", and each word (all led by a space) as often as it is listed.
+    The shuffle only moves them, so k costs two lookups in cumulative counts instead of a
+    chunking of the list."""
+    common, uncommon = repeats
+    numbers = array.array("q", [0, 0])  # numbers[m]: tokens of " 2." ... " m."
+    words = array.array("q", [0])  # words[j]: tokens of " order[0]" ... " order[j - 1]"
+
+    def tokens(k: int) -> int:
+        items = common * min(k, NUM_CW) + uncommon * max(0, k - NUM_CW)
+        while len(numbers) <= items:
+            numbers.append(numbers[-1] + est.chunk(f" {len(numbers)}."))
+        while len(words) <= k:
+            words.append(words[-1] + est.chunk(" " + order[len(words) - 1]))
+        first = words[min(k, NUM_CW)]
+        return numbers[items] + common * first + uncommon * (words[k] - first)
+
+    return tokens
 
 
 def fwe_vocabulary(rng: random.Random, size: int) -> list[str]:
@@ -146,7 +171,53 @@ def generate_fwe(params: NoParams, plan: Plan) -> Iterator[Sample]:
 
             # word 4 (the third answer) is there from n = 4^2 zeta(2) on
             yield _fitted("fwe", plan, sid, target, build, FWE_ANSWER_PREFIX, lo=27,
-                          hi=max(27, budget * 2), answers=vocab[1:4], what="words")
+                          hi=max(27, budget * 2), answers=vocab[1:4], what="words",
+                          tokens=_fwe_tokens(plan.fitter.estimator, vocab))
+
+
+def _fwe_tokens(est: Estimator, vocab: list[str]) -> Callable[[int], int]:
+    """The estimated tokens of fwe_text(vocab, n): each word (all led by a space) times its
+    count, and the junction of the last one (the noise word "..." joins the newline after
+    it in some vocabularies) with the question's line. O(vocabulary) a size, no text."""
+    z = float(zeta(FWE_ALPHA))
+    powers = [k ** -FWE_ALPHA for k in range(1, len(vocab) + 1)]
+    costs = [est.chunk(" " + w) for w in vocab]
+
+    def tokens(n: int) -> int:
+        counts = [int(n * p / z) for p in powers]  # as fwe_text counts them
+        total = sum(c * t for c, t in zip(counts, costs, strict=True))
+        length = sum(counts)
+        at = _last_of_shuffle(length)
+        if at is None or not length:
+            return total
+        for word, count in zip(vocab, counts, strict=True):
+            if at < count:
+                return total + est.joint(word, "\nQuestion")
+            at -= count
+        return total  # pragma: no cover
+
+    return tokens
+
+
+def _last_of_shuffle(n: int) -> int | None:
+    """Where the last item of random.Random(RULER_SEED).shuffle(a list of n) comes from:
+    CPython's shuffle swaps the last place first, with the first draw below n. None where
+    this Python shuffles otherwise (then the estimate leaves that junction out)."""
+    if not _shuffle_draws_last_first():
+        return None
+    below: Callable[[int], int] = getattr(random.Random(RULER_SEED), _RANDBELOW)
+    return below(n) if n > 1 else 0
+
+
+_RANDBELOW = "_randbelow"  # CPython's draw below n, which shuffle uses
+
+
+@functools.cache
+def _shuffle_draws_last_first() -> bool:
+    probe = list(range(1000))
+    random.Random(RULER_SEED).shuffle(probe)
+    below = getattr(random.Random(RULER_SEED), _RANDBELOW, None)
+    return below is not None and probe[-1] == below(1000)
 
 
 def _lengths(plan: Plan, name: str) -> tuple[int, ...]:
@@ -156,15 +227,23 @@ def _lengths(plan: Plan, name: str) -> tuple[int, ...]:
 
 
 def _fitted(name: str, plan: Plan, sid: str, target: int, build: Callable[[int], str],
-            prefix: str, lo: int, hi: int, answers: list[str], what: str) -> Sample:
+            prefix: str, lo: int, hi: int, answers: list[str], what: str,
+            tokens: Callable[[int], int]) -> Sample:
+    """`tokens`: the estimated tokens of the part of build(k) that grows with k."""
     fit = fit_prompt(plan, name, build, prefix, target - plan.max_new_tokens, lo=lo, hi=hi,
-                     what=what)
+                     what=what, haystack=(tokens, _largest(tokens), None))
     meta: dict[str, object] = {"size": fit.size}
     if name == "cwe" and fit.size == hi:
         meta["words_exhausted"] = True
     return Sample(id=sid, task=name, prompt=fit.prompt, targets=tuple(answers),
                   target_tokens=target, input_tokens=fit.tokens, template=plan.template,
                   max_new_tokens=plan.max_new_tokens, meta=meta, answer_prefix=prefix)
+
+
+def _largest(tokens: Callable[[int], int]) -> Callable[[float, int], int]:
+    """The largest size within a number of tokens, by bisection on the estimate alone (it
+    grows with the size)."""
+    return lambda target, hi: Curve(tokens).largest_within(target, 0, hi)
 
 
 def _task(name: str, description: str, budget: int, generate: Callable[..., Iterator[Sample]],

@@ -41,7 +41,7 @@ from evalkit.types import EvalkitError
 # a haystack's estimated tokens by size, the largest size within a number of tokens, and
 # the unit counts they read
 SizeCounts = tuple[Callable[[int], int], Callable[[float, int], int],
-                   UnitCounts | SampledCounts]
+                   UnitCounts | SampledCounts | None]
 _NEXT_LINE = "\nA"  # what follows a lines haystack, as far as its last junction can tell
 
 
