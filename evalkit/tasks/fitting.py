@@ -406,10 +406,14 @@ class SampledCounts:
     def start(self) -> None:
         self._anchor = None
 
-    def _set(self, n: int) -> int:
+    def _learn_rate(self) -> float:
         if not self._rate:
             self._rate = max(1e-6, sum(self._tokens(i) for i in range(self._probe))
                              / self._probe)
+        return self._rate
+
+    def _set(self, n: int) -> int:
+        self._learn_rate()
         self._anchor = n
         self._up, self._down = array.array("q", [0]), array.array("q", [0])
         return n
@@ -431,9 +435,7 @@ class SampledCounts:
         """The largest n <= hi estimated at most `target` (-1 when none is), walking from
         the anchor (the rate's guess, on a fit's first call)."""
         if self._anchor is None:
-            if not self._rate:
-                self._set(0)
-            self._set(max(0, min(hi, int(target / self._rate))))
+            self._set(max(0, min(hi, int(target / self._learn_rate()))))
         n = max(0, min(hi, self._anchor if self._anchor is not None else 0))
         if self(n) <= target:
             while n < hi and self(n + 1) <= target:
